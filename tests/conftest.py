@@ -1,0 +1,6 @@
+"""Shared test set-up. Fixtures that start real servers live in tests/fixtures/."""
+
+pytest_plugins = [
+    "tests.fixtures.seaweed",
+    "tests.fixtures.postgres",
+]
