@@ -9,7 +9,8 @@
     ├── CatalogError               the index failed (database unavailable, locked); retryable
     └── IngestError                an instance was refused; `reason` says why
         ├── MalformedError         not parseable DICOM, or cut short in transit
-        ├── InconsistentError      header disagrees with the command (SOP UIDs, class)
+        ├── InconsistentError      header disagrees with the command (SOP Class)
+        │   └── UidMismatchError   ... or its SOP Instance UID differs from the command's
         └── ConflictError          same SOP Instance UID, different bytes (kept apart)
 
 Builtins are used where their meaning fits (FileNotFoundError for a missing object).
@@ -53,6 +54,10 @@ class MalformedError(IngestError):
 
 class InconsistentError(IngestError):
     """The data set disagrees with the command that carried it."""
+
+
+class UidMismatchError(InconsistentError):
+    """The data set's SOP Instance UID differs from the one in the command."""
 
 
 class ConflictError(IngestError):

@@ -1,0 +1,174 @@
+"""The Python API: the paper's general interfaces (write, read by hierarchy, encrypt, decrypt).
+
+    from node.api import Node
+    with Node.open(home="./var") as node:
+        node.write(Path("ct.dcm").read_bytes())
+        for record in node.ls("default"):
+            data = node.read_original(record)
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import shutil
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from types import TracebackType
+from typing import IO, Any
+
+from node import describe
+from node.crypto import aead
+from node.errors import IntegrityError, NodeError
+from node.index.records import ConflictRecord, InstanceRecord
+from node.ingest import Result, Source
+from node.layout import CONFLICTS, DESCRIPTION, ORIGINAL
+from node.services import Services, open_services
+from node.settings import Settings, load
+
+_COPY_CHUNK = 1 << 20
+
+
+@dataclass(frozen=True)
+class Problem:
+    """An object that failed ``verify``: its key in the store and what went wrong."""
+
+    key: str
+    error: str
+
+
+class Node:
+    """A handle on one node's store and index (no network services)."""
+
+    def __init__(self, services: Services) -> None:
+        self.services = services
+
+    @classmethod
+    def open(cls, home: str | os.PathLike[str] | None = None,
+             config: str | os.PathLike[str] | None = None, create_keys: bool = False) -> Node:
+        """Opens the node configured by ``config``/environment under ``home``."""
+        return cls(open_services(load(config=config, home=home), create_keys=create_keys))
+
+    @classmethod
+    def from_settings(cls, settings: Settings, create_keys: bool = False) -> Node:
+        return cls(open_services(settings, create_keys=create_keys))
+
+    def close(self) -> None:
+        self.services.close()
+
+    def __enter__(self) -> Node:
+        return self
+
+    def __exit__(self, *exc: tuple[type[BaseException] | None, BaseException | None,
+                                    TracebackType | None]) -> None:
+        self.close()
+
+    # -- write ---------------------------------------------------------------------------
+
+    def write(self, data: bytes, hospital: str = "default", via: str = "api") -> Result:
+        """Stores one encoded instance exactly as given (see ``Ingest.accept`` for errors)."""
+        return self.services.ingest.accept(data, Source(hospital=hospital, via=via))
+
+    # -- read by hierarchy ---------------------------------------------------------------
+
+    def resolve_patient(self, hospital: str | None, patient: str) -> list[str]:
+        """Pseudonyms for ``patient``, given as a pseudonym or as a Patient ID."""
+        catalog = self.services.catalog
+        if next(catalog.instances(hospital, patient), None) is not None:
+            return [patient]
+        return catalog.patient_keys_for_id(hospital, patient)
+
+    def ls(self, hospital: str | None = None, patient: str | None = None,
+           study: str | None = None, series: str | None = None,
+           sop: str | None = None) -> Iterator[InstanceRecord]:
+        """Every instance below the given hierarchy prefix (trailing parts left out)."""
+        if patient is None:
+            yield from self.services.catalog.instances(hospital, None, study, series, sop)
+            return
+        for key in self.resolve_patient(hospital, patient):
+            yield from self.services.catalog.instances(hospital, key, study, series, sop)
+
+    def conflicts(self, sop_uid: str | None = None) -> list[ConflictRecord]:
+        return self.services.catalog.conflicts(sop_uid)
+
+    def open_object(self, key: str) -> IO[bytes]:
+        """A decrypting, seekable reader of one object (raises IntegrityError on tamper)."""
+        return self.services.fs.open(key, "rb")
+
+    def read_original(self, record: InstanceRecord) -> bytes:
+        """The original bytes exactly as received."""
+        return self.services.fs.cat_file(f"{record.object_key}/{ORIGINAL}")
+
+    def read_description(self, record: InstanceRecord) -> dict[str, Any]:
+        return describe.decode(self.services.fs.cat_file(f"{record.object_key}/{DESCRIPTION}"))
+
+    def export(self, record: InstanceRecord, out_dir: Path) -> Path:
+        """Decrypts the original, streaming, to ``out_dir/hospital/patient/study/series/sop.dcm``.
+
+        The file appears whole or not at all (written to a temporary name, then renamed).
+        """
+        target = out_dir.joinpath(*record.object_key.split("/")[:-1], f"{record.sop_uid}.dcm")
+        target.parent.mkdir(parents=True, exist_ok=True)
+        partial = target.with_name(target.name + ".partial")
+        try:
+            with self.open_object(f"{record.object_key}/{ORIGINAL}") as src, \
+                    partial.open("wb") as dst:
+                shutil.copyfileobj(src, dst, _COPY_CHUNK)
+            os.replace(partial, target)
+        finally:
+            partial.unlink(missing_ok=True)
+        return target
+
+    # -- encrypt / decrypt ---------------------------------------------------------------
+
+    def encrypt(self, data: bytes, path: str) -> bytes:
+        """Encrypts ``data`` as the object at ``path`` would be (active key, path bound in)."""
+        return aead.encrypt(data, self.services.keyring.active, path,
+                            self.services.settings.store.chunk_size)
+
+    def decrypt(self, blob: bytes, path: str) -> bytes:
+        """Decrypts an object's raw bytes; IntegrityError if it was not made for ``path``."""
+        return aead.decrypt(blob, self.services.keyring, path)
+
+    # -- maintenance ---------------------------------------------------------------------
+
+    def objects(self) -> list[str]:
+        """Every object key in the store."""
+        return sorted(self.services.fs.find(""))
+
+    def verify_object(self, key: str) -> Problem | None:
+        """Decrypts one object fully; for originals, also checks the sha256 in its description."""
+        fs = self.services.fs
+        try:
+            digest = hashlib.sha256()
+            with fs.open(key, "rb") as fh:
+                while chunk := fh.read(_COPY_CHUNK):
+                    digest.update(chunk)
+            if key.endswith("/" + ORIGINAL):
+                folder = key[: -len(ORIGINAL) - 1]
+                doc = describe.decode(fs.cat_file(f"{folder}/{DESCRIPTION}"))
+                if doc["original"]["sha256"] != digest.hexdigest():
+                    return Problem(key, "sha256 differs from the description")
+        except IntegrityError as exc:
+            return Problem(key, f"integrity: {exc}")
+        except FileNotFoundError:
+            return Problem(key, "missing description" if key.endswith(ORIGINAL) else "missing")
+        except (NodeError, ValueError, KeyError, OSError) as exc:
+            return Problem(key, f"{type(exc).__name__}: {exc}")
+        return None
+
+    def reindex_entry(self, key: str) -> str:
+        """Indexes one stored description. Returns 'instance', 'conflict' or 'skipped'."""
+        doc = describe.decode(self.services.fs.cat_file(key))
+        folder = key[: -len(DESCRIPTION) - 1]
+        catalog = self.services.catalog
+        if f"/{CONFLICTS}/" in key:
+            return "conflict" if catalog.add_conflict(describe.conflict_from(doc, folder)) \
+                else "skipped"
+        return "instance" if catalog.add_instance(describe.record_from(doc)) else "skipped"
+
+    def descriptions(self) -> list[str]:
+        """Every description object key; instances before their conflicts."""
+        keys = [k for k in self.objects() if k.endswith("/" + DESCRIPTION)]
+        return sorted(keys, key=lambda k: (f"/{CONFLICTS}/" in k, k))

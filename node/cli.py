@@ -1,0 +1,346 @@
+"""The admin CLI: ``support-node COMMAND``. Errors become messages and exit codes here.
+
+Exit codes: 0 done; 1 some items failed (import, verify); 2 usage or configuration
+error; 3 store, index or key problem.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import signal
+import sys
+import threading
+from collections import Counter
+from collections.abc import Iterator
+from dataclasses import asdict
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+from rich.console import Console
+from rich.progress import (
+    BarColumn,
+    MofNCompleteColumn,
+    Progress,
+    TextColumn,
+    TimeElapsedColumn,
+)
+from rich.table import Table
+
+from node import logs
+from node.api import Node
+from node.errors import ConfigError, IngestError, KeyringError, NodeError
+from node.ingest import Source
+from node.settings import Settings, load
+from node.services import ensure_keyring
+
+app = typer.Typer(help="support-node: a DICOM node that keeps images encrypted and AI-ready.",
+                  no_args_is_help=True, pretty_exceptions_enable=False)
+keys_app = typer.Typer(help="List and rotate the encryption keys.", no_args_is_help=True)
+app.add_typer(keys_app, name="keys")
+out = Console(soft_wrap=True)
+err = Console(stderr=True, soft_wrap=True)
+
+HomeOpt = Annotated[Path | None, typer.Option("--home", help="Home folder (default ./var).")]
+ConfigOpt = Annotated[Path | None, typer.Option("--config", help="TOML config file.")]
+
+
+class Context:
+    """What every command gets: the settings, read once."""
+
+    def __init__(self, home: Path | None, config: Path | None,
+                 overrides: dict[str, dict[str, Any]] | None = None,
+                 service: bool = False) -> None:
+        self.settings = load(config=config, home=home, overrides=overrides)
+        # One-shot commands report through their own output; the log is for the service.
+        level = self.settings.log.level
+        logs.configure(level if service or level in ("WARNING", "ERROR") else "WARNING")
+
+    def node(self, create_keys: bool = False) -> Node:
+        return Node.from_settings(self.settings, create_keys=create_keys)
+
+
+def fail(message: str, code: int) -> typer.Exit:
+    err.print(f"[bold red]error:[/] {message}", highlight=False)
+    return typer.Exit(code)
+
+
+def run(fn: Any) -> Any:
+    """Runs a command body; NodeErrors become a message and an exit code, not a traceback."""
+    try:
+        return fn()
+    except ConfigError as exc:
+        raise fail(f"configuration: {exc}", 2) from None
+    except KeyringError as exc:
+        raise fail(f"keys: {exc}", 3) from None
+    except NodeError as exc:
+        raise fail(str(exc), 3) from None
+
+
+def progress() -> Progress:
+    return Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
+                    TimeElapsedColumn(), console=err, transient=False)
+
+
+@app.command()
+def init(home: HomeOpt = None, config: ConfigOpt = None,
+         bits: Annotated[int | None, typer.Option(help="AES key size, 128 or 256.")] = None) -> None:
+    """Create the home folder, the key file (mode 0600) and the index."""
+    def body() -> None:
+        overrides = {"keys": {"bits": bits}} if bits else None
+        ctx = Context(home, config, overrides)
+        existed = ctx.settings.keys.file.exists()
+        ensure_keyring(ctx.settings)
+        ctx.node().close()
+        state = "kept the existing" if existed else "created"
+        out.print(f"{state} key file {ctx.settings.keys.file}")
+        out.print(f"store: {ctx.settings.store.url}")
+    run(body)
+
+
+@app.command()
+def serve(home: HomeOpt = None, config: ConfigOpt = None,
+          host: Annotated[str | None, typer.Option(help="Address to listen on.")] = None,
+          dimse_port: Annotated[int | None, typer.Option(help="DIMSE port.")] = None,
+          ae_title: Annotated[str | None, typer.Option(help="This node's AE title.")] = None,
+          ) -> None:
+    """Run the node: DIMSE Verification and Storage SCP, until Ctrl-C or SIGTERM."""
+    from node.dimse import server as dimse_server
+
+    def body() -> None:
+        ctx = Context(home, config, {"dimse": {"host": host, "port": dimse_port,
+                                              "ae_title": ae_title}}, service=True)
+        node = ctx.node(create_keys=True)
+        stop = threading.Event()
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            signal.signal(sig, lambda *_: stop.set())
+        try:
+            scp = dimse_server.start(ctx.settings.dimse, node.services.ingest)
+        except OSError as exc:
+            node.close()
+            d = ctx.settings.dimse
+            raise fail(f"cannot listen on {d.host}:{d.port}: {exc.strerror}", 3) from None
+        port = scp.server_address[1]
+        out.print(f"support-node {ctx.settings.dimse.ae_title} ready: DIMSE on "
+                  f"{ctx.settings.dimse.host}:{port}, store {ctx.settings.store.url}",
+                  highlight=False)
+        sys.stdout.flush()
+        try:
+            while not stop.wait(0.5):
+                pass
+        finally:
+            logging.getLogger("support_node").info("shutting down")
+            scp.shutdown()
+            node.close()
+            out.print("stopped")
+    run(body)
+
+
+def _dicom_files(paths: list[Path]) -> Iterator[Path]:
+    for path in paths:
+        if path.is_dir():
+            yield from sorted(p for p in path.rglob("*") if p.is_file())
+        else:
+            yield path
+
+
+@app.command("import")
+def import_(paths: Annotated[list[Path], typer.Argument(help="Files or folders of DICOM.")],
+            home: HomeOpt = None, config: ConfigOpt = None,
+            hospital: Annotated[str, typer.Option(help="Hospital to file them under.")] = "default",
+            ) -> None:
+    """Store DICOM files through the same ingest path as C-STORE, byte for byte."""
+    def body() -> None:
+        ctx = Context(home, config)
+        missing = [str(p) for p in paths if not p.exists()]
+        if missing:
+            raise fail(f"no such file or folder: {', '.join(missing)}", 2)
+        files = list(_dicom_files(paths))
+        counts: Counter[str] = Counter()
+        refused: list[tuple[Path, str]] = []
+        with ctx.node(create_keys=True) as node, progress() as bar:
+            task = bar.add_task("importing", total=len(files))
+            for path in files:
+                try:
+                    result = node.services.ingest.accept(
+                        path.read_bytes(), Source(hospital=hospital, via="import"))
+                    counts[result.outcome.value] += 1
+                except IngestError as exc:
+                    counts["refused"] += 1
+                    refused.append((path, str(exc)))
+                bar.advance(task)
+        for path, why in refused:
+            err.print(f"refused {path}: {why}", highlight=False)
+        summary = ", ".join(f"{n} {k}" for k, n in sorted(counts.items())) or "nothing"
+        out.print(f"imported {len(files)} files: {summary}")
+        if refused:
+            raise typer.Exit(1)
+    run(body)
+
+
+def _hierarchy(hospital: str | None, patient: str | None, study: str | None,
+               series: str | None, sop: str | None) -> tuple[str | None, ...]:
+    return hospital, patient, study, series, sop
+
+
+@app.command()
+def ls(hospital: Annotated[str | None, typer.Argument()] = None,
+       patient: Annotated[str | None, typer.Argument(help="Pseudonym or Patient ID.")] = None,
+       study: Annotated[str | None, typer.Argument()] = None,
+       series: Annotated[str | None, typer.Argument()] = None,
+       sop: Annotated[str | None, typer.Argument()] = None,
+       home: HomeOpt = None, config: ConfigOpt = None,
+       as_json: Annotated[bool, typer.Option("--json", help="One JSON object per line.")] = False,
+       ) -> None:
+    """List stored instances: trailing hierarchy parts left out list everything below."""
+    def body() -> None:
+        ctx = Context(home, config)
+        with ctx.node() as node:
+            records = node.ls(hospital, patient, study, series, sop)
+            conflicts = {c.sop_uid: c for c in node.conflicts()}
+            if as_json:
+                for rec in records:
+                    doc = {k: v for k, v in asdict(rec).items()}
+                    doc["received_at"] = rec.received_at.isoformat()
+                    doc["conflicts"] = [asdict(c) | {"received_at": c.received_at.isoformat()}
+                                        for c in node.conflicts(rec.sop_uid)] \
+                        if rec.sop_uid in conflicts else []
+                    out.print_json(json.dumps(doc)) if False else print(json.dumps(doc))
+                return
+            table = Table("hospital", "patient", "study", "series", "sop instance", "modality",
+                          "size", "note", box=None)
+            n = 0
+            for rec in records:
+                n += 1
+                note = "CONFLICT" if rec.sop_uid in conflicts else ""
+                table.add_row(rec.hospital, rec.patient_key, rec.study_uid, rec.series_uid,
+                              rec.sop_uid, rec.modality or "", str(rec.size), note)
+            out.print(table)
+            out.print(f"{n} instances" + (f", {len(conflicts)} with conflicts" if conflicts
+                                          else ""))
+    run(body)
+
+
+@app.command()
+def get(hospital: Annotated[str, typer.Argument()],
+        patient: Annotated[str | None, typer.Argument(help="Pseudonym or Patient ID.")] = None,
+        study: Annotated[str | None, typer.Argument()] = None,
+        series: Annotated[str | None, typer.Argument()] = None,
+        sop: Annotated[str | None, typer.Argument()] = None,
+        out_dir: Annotated[Path, typer.Option("--out", help="Folder to write into.")] = Path("."),
+        home: HomeOpt = None, config: ConfigOpt = None) -> None:
+    """Decrypt originals below a hierarchy prefix to Part-10 files under --out."""
+    def body() -> None:
+        ctx = Context(home, config)
+        with ctx.node() as node:
+            records = list(node.ls(hospital, patient, study, series, sop))
+            if not records:
+                raise fail("nothing stored under that hierarchy", 1)
+            with progress() as bar:
+                task = bar.add_task("decrypting", total=len(records))
+                for rec in records:
+                    node.export(rec, out_dir)
+                    bar.advance(task)
+        out.print(f"wrote {len(records)} files under {out_dir}")
+    run(body)
+
+
+@app.command()
+def verify(home: HomeOpt = None, config: ConfigOpt = None) -> None:
+    """Decrypt and hash every object; report any that fail. Exit 1 if any did."""
+    def body() -> None:
+        ctx = Context(home, config)
+        problems = []
+        with ctx.node() as node:
+            keys = node.objects()
+            with progress() as bar:
+                task = bar.add_task("verifying", total=len(keys))
+                for key in keys:
+                    problem = node.verify_object(key)
+                    if problem:
+                        problems.append(problem)
+                    bar.advance(task)
+        for p in problems:
+            err.print(f"FAILED {p.key}: {p.error}", highlight=False)
+        out.print(f"verified {len(keys)} objects: {len(keys) - len(problems)} ok, "
+                  f"{len(problems)} failed")
+        if problems:
+            raise typer.Exit(1)
+    run(body)
+
+
+@app.command()
+def reindex(home: HomeOpt = None, config: ConfigOpt = None) -> None:
+    """Rebuild the index from the stored descriptions alone."""
+    def body() -> None:
+        ctx = Context(home, config)
+        counts: Counter[str] = Counter()
+        with ctx.node() as node:
+            keys = node.descriptions()
+            node.services.catalog.clear()
+            with progress() as bar:
+                task = bar.add_task("reindexing", total=len(keys))
+                for key in keys:
+                    try:
+                        counts[node.reindex_entry(key)] += 1
+                    except (NodeError, ValueError, KeyError) as exc:
+                        counts["failed"] += 1
+                        err.print(f"could not index {key}: {exc}", highlight=False)
+                    bar.advance(task)
+        out.print("reindexed: " + (", ".join(f"{n} {k}" for k, n in sorted(counts.items()))
+                                   or "nothing stored"))
+        if counts["failed"]:
+            raise typer.Exit(1)
+    run(body)
+
+
+@keys_app.command("list")
+def keys_list(home: HomeOpt = None, config: ConfigOpt = None) -> None:
+    """List key ids, sizes, creation times and which one is active (never the keys)."""
+    def body() -> None:
+        ctx = Context(home, config)
+        keyring = _load_keyring(ctx.settings)
+        table = Table("id", "bits", "created", "active", box=None)
+        for info in keyring.infos():
+            table.add_row(str(info.id), str(info.bits), info.created, "yes" if info.active else "")
+        out.print(table)
+    run(body)
+
+
+@keys_app.command("rotate")
+def keys_rotate(home: HomeOpt = None, config: ConfigOpt = None,
+                bits: Annotated[int | None, typer.Option(help="128 or 256.")] = None,
+                reencrypt: Annotated[bool, typer.Option(
+                    help="Re-encrypt every object under the new key.")] = False) -> None:
+    """Add a new key and make it active; old keys keep reading old objects."""
+    def body() -> None:
+        ctx = Context(home, config)
+        with ctx.node() as node:
+            keyring = node.services.keyring
+            key = keyring.add(bits=bits)
+            keyring.save(ctx.settings.keys.file)
+            out.print(f"key {key.id} ({key.bits} bits) is now active")
+            if reencrypt:
+                objects = node.objects()
+                changed = 0
+                with progress() as bar:
+                    task = bar.add_task("re-encrypting", total=len(objects))
+                    for obj in objects:
+                        changed += bool(node.services.fs.reencrypt(obj))
+                        bar.advance(task)
+                out.print(f"re-encrypted {changed} of {len(objects)} objects")
+    run(body)
+
+
+def _load_keyring(settings: Settings) -> Any:
+    from node.crypto.keyring import Keyring
+    return Keyring.load(settings.keys.file)
+
+
+def main() -> None:
+    app()
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,144 @@
+"""Parse what ingest needs from an encoded instance, without decoding pixels."""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import re
+import warnings
+from dataclasses import dataclass
+from typing import Any
+
+import pydicom
+from pydicom.dataset import Dataset
+from pydicom.errors import InvalidDicomError
+
+from node.dicom.structure import IMPLICIT_LE, check_dataset, split_part10
+from node.errors import MalformedError
+
+# UIDs become object names: only what PS3.5 9.1 allows (digits and dots), plus a little
+# slack for real-world letters, never a slash or a leading dot.
+_UID = re.compile(r"[0-9A-Za-z][0-9A-Za-z._-]{0,63}")
+_EXPLICIT_LE = "1.2.840.10008.1.2.1"
+_EXPLICIT_BE = "1.2.840.10008.1.2.2"
+PIXEL_KEYWORDS = ("PixelData", "FloatPixelData", "DoubleFloatPixelData")
+
+
+@dataclass(frozen=True)
+class Header:
+    """The parsed header of one instance (pixel data not read)."""
+
+    dataset: Dataset
+    transfer_syntax: str
+    sop_class_uid: str
+    sop_instance_uid: str
+    study_uid: str
+    series_uid: str
+    has_pixels: bool
+    has_file_meta: bool
+    derived: tuple[str, ...] = ()
+
+
+def _uid(ds: Dataset, keyword: str) -> str:
+    value = ds.get(keyword)
+    if value is None or str(value).strip() == "":
+        raise MalformedError(f"required attribute {keyword} is missing")
+    text = str(value).strip().rstrip("\x00")
+    if not _UID.fullmatch(text) or ".." in text:
+        raise MalformedError(f"{keyword} is not a valid UID")
+    return text
+
+
+def derived_uid(sop_instance_uid: str, keyword: str) -> str:
+    """A stable stand-in UID (PS3.5 B.2, the 2.25 arc) for a missing Study/Series UID.
+
+    Real archives hold instances that lack these Type 1 attributes; refusing them would
+    lose images, so they are filed under a UID derived from their own SOP Instance UID:
+    the same instance sent twice lands in the same place.
+    """
+    digest = hashlib.sha256(f"{keyword}:{sop_instance_uid}".encode()).digest()[:16]
+    return f"2.25.{int.from_bytes(digest, 'big')}"
+
+
+def _optional_uid(ds: Dataset, keyword: str, sop_uid: str, derived: list[str]) -> str:
+    if str(ds.get(keyword) or "").strip() == "":
+        derived.append(keyword)
+        return derived_uid(sop_uid, keyword)
+    return _uid(ds, keyword)
+
+
+def _syntax_from_encoding(ds: Dataset) -> str:
+    implicit, little = getattr(ds, "original_encoding", (True, True))
+    if implicit:
+        return IMPLICIT_LE
+    return _EXPLICIT_LE if little else _EXPLICIT_BE
+
+
+def parse(data: bytes) -> Header:
+    """Parses and structurally checks one encoded instance (Part-10 file or bare data set).
+
+    Returns:
+        the header data set (no pixel data) and the identifying UIDs.
+    Raises:
+        MalformedError: not DICOM, cut short, or a required UID missing or unsafe.
+    """
+    offset, syntax = split_part10(data)
+    try:
+        with warnings.catch_warnings():
+            # pydicom warns on many harmless real-world deviations; they are not errors here.
+            warnings.simplefilter("ignore")
+            ds = pydicom.dcmread(io.BytesIO(data), stop_before_pixels=True, force=offset == 0)
+    except (InvalidDicomError, EOFError, ValueError, KeyError, OSError, TypeError) as exc:
+        raise MalformedError(f"not a readable DICOM data set ({type(exc).__name__})") from exc
+    except Exception as exc:  # pydicom raises many types on garbage; all mean the same here
+        raise MalformedError(f"not a readable DICOM data set ({type(exc).__name__})") from exc
+    if syntax is None:
+        syntax = _syntax_from_encoding(ds)
+    has_pixels = check_dataset(memoryview(data)[offset:], syntax)
+    sop_uid = _uid(ds, "SOPInstanceUID")
+    derived: list[str] = []
+    return Header(
+        dataset=ds,
+        transfer_syntax=syntax,
+        sop_class_uid=_uid(ds, "SOPClassUID"),
+        sop_instance_uid=sop_uid,
+        study_uid=_optional_uid(ds, "StudyInstanceUID", sop_uid, derived),
+        series_uid=_optional_uid(ds, "SeriesInstanceUID", sop_uid, derived),
+        has_pixels=has_pixels,
+        has_file_meta=offset > 0,
+        derived=tuple(derived),
+    )
+
+
+def _bulk_uri(element: Any) -> str:
+    return f"original.dcm#{element.tag:08X}"
+
+
+def to_json(ds: Dataset) -> dict[str, Any]:
+    """The DICOM JSON model of ``ds`` (PS3.18 F.2); values over 1 KiB become BulkDataURIs."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        return ds.to_json_dict(
+            bulk_data_threshold=1024,
+            bulk_data_element_handler=_bulk_uri,
+            suppress_invalid_tags=True,
+        )
+
+
+def text(ds: Dataset, keyword: str) -> str | None:
+    """A string attribute as stored (multi-values joined by backslash); None when absent."""
+    value = ds.get(keyword)
+    if value is None or value == "":
+        return None
+    if isinstance(value, pydicom.multival.MultiValue):
+        return "\\".join(str(v) for v in value)
+    return str(value).strip() or None
+
+
+def integer(ds: Dataset, keyword: str) -> int | None:
+    """An integer attribute, or None when absent or unparseable (real data is messy)."""
+    try:
+        value = ds.get(keyword)
+        return None if value is None or value == "" else int(value)
+    except (TypeError, ValueError):
+        return None

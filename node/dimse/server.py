@@ -1,0 +1,105 @@
+"""The DIMSE service: Verification and Storage SCP over pynetdicom.
+
+Handlers receive what they need as arguments (pynetdicom's ``(event, handler, args)``);
+exceptions become a status in exactly one place (``status_for``).
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from typing import Any
+
+import pydicom.uid
+from pynetdicom import AE, AllStoragePresentationContexts, evt
+from pynetdicom.sop_class import Verification  # type: ignore[attr-defined]
+from pynetdicom.transport import ThreadedAssociationServer
+
+from node.dimse.status import Status, status_for
+from node.dimse.transport import tune_connection
+from node.errors import IngestError, NodeError
+from node.ingest import Ingest, Outcome, Source
+from node.settings import DimseSettings
+
+log = logging.getLogger("support_node.dimse")
+
+# Stored as received, so every transfer syntax pydicom knows is acceptable: uncompressed,
+# deflate, RLE, JPEG baseline/extended/lossless, JPEG-LS, JPEG 2000, HTJ2K, MPEG, HEVC.
+TRANSFER_SYNTAXES = [str(ts) for ts in pydicom.uid.AllTransferSyntaxes]
+
+
+@dataclass(frozen=True)
+class StoreDeps:
+    ingest: Ingest
+    dimse: DimseSettings
+
+
+def handle_store(event: Any, deps: StoreDeps) -> int:
+    """EVT_C_STORE: ingest the data set as received; success only once durable.
+
+    Statuses: 0x0000 stored (or already stored, or kept as a conflict);
+    0xC000 malformed / cut short; 0xC001 SOP Instance UID differs from the command's;
+    0xA900 SOP Class differs; 0xA701 store failed; 0xA702 index failed (both retryable).
+    """
+    requestor = event.assoc.requestor
+    calling = requestor.ae_title.strip() if isinstance(requestor.ae_title, str) else ""
+    hospital = deps.dimse.hospital_for(calling)
+    if hospital is None:  # only reachable if the association check was bypassed
+        return int(Status.OUT_OF_RESOURCES)
+    request = event.request
+    try:
+        data = event.encoded_dataset(include_meta=True)
+        result = deps.ingest.accept(
+            data,
+            Source(hospital=hospital, calling_ae=calling, via="dimse"),
+            sop_class_uid=str(request.AffectedSOPClassUID),
+            sop_instance_uid=str(request.AffectedSOPInstanceUID),
+        )
+    except IngestError as exc:
+        status = status_for(exc)
+        log.warning("refused an instance from %s: 0x%04X %s", calling, status, exc)
+        return int(status)
+    except NodeError as exc:
+        status = status_for(exc)
+        log.error("could not keep an instance from %s: 0x%04X %s", calling, status, exc)
+        return int(status)
+    except Exception:
+        log.exception("unexpected failure while storing an instance from %s", calling)
+        return int(Status.OUT_OF_RESOURCES)
+    if result.outcome is Outcome.CONFLICT:
+        # Durably kept (apart from the first copy), so the sender may forget it.
+        return int(Status.SUCCESS)
+    return int(Status.SUCCESS)
+
+
+def build_ae(dimse: DimseSettings) -> AE:
+    """The application entity with every storage SOP class and transfer syntax supported."""
+    ae = AE(ae_title=dimse.ae_title)
+    ae.maximum_associations = dimse.max_associations
+    ae.maximum_pdu_size = dimse.max_pdu
+    ae.network_timeout = dimse.network_timeout
+    ae.acse_timeout = 30
+    ae.dimse_timeout = dimse.network_timeout
+    ae.add_supported_context(Verification)
+    for context in AllStoragePresentationContexts:
+        ae.add_supported_context(context.abstract_syntax, TRANSFER_SYNTAXES)
+    if not dimse.accepts_any_caller:
+        ae.require_calling_aet = [c.ae_title for c in dimse.callers]
+    return ae
+
+
+def start(dimse: DimseSettings, ingest: Ingest) -> ThreadedAssociationServer:
+    """Starts the SCP in the background on ``dimse.host:dimse.port`` (port 0: any free port).
+
+    Returns the running server; ``server.server_address[1]`` is the bound port;
+    ``server.shutdown()`` stops it.
+    """
+    ae = build_ae(dimse)
+    handlers = [
+        (evt.EVT_CONN_OPEN, tune_connection),
+        (evt.EVT_C_STORE, handle_store, [StoreDeps(ingest, dimse)]),
+    ]
+    server = ae.start_server((dimse.host, dimse.port), block=False, evt_handlers=handlers)
+    assert server is not None
+    log.info("DIMSE %s listening on %s:%d", dimse.ae_title, dimse.host, server.server_address[1])
+    return server

@@ -1,0 +1,835 @@
+"""The index (catalog) of stored instances, on SQLite (embedded default) or PostgreSQL.
+
+One :class:`Catalog` is shared by every thread of the node (one per DIMSE association).
+Writes are single transactions that also maintain the study and series counts. On SQLite,
+writers are serialised by a lock in Python and open their transaction with BEGIN IMMEDIATE,
+so that they queue instead of failing with "database is locked"; PostgreSQL needs no lock,
+and its rare races between transactions (a row created or removed concurrently, a deadlock)
+are retried.
+
+Every database failure surfaces as :class:`node.errors.CatalogError`. Messages name UIDs and
+the database's own short error text only: the engine hides bound parameters (which hold
+PHI), and PostgreSQL's DETAIL lines (which quote row values) are left out.
+"""
+
+from __future__ import annotations
+
+import functools
+import threading
+from collections.abc import Callable, Iterator, Mapping
+from contextlib import AbstractContextManager, nullcontext
+from datetime import datetime
+from pathlib import Path
+from typing import Any, TypeVar
+
+from sqlalchemy import (
+    URL,
+    Connection,
+    Engine,
+    Select,
+    Table,
+    Update,
+    bindparam,
+    create_engine,
+    delete,
+    event,
+    func,
+    or_,
+    select,
+    update,
+)
+from sqlalchemy.dialects import postgresql, sqlite
+from sqlalchemy.engine import make_url
+from sqlalchemy.exc import ArgumentError, DBAPIError, SQLAlchemyError
+from sqlalchemy.pool import StaticPool
+
+from node.errors import CatalogError
+from node.index import schema as s
+from node.index.records import ConflictRecord, InstanceRecord
+
+T = TypeVar("T")
+
+_BUSY_TIMEOUT_S = 30  # SQLite: how long a writer waits for another process's lock
+_CONNECT_TIMEOUT_S = 10  # PostgreSQL, unless the URL sets connect_timeout
+_POOL_SIZE = 8
+_POOL_OVERFLOW = 24  # one connection per association, plus streaming readers
+_ATTEMPTS = 5  # PostgreSQL: tries of a write transaction that lost a race
+_YIELD_PER = 1000  # rows fetched at a time when listing
+# PostgreSQL SQLSTATEs that mean "another transaction got in the way; run it again":
+# unique_violation, foreign_key_violation, serialization_failure, deadlock_detected.
+_RETRYABLE_SQLSTATES = frozenset({"23505", "23503", "40001", "40P01"})
+
+# Record field -> column, level by level. The key columns (hospital, patient_key and the
+# UIDs) are handled separately because they identify the row rather than describe it.
+_PATIENT_FIELDS = {
+    "patient_id": "patient_id",
+    "issuer_of_patient_id": "issuer_of_patient_id",
+    "patient_name": "patient_name",
+    "patient_birth_date": "birth_date",
+    "patient_sex": "sex",
+}
+_STUDY_FIELDS = {
+    "study_date": "study_date",
+    "study_time": "study_time",
+    "accession_number": "accession_number",
+    "study_id": "study_id",
+    "study_description": "description",
+    "referring_physician_name": "referring_physician_name",
+}
+_SERIES_FIELDS = {
+    "modality": "modality",
+    "series_number": "series_number",
+    "series_description": "description",
+    "series_date": "series_date",
+    "series_time": "series_time",
+    "body_part_examined": "body_part_examined",
+}
+_INSTANCE_FIELDS = {
+    name: name
+    for name in (
+        "sop_uid",
+        "sop_class_uid",
+        "instance_number",
+        "transfer_syntax_uid",
+        "number_of_frames",
+        "rows",
+        "columns",
+        "object_key",
+        "sha256",
+        "size",
+        "calling_ae",
+        "received_at",
+        "state",
+    )
+}
+
+# The columns of an InstanceRecord, labelled with the record's field names.
+_RECORD_COLUMNS = [
+    s.patients.c.hospital,
+    s.patients.c.patient_key,
+    s.studies.c.study_uid,
+    s.series.c.series_uid,
+    *(s.patients.c[col].label(field) for field, col in _PATIENT_FIELDS.items()),
+    *(s.studies.c[col].label(field) for field, col in _STUDY_FIELDS.items()),
+    *(s.series.c[col].label(field) for field, col in _SERIES_FIELDS.items()),
+    *(s.instances.c[col].label(field) for field, col in _INSTANCE_FIELDS.items()),
+]
+_HIERARCHY = (
+    s.instances.join(s.series, s.instances.c.series_pk == s.series.c.pk)
+    .join(s.studies, s.series.c.study_pk == s.studies.c.pk)
+    .join(s.patients, s.studies.c.patient_pk == s.patients.c.pk)
+)
+# The paper's hierarchical order; NULLS LAST spelled out because the dialects differ.
+_HIERARCHY_ORDER = (
+    s.patients.c.hospital,
+    s.patients.c.patient_key,
+    s.studies.c.study_date.nulls_last(),
+    s.studies.c.study_uid,
+    s.series.c.series_number.nulls_last(),
+    s.series.c.series_uid,
+    s.instances.c.instance_number.nulls_last(),
+    s.instances.c.sop_uid,
+)
+
+# One writer lock per SQLite file, shared by every Catalog of this process on that file.
+_sqlite_locks: dict[str, threading.Lock] = {}
+_sqlite_locks_guard = threading.Lock()
+
+
+class _Rollback(Exception):  # control flow, not an error
+    """Raised inside a write transaction to roll it back and return ``value``."""
+
+    def __init__(self, value: Any) -> None:
+        super().__init__()
+        self.value = value
+
+
+class _Retry(Exception):  # control flow, not an error
+    """Raised inside a write transaction that lost a race: roll back and run it again."""
+
+
+class Catalog:
+    """The SQL index of stored instances; thread-safe, one per process is enough.
+
+    Args:
+        url: a SQLAlchemy URL: ``sqlite:///path/index.db`` or
+            ``postgresql+psycopg://user:password@host/db`` (``postgresql://`` is taken to
+            mean the psycopg driver). ``sqlite://`` (in memory) is for single-threaded
+            tests only.
+
+    Raises:
+        CatalogError: the URL is unusable, or the database cannot be reached or its
+            tables cannot be created.
+    """
+
+    def __init__(self, url: str) -> None:
+        self._url = _normalise_url(url)
+        self._engine = _create_engine(self._url)
+        self._dialect = self._engine.dialect.name
+        self._writer_lock: AbstractContextManager[Any] = (
+            _sqlite_lock_for(self._url) if self._dialect == "sqlite" else nullcontext()
+        )
+        try:
+            self._write("opening the index", s.metadata.create_all)
+        except CatalogError:
+            self._engine.dispose()
+            raise
+
+    # ---- life cycle ---------------------------------------------------------------------
+
+    @property
+    def url(self) -> str:
+        """Returns the database URL with the password masked."""
+        return self._url.render_as_string(hide_password=True)
+
+    def __repr__(self) -> str:
+        return f"Catalog({self.url!r})"
+
+    def close(self) -> None:
+        """Closes every pooled connection. Streams still open keep theirs until done."""
+        self._engine.dispose()
+
+    def __enter__(self) -> Catalog:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.close()
+
+    # ---- instances ----------------------------------------------------------------------
+
+    def add_instance(self, rec: InstanceRecord) -> bool:
+        """Indexes one instance, creating or completing its patient, study and series.
+
+        Counts and modalities_in_study are updated in the same transaction. Descriptive
+        attributes already stored are kept; NULLs are filled from ``rec``.
+
+        Returns:
+            True if inserted; False if an instance with this SOP Instance UID is already
+            indexed (nothing is changed).
+
+        Raises:
+            ValueError: ``rec.received_at`` has no time zone.
+            CatalogError: the database failed.
+        """
+        _require_aware(rec.received_at, "received_at")
+        return self._write(
+            f"indexing instance {rec.sop_uid}", lambda conn: self._add_instance(conn, rec)
+        )
+
+    def get_instance(self, sop_uid: str) -> InstanceRecord | None:
+        """Returns the full record of one instance, or None if it is not indexed.
+
+        Raises:
+            CatalogError: the database failed.
+        """
+
+        def read(conn: Connection) -> InstanceRecord | None:
+            row = conn.execute(_GET_INSTANCE, {"k_sop_uid": sop_uid}).first()
+            return None if row is None else InstanceRecord(**row._mapping)
+
+        return self._read(f"reading instance {sop_uid}", read)
+
+    def instances(
+        self,
+        hospital: str | None = None,
+        patient_key: str | None = None,
+        study_uid: str | None = None,
+        series_uid: str | None = None,
+        sop_uid: str | None = None,
+    ) -> Iterator[InstanceRecord]:
+        """Yields indexed instances in hierarchical order, streamed from the database.
+
+        Each given argument narrows the listing; those left out match everything, so
+        ``instances(h, p)`` lists every instance of patient ``p`` of hospital ``h``. The
+        order is hospital, patient key, study date and UID, series number and UID,
+        instance number and UID (missing numbers and dates last).
+
+        The stream holds one database connection until it is exhausted or closed.
+
+        Raises:
+            CatalogError: the database failed (raised from the iteration).
+        """
+        stmt = _record_select().order_by(*_HIERARCHY_ORDER)
+        filters = (
+            (s.patients.c.hospital, hospital),
+            (s.patients.c.patient_key, patient_key),
+            (s.studies.c.study_uid, study_uid),
+            (s.series.c.series_uid, series_uid),
+            (s.instances.c.sop_uid, sop_uid),
+        )
+        for column, value in filters:
+            if value is not None:
+                stmt = stmt.where(column == value)
+        return self._stream("listing instances", stmt)
+
+    def remove_instance(self, sop_uid: str) -> bool:
+        """Removes one instance, fixes the counts and removes emptied series, study, patient.
+
+        Returns:
+            True if it was removed, False if it was not indexed.
+
+        Raises:
+            CatalogError: the database failed.
+        """
+        return self._write(
+            f"removing instance {sop_uid}", lambda conn: self._remove_instance(conn, sop_uid)
+        )
+
+    # ---- conflicts ----------------------------------------------------------------------
+
+    def add_conflict(self, rec: ConflictRecord) -> bool:
+        """Records a different instance that arrived under an already stored SOP UID.
+
+        Returns:
+            True if recorded; False if this (sop_uid, sha256) is recorded already.
+
+        Raises:
+            ValueError: ``rec.received_at`` has no time zone.
+            CatalogError: the database failed.
+        """
+        _require_aware(rec.received_at, "received_at")
+        values = {col: getattr(rec, col) for col in _CONFLICT_FIELDS}
+
+        def write(conn: Connection) -> bool:
+            stmt = self._insert(s.conflicts, ("sop_uid", "sha256"))
+            return conn.scalar(stmt, values) is not None
+
+        return self._write(f"recording a conflict for instance {rec.sop_uid}", write)
+
+    def conflicts(self, sop_uid: str | None = None) -> list[ConflictRecord]:
+        """Returns the recorded conflicts, of one SOP UID or all, oldest first.
+
+        Raises:
+            CatalogError: the database failed.
+        """
+        stmt = select(*(s.conflicts.c[col] for col in _CONFLICT_FIELDS)).order_by(
+            s.conflicts.c.received_at, s.conflicts.c.pk
+        )
+        if sop_uid is not None:
+            stmt = stmt.where(s.conflicts.c.sop_uid == sop_uid)
+
+        def read(conn: Connection) -> list[ConflictRecord]:
+            return [ConflictRecord(**row._mapping) for row in conn.execute(stmt)]
+
+        return self._read("listing conflicts", read)
+
+    # ---- lookups and maintenance --------------------------------------------------------
+
+    def patient_keys_for_id(self, hospital: str | None, patient_id: str) -> list[str]:
+        """Returns the pseudonyms of the patients with this Patient ID, sorted.
+
+        Args:
+            hospital: restricts the search to one hospital; None searches all of them.
+            patient_id: the Patient ID (0010,0020) as received.
+
+        Raises:
+            CatalogError: the database failed.
+        """
+        stmt = (
+            select(s.patients.c.patient_key)
+            .distinct()
+            .where(s.patients.c.patient_id == patient_id)
+            .order_by(s.patients.c.patient_key)
+        )
+        if hospital is not None:
+            stmt = stmt.where(s.patients.c.hospital == hospital)
+        return self._read("looking up a patient", lambda conn: list(conn.scalars(stmt)))
+
+    def hospitals(self) -> list[str]:
+        """Returns the hospitals that have indexed patients, sorted.
+
+        Raises:
+            CatalogError: the database failed.
+        """
+        stmt = select(s.patients.c.hospital).distinct().order_by(s.patients.c.hospital)
+        return self._read("listing hospitals", lambda conn: list(conn.scalars(stmt)))
+
+    def counts(self) -> dict[str, int]:
+        """Returns the number of rows of each level: patients, studies, series, instances,
+        conflicts.
+
+        Raises:
+            CatalogError: the database failed.
+        """
+        tables = (s.patients, s.studies, s.series, s.instances, s.conflicts)
+
+        def read(conn: Connection) -> dict[str, int]:
+            return {
+                t.name: int(conn.scalar(select(func.count()).select_from(t)) or 0) for t in tables
+            }
+
+        return self._read("counting rows", read)
+
+    def clear(self) -> None:
+        """Deletes every row of the index tables, in one transaction (for ``reindex``).
+
+        Raises:
+            CatalogError: the database failed.
+        """
+
+        def write(conn: Connection) -> None:
+            for table in s.INDEX_TABLES:
+                conn.execute(delete(table))
+
+        self._write("clearing the index", write)
+
+    # ---- transactions -------------------------------------------------------------------
+
+    def _write(self, what: str, work: Callable[[Connection], T]) -> T:
+        """Runs ``work`` in one write transaction, retrying races on PostgreSQL.
+
+        ``work`` may raise :class:`_Rollback` to roll back and return a value, or
+        :class:`_Retry` to run again.
+
+        Returns:
+            What ``work`` returned.
+
+        Raises:
+            CatalogError: the database failed, or the race was lost ``_ATTEMPTS`` times.
+        """
+        for attempt in range(1, _ATTEMPTS + 1):
+            try:
+                return self._write_once(work)
+            except _Rollback as stop:
+                return stop.value  # type: ignore[no-any-return]
+            except _Retry as exc:
+                if attempt == _ATTEMPTS:
+                    raise CatalogError(f"{what} failed: lost a race {attempt} times") from exc
+            except DBAPIError as exc:
+                if attempt == _ATTEMPTS or not self._retryable(exc):
+                    raise CatalogError(f"{what} failed: {_describe(exc)}") from exc
+            except SQLAlchemyError as exc:
+                raise CatalogError(f"{what} failed: {_describe(exc)}") from exc
+        raise AssertionError("unreachable")  # the loop returns or raises
+
+    def _write_once(self, work: Callable[[Connection], T]) -> T:
+        with self._writer_lock, self._engine.connect() as conn:
+            # Read by _sqlite_on_begin: take the write lock now, not on the first write,
+            # so that the transaction never has to upgrade a read snapshot (which fails
+            # at once with SQLITE_BUSY instead of waiting).
+            conn.execution_options(sqlite_begin="IMMEDIATE")
+            with conn.begin():
+                return work(conn)
+
+    def _read(self, what: str, work: Callable[[Connection], T]) -> T:
+        """Runs ``work`` on a connection of its own, without the writer lock.
+
+        Returns:
+            What ``work`` returned.
+
+        Raises:
+            CatalogError: the database failed.
+        """
+        try:
+            with self._engine.connect() as conn:
+                return work(conn)
+        except SQLAlchemyError as exc:
+            raise CatalogError(f"{what} failed: {_describe(exc)}") from exc
+
+    def _stream(self, what: str, stmt: Select[Any]) -> Iterator[InstanceRecord]:
+        """Yields the records of ``stmt`` a batch at a time (a server-side cursor on
+        PostgreSQL), so that a listing of the whole index does not sit in memory.
+
+        Raises:
+            CatalogError: the database failed.
+        """
+        try:
+            with self._engine.connect() as conn:
+                result = conn.execution_options(yield_per=_YIELD_PER).execute(stmt)
+                for row in result:
+                    yield InstanceRecord(**row._mapping)
+        except SQLAlchemyError as exc:
+            raise CatalogError(f"{what} failed: {_describe(exc)}") from exc
+
+    def _retryable(self, exc: DBAPIError) -> bool:
+        # SQLite writers are serialised, so they never race; a busy database has already
+        # waited out the busy timeout and is reported.
+        return self._dialect == "postgresql" and _sqlstate(exc) in _RETRYABLE_SQLSTATES
+
+    def _insert(self, table: Table, conflict_cols: tuple[str, ...]) -> Any:
+        """Returns INSERT ... ON CONFLICT (conflict_cols) DO NOTHING RETURNING pk; the
+        columns come from the parameters it is executed with."""
+        return _insert_stmt(self._dialect, table, conflict_cols)
+
+    # ---- the work of add_instance -------------------------------------------------------
+
+    def _add_instance(self, conn: Connection, rec: InstanceRecord) -> bool:
+        """Returns True once the instance row and its hierarchy are written.
+
+        On PostgreSQL the hierarchy is locked top-down (patient, study), the order in which
+        remove_instance locks it, so that adds and removals cannot deadlock: the patient
+        row only if it has NULLs to fill, the study row always (it serialises the adds of
+        one study, which all update its counts anyway).
+        """
+        if conn.scalar(_INSTANCE_EXISTS, {"k_sop_uid": rec.sop_uid}) is not None:
+            return False
+        patient = _present(rec, _PATIENT_FIELDS)
+        patient_pk, _ = self._get_or_create(
+            conn, s.patients, {"hospital": rec.hospital, "patient_key": rec.patient_key}, patient
+        )
+        _update_row(conn, s.patients, patient_pk, fill=patient)
+        study = _present(rec, _STUDY_FIELDS)
+        study_pk, _ = self._get_or_create(
+            conn,
+            s.studies,
+            {"study_uid": rec.study_uid},
+            {"patient_pk": patient_pk, **study},
+            lock=True,
+        )
+        series = _present(rec, _SERIES_FIELDS)
+        series_pk, new_series = self._get_or_create(
+            conn, s.series, {"series_uid": rec.series_uid}, {"study_pk": study_pk, **series}
+        )
+        row = {col: getattr(rec, f) for f, col in _INSTANCE_FIELDS.items()}
+        inserted = conn.scalar(
+            self._insert(s.instances, ("sop_uid",)), {"series_pk": series_pk, **row}
+        )
+        if inserted is None:
+            # Another transaction indexed it since our check; undo the parents we made.
+            raise _Rollback(False)
+        self._bump_study(conn, study_pk, rec.modality, study, new_series)
+        _update_row(conn, s.series, series_pk, fill=series, increment=("number_of_instances",))
+        return True
+
+    def _get_or_create(
+        self,
+        conn: Connection,
+        table: Table,
+        key: dict[str, Any],
+        values: dict[str, Any],
+        lock: bool = False,
+    ) -> tuple[int, bool]:
+        """Finds the row of ``table`` with ``key``, inserting it with ``values`` if absent.
+
+        Args:
+            lock: lock a found row until the end of the transaction (FOR NO KEY UPDATE,
+                which still lets others insert children of it). A created row needs no
+                lock: no one else sees it before the commit.
+
+        Returns:
+            (pk, created).
+
+        Raises:
+            _Retry: the row was created and removed again by others meanwhile.
+        """
+        find = _find_stmt(table, tuple(key), lock)
+        find_params = {f"k_{col}": value for col, value in key.items()}
+        pk = conn.scalar(find, find_params)
+        if pk is not None:
+            return pk, False
+        # ON CONFLICT DO NOTHING: a concurrent creator wins without failing this transaction.
+        pk = conn.scalar(self._insert(table, tuple(key)), {**key, **values})
+        if pk is not None:
+            return pk, True
+        # Lost the race: PostgreSQL waited for the winner to commit, so a new statement
+        # sees its row.
+        pk = conn.scalar(find, find_params)
+        if pk is None:
+            raise _Retry()
+        return pk, False
+
+    def _bump_study(
+        self,
+        conn: Connection,
+        study_pk: int,
+        modality: str | None,
+        fill: dict[str, Any],
+        new_series: bool,
+    ) -> None:
+        """Counts the instance (and its series, if new) in its study and merges its
+        modality into modalities_in_study; fills NULL attributes from ``fill``.
+
+        The study row is locked (or new), so the merge in Python cannot lose an update.
+        """
+        current = conn.scalar(_STUDY_MODALITIES, {"k_pk": study_pk})
+        increment = ("number_of_instances", "number_of_series")
+        merged = _merge_modalities(current, modality)
+        _update_row(
+            conn,
+            s.studies,
+            study_pk,
+            fill=fill,
+            increment=increment if new_series else increment[:1],
+            assign={"modalities_in_study": merged} if merged != current else {},
+        )
+
+    # ---- the work of remove_instance ----------------------------------------------------
+
+    def _remove_instance(self, conn: Connection, sop_uid: str) -> bool:
+        """Returns True once the instance is deleted and its parents fixed."""
+        found = conn.execute(
+            select(
+                s.instances.c.pk,
+                s.instances.c.series_pk,
+                s.series.c.study_pk,
+                s.studies.c.patient_pk,
+            )
+            .select_from(_HIERARCHY)
+            .where(s.instances.c.sop_uid == sop_uid)
+        ).first()
+        if found is None:
+            return False
+        instance_pk, series_pk, study_pk, patient_pk = found
+        # Lock top-down, as add_instance does, before changing anything. FOR UPDATE (not
+        # NO KEY): the rows may be deleted, and adds must not insert children meanwhile.
+        for table, pk in ((s.patients, patient_pk), (s.studies, study_pk)):
+            conn.execute(select(table.c.pk).where(table.c.pk == pk).with_for_update())
+        if conn.execute(delete(s.instances).where(s.instances.c.pk == instance_pk)).rowcount != 1:
+            raise _Rollback(False)  # removed by someone else meanwhile
+        series_left = conn.scalar(
+            update(s.series)
+            .where(s.series.c.pk == series_pk)
+            .values(number_of_instances=s.series.c.number_of_instances - 1)
+            .returning(s.series.c.number_of_instances)
+        )
+        series_gone = not series_left
+        if series_gone:
+            conn.execute(delete(s.series).where(s.series.c.pk == series_pk))
+        self._shrink_study(conn, study_pk, patient_pk, series_gone)
+        return True
+
+    def _shrink_study(
+        self, conn: Connection, study_pk: int, patient_pk: int, series_gone: bool
+    ) -> None:
+        """Uncounts one instance (and its series, if gone) from the study; removes the
+        study, and then the patient, once empty."""
+        values: dict[str, Any] = {"number_of_instances": s.studies.c.number_of_instances - 1}
+        if series_gone:
+            values["number_of_series"] = s.studies.c.number_of_series - 1
+            modalities = conn.scalars(
+                select(s.series.c.modality)
+                .distinct()
+                .where(s.series.c.study_pk == study_pk, s.series.c.modality.is_not(None))
+            )
+            values["modalities_in_study"] = _merge_modalities(None, *modalities)
+        left = conn.scalar(
+            update(s.studies)
+            .where(s.studies.c.pk == study_pk)
+            .values(values)
+            .returning(s.studies.c.number_of_instances)
+        )
+        if left:
+            return
+        conn.execute(delete(s.studies).where(s.studies.c.pk == study_pk))
+        other_study = select(s.studies.c.pk).where(s.studies.c.patient_pk == patient_pk).limit(1)
+        if conn.scalar(other_study) is None:
+            conn.execute(delete(s.patients).where(s.patients.c.pk == patient_pk))
+
+
+_CONFLICT_FIELDS = ("sop_uid", "sha256", "size", "object_key", "calling_ae", "received_at")
+
+
+# ---- helpers --------------------------------------------------------------------------------
+
+
+def _record_select() -> Select[Any]:
+    return select(*_RECORD_COLUMNS).select_from(_HIERARCHY)
+
+
+def _present(rec: InstanceRecord, fields: Mapping[str, str]) -> dict[str, Any]:
+    """Returns {column: value} for the record's fields that have a value."""
+    return {col: getattr(rec, f) for f, col in fields.items() if getattr(rec, f) is not None}
+
+
+def _update_row(
+    conn: Connection,
+    table: Table,
+    pk: int,
+    fill: dict[str, Any],
+    increment: tuple[str, ...] = (),
+    assign: dict[str, Any] | None = None,
+) -> None:
+    """Updates row ``pk``: the ``fill`` columns where NULL, +1 on the ``increment`` columns,
+    and the ``assign`` columns.
+
+    With ``fill`` only, the row is only touched (and locked) when it has a NULL to fill.
+    """
+    assign = assign or {}
+    if not (fill or increment or assign):
+        return
+    stmt = _update_stmt(table, tuple(fill), increment, tuple(assign))
+    params = {f"v_{col}": value for col, value in (fill | assign).items()}
+    conn.execute(stmt, {"k_pk": pk, **params})
+
+
+# Statements are built once and reused: building and hashing a new expression for every
+# instance costs more than running it on SQLite.
+
+_INSTANCE_EXISTS = select(s.instances.c.pk).where(s.instances.c.sop_uid == bindparam("k_sop_uid"))
+_GET_INSTANCE = _record_select().where(s.instances.c.sop_uid == bindparam("k_sop_uid"))
+_STUDY_MODALITIES = select(s.studies.c.modalities_in_study).where(
+    s.studies.c.pk == bindparam("k_pk")
+)
+
+
+@functools.cache
+def _find_stmt(table: Table, key_cols: tuple[str, ...], lock: bool) -> Select[Any]:
+    """Returns SELECT pk WHERE each key column = :k_<column> [FOR NO KEY UPDATE]."""
+    stmt = select(table.c.pk).where(*(table.c[col] == bindparam(f"k_{col}") for col in key_cols))
+    return stmt.with_for_update(key_share=True) if lock else stmt
+
+
+@functools.cache
+def _insert_stmt(dialect: str, table: Table, conflict_cols: tuple[str, ...]) -> Any:
+    """Returns the dialect's INSERT ... ON CONFLICT (conflict_cols) DO NOTHING RETURNING pk."""
+    dialect_insert = postgresql.insert if dialect == "postgresql" else sqlite.insert
+    return (
+        dialect_insert(table)
+        .on_conflict_do_nothing(index_elements=list(conflict_cols))
+        .returning(table.c.pk)
+    )
+
+
+@functools.cache
+def _update_stmt(
+    table: Table, fill: tuple[str, ...], increment: tuple[str, ...], assign: tuple[str, ...]
+) -> Update:
+    """Returns UPDATE table SET fill = COALESCE(fill, :v_fill), increment = increment + 1,
+    assign = :v_assign WHERE pk = :k_pk (AND some fill column IS NULL, if fill only)."""
+    stmt = update(table).where(table.c.pk == bindparam("k_pk"))
+    if not (increment or assign):
+        stmt = stmt.where(or_(*(table.c[col].is_(None) for col in fill)))
+    values: dict[str, Any] = {
+        col: func.coalesce(table.c[col], bindparam(f"v_{col}", type_=table.c[col].type))
+        for col in fill
+    }
+    values.update({col: table.c[col] + 1 for col in increment})
+    values.update({col: bindparam(f"v_{col}", type_=table.c[col].type) for col in assign})
+    return stmt.values(values)
+
+
+def _merge_modalities(current: str | None, *modalities: str | None) -> str | None:
+    """Returns the sorted, backslash-joined union of ``current`` and ``modalities``, or
+    None if there are none."""
+    known = set(current.split("\\")) if current else set()
+    known.update(m for m in modalities if m)
+    return "\\".join(sorted(known)) or None
+
+
+def _require_aware(value: datetime, name: str) -> None:
+    if value.tzinfo is None or value.utcoffset() is None:
+        raise ValueError(f"{name} must be timezone-aware")
+
+
+def _sqlstate(exc: DBAPIError) -> str | None:
+    return getattr(exc.orig, "sqlstate", None)
+
+
+def _describe(exc: SQLAlchemyError) -> str:
+    """Returns a one-line, PHI-free description of a database error.
+
+    For driver errors: the error class, its code (SQLSTATE, SQLite error name) and the first
+    line of its message. PostgreSQL quotes row values only in DETAIL lines (not the first)
+    and, for data exceptions (class 22), in the message itself (then left out); SQLite's
+    messages name columns, never values. Other SQLAlchemy errors give their class only,
+    as a statement error may carry a value in its text.
+    """
+    if not isinstance(exc, DBAPIError) or exc.orig is None:
+        return type(exc).__name__
+    orig = exc.orig
+    code = _sqlstate(exc) or getattr(orig, "sqlite_errorname", None)
+    diag = getattr(orig, "diag", None)
+    text = getattr(diag, "message_primary", None) or str(orig)
+    lines = text.strip().splitlines()
+    message = "" if (code or "").startswith("22") or not lines else lines[0][:200]
+    return ": ".join(p for p in (type(orig).__name__, code, message) if p)
+
+
+# ---- engines --------------------------------------------------------------------------------
+
+
+def _normalise_url(url: str) -> URL:
+    """Returns the parsed URL, with ``postgresql://`` given the psycopg (3) driver.
+
+    Raises:
+        CatalogError: the URL cannot be parsed or names an unsupported database.
+    """
+    try:
+        parsed = make_url(url)
+    except ArgumentError as exc:
+        raise CatalogError("the index URL cannot be parsed") from exc
+    if parsed.drivername in ("postgresql", "postgres"):
+        parsed = parsed.set(drivername="postgresql+psycopg")
+    if parsed.drivername not in ("sqlite", "sqlite+pysqlite", "postgresql+psycopg"):
+        raise CatalogError(
+            f"unsupported index database {parsed.drivername!r}: "
+            "use sqlite:/// or postgresql+psycopg://"
+        )
+    return parsed
+
+
+def _create_engine(url: URL) -> Engine:
+    """Returns an engine for ``url`` that hides bound parameters (PHI) from errors.
+
+    Raises:
+        CatalogError: the driver is missing.
+    """
+    try:
+        if url.get_backend_name() == "sqlite":
+            return _sqlite_engine(url)
+        return _postgresql_engine(url)
+    except (ArgumentError, ImportError) as exc:
+        raise CatalogError(f"cannot use the index database: {type(exc).__name__}") from exc
+
+
+def _postgresql_engine(url: URL) -> Engine:
+    connect_args: dict[str, Any] = {}
+    if "connect_timeout" not in url.query:
+        connect_args["connect_timeout"] = _CONNECT_TIMEOUT_S
+    return create_engine(
+        url,
+        connect_args=connect_args,
+        hide_parameters=True,
+        pool_size=_POOL_SIZE,
+        max_overflow=_POOL_OVERFLOW,
+        pool_pre_ping=True,  # survive a database restart
+    )
+
+
+def _sqlite_engine(url: URL) -> Engine:
+    connect_args = {"check_same_thread": False, "timeout": _BUSY_TIMEOUT_S}
+    if url.database in (None, "", ":memory:"):
+        # One shared connection, or each connection would see its own empty database.
+        engine = create_engine(
+            url, connect_args=connect_args, hide_parameters=True, poolclass=StaticPool
+        )
+    else:
+        engine = create_engine(
+            url,
+            connect_args=connect_args,
+            hide_parameters=True,
+            pool_size=_POOL_SIZE,
+            max_overflow=_POOL_OVERFLOW,
+        )
+    event.listen(engine, "connect", _sqlite_on_connect)
+    event.listen(engine, "begin", _sqlite_on_begin)
+    return engine
+
+
+def _sqlite_on_connect(dbapi_conn: Any, _record: Any) -> None:
+    # The driver's own transaction handling skips BEGIN for SELECTs; _sqlite_on_begin
+    # emits BEGIN itself instead, so reads are consistent and writes can be IMMEDIATE.
+    dbapi_conn.isolation_level = None
+    cursor = dbapi_conn.cursor()
+    try:
+        cursor.execute(f"PRAGMA busy_timeout = {_BUSY_TIMEOUT_S * 1000}")
+        # WAL: readers never block the writer. FULL: a commit is on disk (WAL synced)
+        # before it returns, because the node acknowledges C-STORE only after it.
+        cursor.execute("PRAGMA journal_mode = WAL")
+        cursor.execute("PRAGMA synchronous = FULL")
+        cursor.execute("PRAGMA foreign_keys = ON")
+    finally:
+        cursor.close()
+
+
+def _sqlite_on_begin(conn: Connection) -> None:
+    mode = conn.get_execution_options().get("sqlite_begin", "DEFERRED")
+    conn.exec_driver_sql(f"BEGIN {mode}")
+
+
+def _sqlite_lock_for(url: URL) -> threading.Lock:
+    """Returns the process-wide writer lock of this SQLite database file."""
+    database = url.database or ":memory:"
+    key = database if database == ":memory:" else str(Path(database).resolve())
+    with _sqlite_locks_guard:
+        return _sqlite_locks.setdefault(key, threading.Lock())

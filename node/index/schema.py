@@ -1,0 +1,176 @@
+"""Tables of the index, in SQLAlchemy Core.
+
+The hierarchy is patients > studies > series > instances, each child pointing at its parent
+by an integer ``*_pk`` foreign key; ``conflicts`` stands apart. Counts on studies and series
+are maintained by :class:`node.index.catalog.Catalog` in the same transaction as the instance
+insert.
+
+To extend the schema (e.g. the jobs table), add a ``Table`` on :data:`metadata` here: the
+catalog's ``create_all`` picks it up. :data:`INDEX_TABLES` lists only the tables that the
+catalog can rebuild from the stored objects (what ``clear()`` empties); add a new table there
+only if ``reindex`` recreates its rows.
+"""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from typing import Any
+
+from sqlalchemy import (
+    BigInteger,
+    Column,
+    DateTime,
+    ForeignKey,
+    Integer,
+    MetaData,
+    String,
+    Table,
+    UniqueConstraint,
+)
+from sqlalchemy.engine import Dialect
+from sqlalchemy.types import TypeDecorator
+
+# Stable constraint names, so that a later migration tool can address them on both dialects.
+metadata = MetaData(
+    naming_convention={
+        "ix": "ix_%(table_name)s_%(column_0_N_name)s",
+        "uq": "uq_%(table_name)s_%(column_0_N_name)s",
+        "fk": "fk_%(table_name)s_%(column_0_name)s_%(referred_table_name)s",
+        "pk": "pk_%(table_name)s",
+    }
+)
+
+# SQLite only auto-increments a column declared exactly INTEGER PRIMARY KEY.
+PrimaryKey = BigInteger().with_variant(Integer(), "sqlite")
+
+# Identifiers (hospital, pseudonym, UIDs) compare bytewise on PostgreSQL too, so both
+# dialects list in the same order and a prefix LIKE can use the b-tree index.
+Ident = String().with_variant(String(collation="C"), "postgresql")
+
+
+class UTCDateTime(TypeDecorator[datetime]):
+    """A timezone-aware UTC timestamp on every dialect.
+
+    PostgreSQL stores ``timestamptz``; SQLite has no time zones, so the value is stored as
+    naive UTC and marked UTC again when read. A naive value is taken to be UTC already.
+    """
+
+    impl = DateTime(timezone=True)
+    cache_ok = True
+
+    def process_bind_param(self, value: datetime | None, dialect: Dialect) -> Any:
+        """Returns the value converted to UTC (naive on SQLite), or None."""
+        if value is None:
+            return None
+        value = value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
+        return value.replace(tzinfo=None) if dialect.name == "sqlite" else value
+
+    def process_result_value(self, value: datetime | None, dialect: Dialect) -> Any:
+        """Returns the stored value as an aware UTC datetime, or None."""
+        if value is None:
+            return None
+        return value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
+
+
+def _pk() -> Column[Any]:
+    return Column("pk", PrimaryKey, primary_key=True, autoincrement=True)
+
+
+def _fk(name: str, target: str) -> Column[Any]:
+    # No ON DELETE CASCADE: the catalog removes children itself so that counts stay right.
+    return Column(name, PrimaryKey, ForeignKey(target), nullable=False, index=True)
+
+
+patients = Table(
+    "patients",
+    metadata,
+    _pk(),
+    Column("hospital", Ident, nullable=False),
+    Column("patient_key", Ident, nullable=False),  # pseudonym
+    Column("patient_id", String, index=True),
+    Column("issuer_of_patient_id", String),
+    Column("patient_name", String, index=True),
+    Column("birth_date", String),
+    Column("sex", String),
+    UniqueConstraint("hospital", "patient_key"),
+)
+
+studies = Table(
+    "studies",
+    metadata,
+    _pk(),
+    _fk("patient_pk", "patients.pk"),
+    Column("study_uid", Ident, nullable=False, unique=True),
+    Column("study_date", String, index=True),
+    Column("study_time", String),
+    Column("accession_number", String, index=True),
+    Column("study_id", String),
+    Column("description", String),
+    Column("referring_physician_name", String),
+    Column("number_of_series", Integer, nullable=False, default=0),
+    Column("number_of_instances", Integer, nullable=False, default=0),
+    Column("modalities_in_study", String),  # backslash-joined, sorted
+)
+
+series = Table(
+    "series",
+    metadata,
+    _pk(),
+    _fk("study_pk", "studies.pk"),
+    Column("series_uid", Ident, nullable=False, unique=True),
+    Column("modality", String, index=True),
+    Column("series_number", Integer),
+    Column("description", String),
+    Column("series_date", String),
+    Column("series_time", String),
+    Column("body_part_examined", String),
+    Column("number_of_instances", Integer, nullable=False, default=0),
+)
+
+instances = Table(
+    "instances",
+    metadata,
+    _pk(),
+    _fk("series_pk", "series.pk"),
+    Column("sop_uid", Ident, nullable=False, unique=True),
+    Column("sop_class_uid", String, nullable=False),
+    Column("instance_number", Integer),
+    Column("transfer_syntax_uid", String, nullable=False),
+    Column("number_of_frames", Integer),
+    Column("rows", Integer),
+    Column("columns", Integer),
+    Column("object_key", String, nullable=False),
+    Column("sha256", String(64), nullable=False),
+    Column("size", BigInteger, nullable=False),
+    Column("calling_ae", String, nullable=False),
+    Column("received_at", UTCDateTime, nullable=False),
+    Column("state", String, nullable=False),
+)
+
+conflicts = Table(
+    "conflicts",
+    metadata,
+    _pk(),
+    Column("sop_uid", Ident, nullable=False),
+    Column("sha256", String(64), nullable=False),
+    Column("size", BigInteger, nullable=False),
+    Column("object_key", String, nullable=False),
+    Column("calling_ae", String, nullable=False),
+    Column("received_at", UTCDateTime, nullable=False),
+    # Also serves lookups by sop_uid (leading column).
+    UniqueConstraint("sop_uid", "sha256"),
+)
+
+# Children before parents: the order in which rows can be deleted.
+INDEX_TABLES: tuple[Table, ...] = (instances, series, studies, patients, conflicts)
+
+__all__ = [
+    "INDEX_TABLES",
+    "UTCDateTime",
+    "conflicts",
+    "instances",
+    "metadata",
+    "patients",
+    "series",
+    "studies",
+]

@@ -1,0 +1,176 @@
+"""ingest.accept: the one path every instance takes into the node (C-STORE, import, STOW).
+
+    1. parse the header (no pixel decode) and check the encoding is whole
+    2. check it against what the sender said it was sending
+    3. write the original, then its description, each encrypted and atomic, under its UID path
+    4. index row, one transaction
+    5. only now return: the caller acknowledges the sender
+
+A store or index failure raises (StoreError / CatalogError) after removing what this call
+wrote, so nothing half-written stays visible and the sender can retry. The same bytes
+again are a no-op; different bytes under a known SOP Instance UID are kept apart as a
+conflict and reported, never written over the first.
+"""
+
+from __future__ import annotations
+
+import enum
+import hashlib
+import logging
+import threading
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any
+
+from node import describe
+from node.dicom.header import Header, parse
+from node.errors import CatalogError, InconsistentError, StoreError, UidMismatchError
+from node.index.catalog import Catalog
+from node.index.records import ConflictRecord, InstanceRecord
+from node.layout import DESCRIPTION, ORIGINAL, InstancePath, Pseudonymiser, patient_key
+
+log = logging.getLogger("support_node.ingest")
+
+
+class Outcome(enum.Enum):
+    STORED = "stored"
+    DUPLICATE = "duplicate"
+    CONFLICT = "conflict"
+
+
+@dataclass(frozen=True)
+class Source:
+    """Who sent an instance: the calling AE (empty for import), its hospital, the entry point."""
+
+    hospital: str
+    calling_ae: str = ""
+    via: str = "dimse"
+
+
+@dataclass(frozen=True)
+class Result:
+    outcome: Outcome
+    sop_uid: str
+    object_key: str
+    derived: tuple[str, ...] = ()
+
+
+class Ingest:
+    """Accepts encoded instances into the encrypted store and the index.
+
+    ``fs`` is the encrypted filesystem (paths relative to the store root).
+    """
+
+    def __init__(self, fs: Any, catalog: Catalog, keys: Pseudonymiser,
+                 clock: Callable[[], datetime] = lambda: datetime.now(UTC)) -> None:
+        self.fs = fs
+        self.catalog = catalog
+        self.keys = keys
+        self.clock = clock
+        # Two associations carrying the same SOP Instance UID at once must not both write
+        # the same path; striped locks keep that to one at a time without a lock per UID.
+        self._locks = [threading.Lock() for _ in range(64)]
+
+    def accept(self, data: bytes, source: Source, *, sop_class_uid: str | None = None,
+               sop_instance_uid: str | None = None) -> Result:
+        """Stores one instance durably, or raises.
+
+        ``sop_class_uid`` / ``sop_instance_uid``: what the command said it carries (C-STORE).
+        Returns the outcome (stored, duplicate, conflict) and where the instance lives.
+        Raises:
+            MalformedError: not DICOM or cut short.
+            InconsistentError: the data set disagrees with the command.
+            StoreError / CatalogError: the store or the index failed; nothing was kept.
+        """
+        header = parse(data)
+        self._check(header, sop_class_uid, sop_instance_uid)
+        ds = header.dataset
+        path = InstancePath(
+            hospital=source.hospital,
+            patient=patient_key(self.keys, _str(ds, "PatientID"), _str(ds, "IssuerOfPatientID")),
+            study=header.study_uid,
+            series=header.series_uid,
+            sop=header.sop_instance_uid,
+        )
+        receipt = describe.Receipt(
+            sha256=hashlib.sha256(data).hexdigest(),
+            size=len(data),
+            calling_ae=source.calling_ae,
+            via=source.via,
+            received_at=self.clock(),
+        )
+        lock = self._locks[hash(header.sop_instance_uid) % len(self._locks)]
+        with lock:
+            existing = self.catalog.get_instance(header.sop_instance_uid)
+            if existing is not None:
+                return self._known(existing, data, header, path, receipt)
+            self._write(path.folder, data, describe.build(header, path, receipt))
+            rec = describe.record(ds, path, receipt, header.transfer_syntax, header.sop_class_uid)
+            try:
+                inserted = self.catalog.add_instance(rec)
+            except CatalogError:
+                self._remove(path.folder)
+                raise
+            if not inserted:  # another node process indexed it first: treat as known
+                known = self.catalog.get_instance(header.sop_instance_uid)
+                if known is not None and known.object_key != path.folder:
+                    self._remove(path.folder)
+                if known is not None:
+                    return self._known(known, data, header, path, receipt)
+        if header.derived:
+            log.warning("stored %s with derived %s", path.sop, ", ".join(header.derived))
+        log.info("stored %s from %s via %s", path.sop, source.calling_ae or "-", source.via)
+        return Result(Outcome.STORED, path.sop, path.folder, header.derived)
+
+    def _check(self, header: Header, sop_class: str | None, sop_uid: str | None) -> None:
+        if sop_uid is not None and sop_uid.strip() != header.sop_instance_uid:
+            raise UidMismatchError("SOP Instance UID in the data set differs from the command's")
+        if sop_class is not None and sop_class.strip() != header.sop_class_uid:
+            raise InconsistentError("SOP Class UID in the data set differs from the command's")
+
+    def _known(self, existing: InstanceRecord, data: bytes, header: Header,
+               path: InstancePath, receipt: describe.Receipt) -> Result:
+        if existing.sha256 == receipt.sha256:
+            log.info("duplicate %s: same bytes already stored", header.sop_instance_uid)
+            return Result(Outcome.DUPLICATE, existing.sop_uid, existing.object_key)
+        # Keep the newcomer under the FIRST copy's folder so both are found together.
+        home = InstancePath.parse(existing.object_key)
+        folder = home.conflict(receipt.sha256)
+        conflict = ConflictRecord(
+            sop_uid=header.sop_instance_uid, sha256=receipt.sha256, size=receipt.size,
+            object_key=folder, calling_ae=receipt.calling_ae, received_at=receipt.received_at,
+        )
+        if not self.fs.exists(f"{folder}/{DESCRIPTION}"):
+            self._write(folder, data, describe.build(header, path, receipt))
+        try:
+            self.catalog.add_conflict(conflict)
+        except CatalogError:
+            self._remove(folder)
+            raise
+        log.warning("conflict %s: different bytes under a stored SOP Instance UID, kept apart "
+                    "as %s", header.sop_instance_uid, folder)
+        return Result(Outcome.CONFLICT, existing.sop_uid, folder)
+
+    def _write(self, folder: str, data: bytes, doc: dict[str, Any]) -> None:
+        try:
+            self.fs.pipe_file(f"{folder}/{ORIGINAL}", data)
+            self.fs.pipe_file(f"{folder}/{DESCRIPTION}", describe.encode(doc))
+        except StoreError:
+            self._remove(folder)
+            raise
+        except OSError as exc:
+            self._remove(folder)
+            raise StoreError(f"could not write {folder}") from exc
+
+    def _remove(self, folder: str) -> None:
+        for name in (DESCRIPTION, ORIGINAL):
+            try:
+                self.fs.rm_file(f"{folder}/{name}")
+            except (FileNotFoundError, OSError, StoreError):
+                pass  # best effort: an orphan without an index row is invisible anyway
+
+
+def _str(ds: Any, keyword: str) -> str | None:
+    value = ds.get(keyword)
+    return None if value is None else str(value).strip() or None

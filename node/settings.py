@@ -1,0 +1,303 @@
+"""Configuration: read once, at the edge, into frozen settings.
+
+Sources, later ones winning: the embedded defaults (the same as ``config/node.toml``),
+the TOML file given by ``--config`` or ``SUPPORT_NODE_CONFIG``, then environment
+variables ``SUPPORT_NODE_<SECTION>_<KEY>`` (``SUPPORT_NODE_DIMSE_PORT=11113``;
+``SUPPORT_NODE_STORE_OPTIONS_<KEY>`` for fsspec options). The home folder
+(``--home`` / ``SUPPORT_NODE_HOME``, default ``./var``) holds the local store, the SQLite
+index and the key file unless the config points elsewhere; relative paths in the config
+are taken relative to it.
+
+Unknown keys and bad values raise ``ConfigError`` naming the key.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import os
+import re
+import tomllib
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from node.errors import ConfigError
+
+ENV_PREFIX = "SUPPORT_NODE_"
+_AE = re.compile(r"[\x20-\x5b\x5d-\x7e]{1,16}")  # PS3.5 AE: 16 chars, no backslash
+_HOSPITAL = re.compile(r"[a-z0-9][a-z0-9._-]{0,63}")
+_SECRET_OPTIONS = frozenset({"secret", "key", "password", "token", "aws_secret_access_key"})
+
+
+class Secret(str):
+    """A string whose repr never shows its value (starlette's habit)."""
+
+    def __repr__(self) -> str:
+        return "Secret('**********')"
+
+
+@dataclass(frozen=True)
+class Caller:
+    """A calling AE title allowed to store, and the hospital its images belong to."""
+
+    ae_title: str
+    hospital: str
+
+
+@dataclass(frozen=True)
+class DimseSettings:
+    ae_title: str = "SUPPORT_NODE"
+    host: str = "127.0.0.1"
+    port: int = 11112
+    max_associations: int = 10
+    allow_any_ae: bool = False
+    max_pdu: int = 1048576
+    network_timeout: int = 60
+    callers: tuple[Caller, ...] = ()
+
+    def hospital_for(self, ae_title: str) -> str | None:
+        """The hospital of a calling AE; None when the caller is not allowed."""
+        for caller in self.callers:
+            if caller.ae_title == ae_title.strip():
+                return caller.hospital
+        return "default" if self.accepts_any_caller else None
+
+    @property
+    def accepts_any_caller(self) -> bool:
+        """Any caller is accepted on purpose, or by default when only loopback can reach us."""
+        return self.allow_any_ae or (not self.callers and _is_loopback(self.host))
+
+
+@dataclass(frozen=True)
+class StoreSettings:
+    url: str
+    options: Mapping[str, Any] = field(default_factory=dict)
+    fsync: bool = True
+    chunk_size: int = 1048576
+
+
+@dataclass(frozen=True)
+class IndexSettings:
+    url: str = field(repr=False)  # may carry a database password
+
+
+@dataclass(frozen=True)
+class KeysSettings:
+    file: Path
+    bits: int = 128
+
+
+@dataclass(frozen=True)
+class LogSettings:
+    level: str = "INFO"
+
+
+@dataclass(frozen=True)
+class Settings:
+    home: Path
+    dimse: DimseSettings
+    store: StoreSettings
+    index: IndexSettings
+    keys: KeysSettings
+    log: LogSettings
+
+
+# The schema: section -> key -> (type, default). Defaults that depend on home are None.
+_SCHEMA: dict[str, dict[str, tuple[type, Any]]] = {
+    "dimse": {
+        "ae_title": (str, "SUPPORT_NODE"),
+        "host": (str, "127.0.0.1"),
+        "port": (int, 11112),
+        "max_associations": (int, 10),
+        "allow_any_ae": (bool, False),
+        "max_pdu": (int, 1048576),
+        "network_timeout": (int, 60),
+    },
+    "store": {
+        "url": (str, None),
+        "fsync": (bool, True),
+        "chunk_size": (int, 1048576),
+    },
+    "index": {"url": (str, None)},
+    "keys": {"file": (str, None), "bits": (int, 128)},
+    "log": {"level": (str, "INFO")},
+}
+
+
+def _is_loopback(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+def _coerce(name: str, kind: type, value: Any) -> Any:
+    if kind is bool:
+        if isinstance(value, bool):
+            return value
+        if isinstance(value, str) and value.lower() in ("1", "true", "yes", "on"):
+            return True
+        if isinstance(value, str) and value.lower() in ("0", "false", "no", "off"):
+            return False
+        raise ConfigError(f"{name}: expected true or false, got {value!r}")
+    if kind is int:
+        if isinstance(value, bool):
+            raise ConfigError(f"{name}: expected an integer, got {value!r}")
+        try:
+            return int(value)
+        except (TypeError, ValueError):
+            raise ConfigError(f"{name}: expected an integer, got {value!r}") from None
+    if not isinstance(value, str):
+        raise ConfigError(f"{name}: expected a string, got {value!r}")
+    return value
+
+
+def _read_file(path: Path) -> dict[str, Any]:
+    try:
+        with path.open("rb") as fh:
+            return tomllib.load(fh)
+    except FileNotFoundError:
+        raise ConfigError(f"config file not found: {path}") from None
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(f"config file {path} is not valid TOML: {exc}") from None
+
+
+def _env_layer(environ: Mapping[str, str]) -> tuple[dict[str, dict[str, Any]], dict[str, str]]:
+    values: dict[str, dict[str, Any]] = {}
+    options: dict[str, str] = {}
+    for name, value in environ.items():
+        if not name.startswith(ENV_PREFIX) or name in (ENV_PREFIX + "HOME", ENV_PREFIX + "CONFIG"):
+            continue
+        rest = name[len(ENV_PREFIX) :].lower()
+        if rest.startswith("store_options_"):
+            options[rest[len("store_options_") :]] = value
+            continue
+        for section, keys in _SCHEMA.items():
+            key = rest[len(section) + 1 :]
+            if rest.startswith(section + "_") and key in keys:
+                values.setdefault(section, {})[key] = value
+                break
+        else:
+            raise ConfigError(f"{name}: unknown configuration variable")
+    return values, options
+
+
+def _merge(file_data: dict[str, Any], env: dict[str, dict[str, Any]]) -> dict[str, dict[str, Any]]:
+    merged: dict[str, dict[str, Any]] = {s: {} for s in _SCHEMA}
+    for section, table in file_data.items():
+        if section not in _SCHEMA:
+            raise ConfigError(f"[{section}]: unknown configuration section")
+        if not isinstance(table, dict):
+            raise ConfigError(f"[{section}]: expected a table")
+        for key, value in table.items():
+            if section == "dimse" and key == "callers":
+                continue
+            if section == "store" and key == "options":
+                continue
+            if key not in _SCHEMA[section]:
+                raise ConfigError(f"{section}.{key}: unknown configuration key")
+            merged[section][key] = value
+    for section, table in env.items():
+        merged[section].update(table)
+    resolved: dict[str, dict[str, Any]] = {}
+    for section, keys in _SCHEMA.items():
+        resolved[section] = {}
+        for key, (kind, default) in keys.items():
+            value = merged[section].get(key, default)
+            name = f"{section}.{key}"
+            resolved[section][key] = None if value is None else _coerce(name, kind, value)
+    return resolved
+
+
+def _callers(file_data: dict[str, Any]) -> tuple[Caller, ...]:
+    table = file_data.get("dimse", {}).get("callers", {})
+    if not isinstance(table, dict):
+        raise ConfigError("dimse.callers: expected a table of AE titles")
+    callers = []
+    for ae_title, entry in table.items():
+        name = f"dimse.callers.{ae_title}"
+        if not _AE.fullmatch(ae_title) or ae_title != ae_title.strip():
+            raise ConfigError(f"{name}: not a valid AE title")
+        if not isinstance(entry, dict) or set(entry) - {"hospital"}:
+            raise ConfigError(f"{name}: expected a table with the key 'hospital'")
+        hospital = entry.get("hospital", "default")
+        if not isinstance(hospital, str) or not _HOSPITAL.fullmatch(hospital):
+            raise ConfigError(f"{name}.hospital: use lower-case letters, digits, '.', '_', '-'")
+        callers.append(Caller(ae_title, hospital))
+    return tuple(callers)
+
+
+def _validate(s: Settings) -> None:
+    d = s.dimse
+    if not _AE.fullmatch(d.ae_title) or d.ae_title != d.ae_title.strip():
+        raise ConfigError("dimse.ae_title: 1 to 16 characters, no backslash or edge spaces")
+    if not 0 <= d.port <= 65535:
+        raise ConfigError(f"dimse.port: {d.port} is not a TCP port")
+    if d.max_associations < 1:
+        raise ConfigError("dimse.max_associations: must be at least 1")
+    if d.max_pdu != 0 and d.max_pdu < 4096:
+        raise ConfigError("dimse.max_pdu: 0 (unlimited) or at least 4096")
+    if not d.callers and not d.allow_any_ae and not _is_loopback(d.host):
+        raise ConfigError(
+            f"dimse.host: binding to {d.host} with no [dimse.callers] allow-list; "
+            "list the callers or set dimse.allow_any_ae = true on purpose"
+        )
+    if s.keys.bits not in (128, 256):
+        raise ConfigError("keys.bits: 128 or 256")
+    if s.store.chunk_size < 4096:
+        raise ConfigError("store.chunk_size: at least 4096")
+    if s.log.level.upper() not in ("DEBUG", "INFO", "WARNING", "ERROR"):
+        raise ConfigError("log.level: DEBUG, INFO, WARNING or ERROR")
+
+
+def _under(home: Path, value: str) -> Path:
+    path = Path(value).expanduser()
+    return path if path.is_absolute() else home / path
+
+
+def load(
+    config: str | os.PathLike[str] | None = None,
+    home: str | os.PathLike[str] | None = None,
+    environ: Mapping[str, str] | None = None,
+    overrides: Mapping[str, Mapping[str, Any]] | None = None,
+) -> Settings:
+    """Builds the settings from defaults, the config file, the environment and overrides.
+
+    ``overrides`` (``{"dimse": {"port": 11113}}``) come from command-line options.
+    Raises ConfigError naming the first bad key.
+    """
+    env = os.environ if environ is None else environ
+    home_path = Path(home or env.get(ENV_PREFIX + "HOME") or "./var").expanduser().resolve()
+    config = config or env.get(ENV_PREFIX + "CONFIG")
+    file_data = _read_file(Path(config)) if config else {}
+    env_values, env_options = _env_layer(env)
+    for section, table in (overrides or {}).items():
+        env_values.setdefault(section, {}).update({k: v for k, v in table.items() if v is not None})
+    v = _merge(file_data, env_values)
+    raw_options = file_data.get("store", {}).get("options", {})
+    if not isinstance(raw_options, dict):
+        raise ConfigError("store.options: expected a table")
+    options = {**raw_options, **env_options}
+    options = {k: Secret(x) if k in _SECRET_OPTIONS and isinstance(x, str) else x
+               for k, x in options.items()}
+    store_url = v["store"]["url"] or f"file://{home_path / 'store'}"
+    if store_url.startswith("file://") and not store_url.startswith("file:///"):
+        store_url = "file://" + str(_under(home_path, store_url[len("file://") :]))
+    index_url = v["index"]["url"] or f"sqlite:///{home_path / 'index.sqlite'}"
+    settings = Settings(
+        home=home_path,
+        dimse=DimseSettings(**v["dimse"], callers=_callers(file_data)),
+        store=StoreSettings(
+            url=store_url, options=options, fsync=v["store"]["fsync"],
+            chunk_size=v["store"]["chunk_size"],
+        ),
+        index=IndexSettings(url=index_url),
+        keys=KeysSettings(file=_under(home_path, v["keys"]["file"] or "keys.json"),
+                          bits=v["keys"]["bits"]),
+        log=LogSettings(level=v["log"]["level"].upper()),
+    )
+    _validate(settings)
+    return settings
