@@ -3,4 +3,6 @@
 pytest_plugins = [
     "tests.fixtures.seaweed",
     "tests.fixtures.postgres",
+    "tests.fixtures.node",
+    "tests.fixtures.dcmtk",
 ]

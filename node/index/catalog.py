@@ -102,6 +102,7 @@ _INSTANCE_FIELDS = {
         "state",
     )
 }
+_CONFLICT_FIELDS = ("sop_uid", "sha256", "size", "object_key", "calling_ae", "received_at")
 
 # The columns of an InstanceRecord, labelled with the record's field names.
 _RECORD_COLUMNS = [
@@ -575,7 +576,8 @@ class Catalog:
         for table, pk in ((s.patients, patient_pk), (s.studies, study_pk)):
             conn.execute(select(table.c.pk).where(table.c.pk == pk).with_for_update())
         if conn.execute(delete(s.instances).where(s.instances.c.pk == instance_pk)).rowcount != 1:
-            raise _Rollback(False)  # removed by someone else meanwhile
+            # Changed by someone else meanwhile (removed, perhaps added again): look again.
+            raise _Retry()
         series_left = conn.scalar(
             update(s.series)
             .where(s.series.c.pk == series_pk)
@@ -614,9 +616,6 @@ class Catalog:
         other_study = select(s.studies.c.pk).where(s.studies.c.patient_pk == patient_pk).limit(1)
         if conn.scalar(other_study) is None:
             conn.execute(delete(s.patients).where(s.patients.c.pk == patient_pk))
-
-
-_CONFLICT_FIELDS = ("sop_uid", "sha256", "size", "object_key", "calling_ae", "received_at")
 
 
 # ---- helpers --------------------------------------------------------------------------------

@@ -4,10 +4,14 @@ from __future__ import annotations
 
 import dataclasses
 import os
+import shutil
 import socket
+import subprocess
 import threading
 from collections.abc import Iterator
+from contextlib import contextmanager
 from datetime import UTC, datetime, timedelta, timezone
+from pathlib import Path
 
 import pytest
 import sqlalchemy as sa
@@ -558,15 +562,32 @@ def test_sqlite_in_a_path_that_is_not_a_directory_is_a_catalog_error(tmp_path) -
         Catalog(f"sqlite:///{not_a_dir / 'index.db'}")
 
 
-@pytest.mark.skipif(os.geteuid() == 0, reason="root may write to any directory")
-def test_sqlite_in_a_read_only_directory_is_a_catalog_error(tmp_path) -> None:
-    read_only = tmp_path / "ro"
-    read_only.mkdir(mode=0o555)
+@contextmanager
+def _read_only_directory(path: Path) -> Iterator[None]:
+    """Makes ``path`` unwritable for this process: by its mode, or, since root ignores
+    modes, by the immutable attribute (skips where that is not allowed)."""
+    if os.geteuid() != 0:
+        path.chmod(0o555)
+        try:
+            yield
+        finally:
+            path.chmod(0o755)
+        return
+    chattr = shutil.which("chattr")
+    if chattr is None or subprocess.run([chattr, "+i", str(path)], check=False).returncode:
+        pytest.skip("running as root and cannot make a directory immutable (chattr +i)")
     try:
-        with pytest.raises(CatalogError):
-            Catalog(f"sqlite:///{read_only / 'index.db'}")
+        yield
     finally:
-        read_only.chmod(0o755)
+        subprocess.run([chattr, "-i", str(path)], check=True)
+
+
+def test_sqlite_in_a_read_only_directory_is_a_catalog_error(tmp_path: Path) -> None:
+    read_only = tmp_path / "ro"
+    read_only.mkdir()
+
+    with _read_only_directory(read_only), pytest.raises(CatalogError):
+        Catalog(f"sqlite:///{read_only / 'index.db'}")
 
 
 def test_unsupported_url_is_a_catalog_error() -> None:
