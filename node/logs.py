@@ -17,5 +17,7 @@ def configure(level: str = "INFO") -> None:
     root.setLevel(level)
     # pynetdicom's INFO/DEBUG output includes data set summaries (patient names): never.
     logging.getLogger("pynetdicom").setLevel(logging.WARNING)
+    # pydicom logs invalid element values verbatim (names, IDs): keep it quiet.
+    logging.getLogger("pydicom").setLevel(logging.CRITICAL)
     for noisy in ("botocore", "aiobotocore", "s3fs", "fsspec", "urllib3", "asyncio"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
