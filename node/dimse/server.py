@@ -18,7 +18,7 @@ from pynetdicom.transport import ThreadedAssociationServer
 from node.dimse.status import Status, status_for
 from node.dimse.transport import tune_connection
 from node.errors import IngestError, NodeError
-from node.ingest import Ingest, Outcome, Source
+from node.ingest import Ingest, Source
 from node.settings import DimseSettings
 
 log = logging.getLogger("support_node.dimse")
@@ -66,9 +66,9 @@ def handle_store(event: Any, deps: StoreDeps) -> int:
     except Exception:
         log.exception("unexpected failure while storing an instance from %s", calling)
         return int(Status.OUT_OF_RESOURCES)
-    if result.outcome is Outcome.CONFLICT:
-        # Durably kept (apart from the first copy), so the sender may forget it.
-        return int(Status.SUCCESS)
+    # A conflict is durably kept (apart from the first copy), so it is a success too:
+    # the sender may forget it. The log and `ls` report it.
+    del result
     return int(Status.SUCCESS)
 
 
