@@ -14,6 +14,7 @@ import os
 import shutil
 from collections.abc import Iterator
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from pathlib import Path
 from types import TracebackType
 from typing import IO, Any
@@ -107,18 +108,39 @@ class Node:
         """Decrypts the original, streaming, to ``out_dir/hospital/patient/study/series/sop.dcm``.
 
         The file appears whole or not at all (written to a temporary name, then renamed).
+        Raises IntegrityError (and leaves no file) if the stored object was tampered with.
         """
-        target = out_dir.joinpath(*record.object_key.split("/")[:-1], f"{record.sop_uid}.dcm")
+        target = self._export_path(record, out_dir, f"{record.sop_uid}.dcm")
+        self._decrypt_to(f"{record.object_key}/{ORIGINAL}", target)
+        return target
+
+    def export_conflicts(self, record: InstanceRecord, out_dir: Path) -> list[Path]:
+        """Decrypts the copies kept as conflicts of ``record`` beside its export.
+
+        Each is written as ``{sop}.conflict-{sha256[:12]}.dcm`` in the folder ``export``
+        writes ``{sop}.dcm`` to. Returns the files written, oldest conflict first.
+        """
+        paths = []
+        for conflict in self.conflicts(record.sop_uid):
+            name = f"{record.sop_uid}.conflict-{conflict.sha256[:12]}.dcm"
+            target = self._export_path(record, out_dir, name)
+            self._decrypt_to(f"{conflict.object_key}/{ORIGINAL}", target)
+            paths.append(target)
+        return paths
+
+    @staticmethod
+    def _export_path(record: InstanceRecord, out_dir: Path, name: str) -> Path:
+        return out_dir.joinpath(*record.object_key.split("/")[:-1], name)
+
+    def _decrypt_to(self, key: str, target: Path) -> None:
         target.parent.mkdir(parents=True, exist_ok=True)
         partial = target.with_name(target.name + ".partial")
         try:
-            with self.open_object(f"{record.object_key}/{ORIGINAL}") as src, \
-                    partial.open("wb") as dst:
+            with self.open_object(key) as src, partial.open("wb") as dst:
                 shutil.copyfileobj(src, dst, _COPY_CHUNK)
             os.replace(partial, target)
         finally:
             partial.unlink(missing_ok=True)
-        return target
 
     # -- encrypt / decrypt ---------------------------------------------------------------
 
@@ -169,6 +191,20 @@ class Node:
         return "instance" if catalog.add_instance(describe.record_from(doc)) else "skipped"
 
     def descriptions(self) -> list[str]:
-        """Every description object key; instances before their conflicts."""
+        """Every description object key, in the order to reindex them.
+
+        Instances come before their conflicts, and each in the order they were received:
+        the index keeps patient, study and series attributes from the first instance that
+        named them, so only that order rebuilds the listing ingest made. (This reads every
+        description; one that cannot be read goes last, for ``reindex_entry`` to report.)
+        """
         keys = [k for k in self.objects() if k.endswith("/" + DESCRIPTION)]
-        return sorted(keys, key=lambda k: (f"/{CONFLICTS}/" in k, k))
+        received = {k: self._received_at(k) for k in keys}
+        return sorted(keys, key=lambda k: (f"/{CONFLICTS}/" in k, received[k], k))
+
+    def _received_at(self, key: str) -> datetime:
+        try:
+            doc = describe.decode(self.services.fs.cat_file(key))
+            return describe.receipt_of(doc).received_at.astimezone(UTC)
+        except (NodeError, ValueError, KeyError, TypeError, OSError):
+            return datetime.max.replace(tzinfo=UTC)

@@ -58,6 +58,10 @@ class Context:
         logs.configure(level if service or level in ("WARNING", "ERROR") else "WARNING")
 
     def node(self, create_keys: bool = False) -> Node:
+        path = self.settings.keys.file
+        if not create_keys and not path.exists():
+            raise KeyringError(f"key file not found: {path} (run `support-node init` first, "
+                               "or give the node's --home)")
         return Node.from_settings(self.settings, create_keys=create_keys)
 
 
@@ -201,12 +205,13 @@ def ls(hospital: Annotated[str | None, typer.Argument()] = None,
             conflicts = {c.sop_uid: c for c in node.conflicts()}
             if as_json:
                 for rec in records:
-                    doc = {k: v for k, v in asdict(rec).items()}
-                    doc["received_at"] = rec.received_at.isoformat()
+                    # sop_instance_uid and state are the keys scripts rely on; sop_uid stays.
+                    doc = asdict(rec) | {"sop_instance_uid": rec.sop_uid, "state": rec.state,
+                                         "received_at": rec.received_at.isoformat()}
                     doc["conflicts"] = [asdict(c) | {"received_at": c.received_at.isoformat()}
                                         for c in node.conflicts(rec.sop_uid)] \
                         if rec.sop_uid in conflicts else []
-                    out.print_json(json.dumps(doc)) if False else print(json.dumps(doc))
+                    print(json.dumps(doc))
                 return
             table = Table("hospital", "patient", "study", "series", "sop instance", "modality",
                           "size", "note", box=None)
@@ -237,12 +242,16 @@ def get(hospital: Annotated[str, typer.Argument()],
             records = list(node.ls(hospital, patient, study, series, sop))
             if not records:
                 raise fail("nothing stored under that hierarchy", 1)
+            copies = 0
             with progress() as bar:
                 task = bar.add_task("decrypting", total=len(records))
                 for rec in records:
                     node.export(rec, out_dir)
+                    # Same UID, other bytes: beside it as {sop}.conflict-{sha256[:12]}.dcm.
+                    copies += len(node.export_conflicts(rec, out_dir))
                     bar.advance(task)
-        out.print(f"wrote {len(records)} files under {out_dir}")
+        note = f" and {copies} conflict copies" if copies else ""
+        out.print(f"wrote {len(records)} files{note} under {out_dir}", highlight=False)
     run(body)
 
 

@@ -8,14 +8,12 @@ time received, and any UID the node had to derive.
 from __future__ import annotations
 
 import json
-import warnings
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
-from pydicom.dataset import Dataset
-
-from node.dicom.header import Header, integer, text, to_json
+from node.dicom.header import Header
+from node.dicom.jsonmodel import to_json
 from node.index.records import ConflictRecord, InstanceRecord
 from node.layout import InstancePath
 
@@ -33,8 +31,9 @@ class Receipt:
     received_at: datetime
 
 
-def build(header: Header, path: InstancePath, receipt: Receipt) -> dict[str, Any]:
-    """The description document of one instance."""
+def build(header: Header, path: InstancePath, receipt: Receipt,
+          dicom: dict[str, Any] | None = None) -> dict[str, Any]:
+    """The description document of one instance (``dicom``: its JSON model, if made already)."""
     return {
         "format": FORMAT,
         "object_key": path.folder,
@@ -56,7 +55,7 @@ def build(header: Header, path: InstancePath, receipt: Receipt) -> dict[str, Any
             "via": receipt.via,
         },
         "derived_uids": list(header.derived),
-        "dicom": to_json(header.dataset),
+        "dicom": dicom if dicom is not None else to_json(header.dataset),
     }
 
 
@@ -72,10 +71,48 @@ def decode(data: bytes) -> dict[str, Any]:
     return doc
 
 
-def record(header_ds: Dataset, path: InstancePath, receipt: Receipt,
+# Index attributes and their tags, read from the DICOM JSON model.
+_TEXT_TAGS = {
+    "patient_id": "00100020", "issuer_of_patient_id": "00100021", "patient_name": "00100010",
+    "patient_birth_date": "00100030", "patient_sex": "00100040", "study_date": "00080020",
+    "study_time": "00080030", "accession_number": "00080050", "study_id": "00200010",
+    "study_description": "00081030", "referring_physician_name": "00080090",
+    "modality": "00080060", "series_description": "0008103E", "series_date": "00080021",
+    "series_time": "00080031", "body_part_examined": "00180015",
+}
+_INT_TAGS = {
+    "series_number": "00200011", "instance_number": "00200013",
+    "number_of_frames": "00280008", "rows": "00280010", "columns": "00280011",
+}
+
+
+def _text(dicom: dict[str, Any], tag: str) -> str | None:
+    values = dicom.get(tag, {}).get("Value")
+    if not values:
+        return None
+    parts = []
+    for v in values:
+        if isinstance(v, dict):  # PN: groups joined back with "=" as in the DICOM string
+            groups = [v.get(k, "") for k in ("Alphabetic", "Ideographic", "Phonetic")]
+            v = "=".join(groups).rstrip("=")
+        parts.append("" if v is None else str(v))
+    joined = "\\".join(parts).strip()
+    return joined or None
+
+
+def _int(dicom: dict[str, Any], tag: str) -> int | None:
+    values = dicom.get(tag, {}).get("Value")
+    try:
+        return int(values[0]) if values and values[0] is not None else None
+    except (TypeError, ValueError):
+        return None
+
+
+def record(dicom: dict[str, Any], path: InstancePath, receipt: Receipt,
            transfer_syntax: str, sop_class_uid: str) -> InstanceRecord:
-    """The index record of an instance from its header and where it is stored."""
-    ds = header_ds
+    """The index record of an instance from its DICOM JSON model and where it is stored."""
+    fields: dict[str, Any] = {k: _text(dicom, t) for k, t in _TEXT_TAGS.items()}
+    fields.update({k: _int(dicom, t) for k, t in _INT_TAGS.items()})
     return InstanceRecord(
         hospital=path.hospital,
         patient_key=path.patient,
@@ -89,27 +126,7 @@ def record(header_ds: Dataset, path: InstancePath, receipt: Receipt,
         size=receipt.size,
         calling_ae=receipt.calling_ae,
         received_at=receipt.received_at,
-        patient_id=text(ds, "PatientID"),
-        issuer_of_patient_id=text(ds, "IssuerOfPatientID"),
-        patient_name=text(ds, "PatientName"),
-        patient_birth_date=text(ds, "PatientBirthDate"),
-        patient_sex=text(ds, "PatientSex"),
-        study_date=text(ds, "StudyDate"),
-        study_time=text(ds, "StudyTime"),
-        accession_number=text(ds, "AccessionNumber"),
-        study_id=text(ds, "StudyID"),
-        study_description=text(ds, "StudyDescription"),
-        referring_physician_name=text(ds, "ReferringPhysicianName"),
-        modality=text(ds, "Modality"),
-        series_number=integer(ds, "SeriesNumber"),
-        series_description=text(ds, "SeriesDescription"),
-        series_date=text(ds, "SeriesDate"),
-        series_time=text(ds, "SeriesTime"),
-        body_part_examined=text(ds, "BodyPartExamined"),
-        instance_number=integer(ds, "InstanceNumber"),
-        number_of_frames=integer(ds, "NumberOfFrames"),
-        rows=integer(ds, "Rows"),
-        columns=integer(ds, "Columns"),
+        **fields,
     )
 
 
@@ -126,12 +143,10 @@ def receipt_of(doc: dict[str, Any]) -> Receipt:
 
 def record_from(doc: dict[str, Any]) -> InstanceRecord:
     """Rebuilds the index record from a stored description alone (``reindex``)."""
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        ds = Dataset.from_json(doc["dicom"], bulk_data_uri_handler=lambda *_: b"")
     path = InstancePath.parse(doc["object_key"])
-    return record(ds, path, receipt_of(doc), doc["original"]["transfer_syntax"],
-                  str(ds.get("SOPClassUID", "")))
+    dicom = doc["dicom"]
+    return record(dicom, path, receipt_of(doc), doc["original"]["transfer_syntax"],
+                  _text(dicom, "00080016") or "")
 
 
 def conflict_from(doc: dict[str, Any], folder: str) -> ConflictRecord:

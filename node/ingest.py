@@ -25,6 +25,7 @@ from typing import Any
 
 from node import describe
 from node.dicom.header import Header, parse
+from node.dicom.jsonmodel import to_json
 from node.errors import CatalogError, InconsistentError, StoreError, UidMismatchError
 from node.index.catalog import Catalog
 from node.index.records import ConflictRecord, InstanceRecord
@@ -105,8 +106,10 @@ class Ingest:
             existing = self.catalog.get_instance(header.sop_instance_uid)
             if existing is not None:
                 return self._known(existing, data, header, path, receipt)
-            self._write(path.folder, data, describe.build(header, path, receipt))
-            rec = describe.record(ds, path, receipt, header.transfer_syntax, header.sop_class_uid)
+            dicom = to_json(ds)
+            self._write(path.folder, data, describe.build(header, path, receipt, dicom))
+            rec = describe.record(dicom, path, receipt, header.transfer_syntax,
+                                  header.sop_class_uid)
             try:
                 inserted = self.catalog.add_instance(rec)
             except CatalogError:
@@ -154,8 +157,9 @@ class Ingest:
 
     def _write(self, folder: str, data: bytes, doc: dict[str, Any]) -> None:
         try:
-            self.fs.pipe_file(f"{folder}/{ORIGINAL}", data)
-            self.fs.pipe_file(f"{folder}/{DESCRIPTION}", describe.encode(doc))
+            # Original first: a description never points at a missing original.
+            self.fs.pipe_files({f"{folder}/{ORIGINAL}": data,
+                                f"{folder}/{DESCRIPTION}": describe.encode(doc)})
         except StoreError:
             self._remove(folder)
             raise

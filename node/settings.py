@@ -27,7 +27,12 @@ from node.errors import ConfigError
 ENV_PREFIX = "SUPPORT_NODE_"
 _AE = re.compile(r"[\x20-\x5b\x5d-\x7e]{1,16}")  # PS3.5 AE: 16 chars, no backslash
 _HOSPITAL = re.compile(r"[a-z0-9][a-z0-9._-]{0,63}")
-_SECRET_OPTIONS = frozenset({"secret", "key", "password", "token", "aws_secret_access_key"})
+# Every spelling of a credential that node.store.backends accepts, so none shows in a repr.
+_SECRET_OPTIONS = frozenset({
+    "secret", "key", "password", "token", "session_token", "secret_key", "secret_access_key",
+    "aws_secret_access_key", "aws_session_token", "access_key", "access_key_id",
+    "aws_access_key_id",
+})
 
 
 class Secret(str):
@@ -144,7 +149,7 @@ def _coerce(name: str, kind: type, value: Any) -> Any:
             return False
         raise ConfigError(f"{name}: expected true or false, got {value!r}")
     if kind is int:
-        if isinstance(value, bool):
+        if isinstance(value, bool | float):  # int(11112.5) would quietly drop the .5
             raise ConfigError(f"{name}: expected an integer, got {value!r}")
         try:
             return int(value)
@@ -258,6 +263,15 @@ def _under(home: Path, value: str) -> Path:
     return path if path.is_absolute() else home / path
 
 
+def _sqlite_under(home: Path, url: str) -> str:
+    """A SQLite URL whose relative file path (``sqlite:///rel.db``) is taken under ``home``."""
+    head, sep, path = url.partition(":///")
+    if not sep or not head.startswith("sqlite") or path.startswith("/") or path in ("", ":memory:"):
+        return url
+    file, query_sep, query = path.partition("?")
+    return f"{head}:///{_under(home, file)}{query_sep}{query}"
+
+
 def load(
     config: str | os.PathLike[str] | None = None,
     home: str | os.PathLike[str] | None = None,
@@ -286,7 +300,9 @@ def load(
     store_url = v["store"]["url"] or f"file://{home_path / 'store'}"
     if store_url.startswith("file://") and not store_url.startswith("file:///"):
         store_url = "file://" + str(_under(home_path, store_url[len("file://") :]))
-    index_url = v["index"]["url"] or f"sqlite:///{home_path / 'index.sqlite'}"
+    elif "://" not in store_url:  # a plain path, as config/node.toml allows
+        store_url = "file://" + str(_under(home_path, store_url))
+    index_url = _sqlite_under(home_path, v["index"]["url"] or "sqlite:///index.sqlite")
     settings = Settings(
         home=home_path,
         dimse=DimseSettings(**v["dimse"], callers=_callers(file_data)),

@@ -100,6 +100,13 @@ class EncryptedFSSuite:
                 == (data[DEFAULT_CHUNK_SIZE - 3 : DEFAULT_CHUNK_SIZE + 3])
             )
 
+    def test_pipe_files_writes_each_object_whole(self, efs: EncryptedFileSystem) -> None:
+        objects = {"h/p/a/original.dcm": data_of(3 * CHUNK + 5, 1),
+                   "h/p/a/description.json": b'{"x": 1}'}
+        efs.pipe_files(objects)
+        assert {p: efs.cat_file(p) for p in objects} == objects
+        assert sorted(efs.find("h")) == sorted(objects)  # no temporary files left
+
     def test_overwrite_replaces(self, efs: EncryptedFileSystem) -> None:
         efs.pipe_file("o", b"first version")
         efs.pipe_file("o", b"second")
