@@ -36,6 +36,9 @@ def _vr_of(raw: RawDataElement, signed: bool) -> str:
     try:
         vr = dictionary_VR(raw.tag)  # implicit VR, or UN for a known tag (as pydicom does)
     except KeyError:
+        tag = int(raw.tag)
+        if tag >> 16 & 1 and 0x10 <= tag & 0xFFFF <= 0xFF:
+            return "LO"  # a private creator (PS3.5 7.8.1)
         return "UN"
     if vr == "SQ" and raw.VR == "UN":
         return "UN"
