@@ -26,7 +26,7 @@ from node.index.records import ConflictRecord, InstanceRecord
 from node.ingest import Result, Source
 from node.layout import CONFLICTS, DESCRIPTION, ORIGINAL
 from node.services import Services, open_services
-from node.settings import Settings, load
+from node.settings import Settings, load, valid_hospital
 
 _COPY_CHUNK = 1 << 20
 
@@ -68,7 +68,13 @@ class Node:
     # -- write ---------------------------------------------------------------------------
 
     def write(self, data: bytes, hospital: str = "default", via: str = "api") -> Result:
-        """Stores one encoded instance exactly as given (see ``Ingest.accept`` for errors)."""
+        """Stores one encoded instance exactly as given (see ``Ingest.accept`` for errors).
+
+        Raises ValueError for a hospital name the layout cannot hold (lower-case letters,
+        digits, '.', '_', '-').
+        """
+        if not valid_hospital(hospital):
+            raise ValueError(f"not a valid hospital name: {hospital!r}")
         return self.services.ingest.accept(data, Source(hospital=hospital, via=via))
 
     # -- read by hierarchy ---------------------------------------------------------------

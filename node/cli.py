@@ -19,6 +19,7 @@ from typing import Annotated, Any
 
 import typer
 from rich.console import Console
+from rich.measure import Measurement
 from rich.progress import (
     BarColumn,
     MofNCompleteColumn,
@@ -32,8 +33,8 @@ from node import logs
 from node.api import Node
 from node.errors import ConfigError, IngestError, KeyringError, NodeError
 from node.ingest import Source
-from node.settings import Settings, load
 from node.services import ensure_keyring
+from node.settings import Settings, load, valid_hospital
 
 app = typer.Typer(help="support-node: a DICOM node that keeps images encrypted and AI-ready.",
                   no_args_is_help=True, pretty_exceptions_enable=False)
@@ -82,6 +83,13 @@ def run(fn: Any) -> Any:
         raise fail(str(exc), 3) from None
 
 
+def print_table(table: Table) -> None:
+    """Prints ``table`` at its natural width, whatever the terminal's: a UID cut short by an
+    ellipsis could not be given to the next command (``ls`` → ``get``)."""
+    natural = Measurement.get(out, out.options.update_width(1 << 16), table).maximum
+    Console(file=out.file, width=max(natural, out.width), soft_wrap=True).print(table)
+
+
 def progress() -> Progress:
     return Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
                     TimeElapsedColumn(), console=err, transient=False)
@@ -89,7 +97,8 @@ def progress() -> Progress:
 
 @app.command()
 def init(home: HomeOpt = None, config: ConfigOpt = None,
-         bits: Annotated[int | None, typer.Option(help="AES key size, 128 or 256.")] = None) -> None:
+         bits: Annotated[int | None, typer.Option(help="AES key size, 128 or 256.")] = None,
+         ) -> None:
     """Create the home folder, the key file (mode 0600) and the index."""
     def body() -> None:
         overrides = {"keys": {"bits": bits}} if bits else None
@@ -157,6 +166,9 @@ def import_(paths: Annotated[list[Path], typer.Argument(help="Files or folders o
     """Store DICOM files through the same ingest path as C-STORE, byte for byte."""
     def body() -> None:
         ctx = Context(home, config)
+        if not valid_hospital(hospital):
+            raise fail(f"--hospital {hospital!r}: use lower-case letters, digits, "
+                       "'.', '_', '-' (it names a folder of the store)", 2)
         missing = [str(p) for p in paths if not p.exists()]
         if missing:
             raise fail(f"no such file or folder: {', '.join(missing)}", 2)
@@ -221,7 +233,7 @@ def ls(hospital: Annotated[str | None, typer.Argument()] = None,
                 note = "CONFLICT" if rec.sop_uid in conflicts else ""
                 table.add_row(rec.hospital, rec.patient_key, rec.study_uid, rec.series_uid,
                               rec.sop_uid, rec.modality or "", str(rec.size), note)
-            out.print(table)
+            print_table(table)
             out.print(f"{n} instances" + (f", {len(conflicts)} with conflicts" if conflicts
                                           else ""))
     run(body)

@@ -130,6 +130,11 @@ _SCHEMA: dict[str, dict[str, tuple[type, Any]]] = {
 }
 
 
+def valid_hospital(name: str) -> bool:
+    """Whether ``name`` can be a hospital, the first level of the storage layout."""
+    return bool(_HOSPITAL.fullmatch(name))
+
+
 def _is_loopback(host: str) -> bool:
     if host == "localhost":
         return True
@@ -229,7 +234,7 @@ def _callers(file_data: dict[str, Any]) -> tuple[Caller, ...]:
         if not isinstance(entry, dict) or set(entry) - {"hospital"}:
             raise ConfigError(f"{name}: expected a table with the key 'hospital'")
         hospital = entry.get("hospital", "default")
-        if not isinstance(hospital, str) or not _HOSPITAL.fullmatch(hospital):
+        if not isinstance(hospital, str) or not valid_hospital(hospital):
             raise ConfigError(f"{name}.hospital: use lower-case letters, digits, '.', '_', '-'")
         callers.append(Caller(ae_title, hospital))
     return tuple(callers)

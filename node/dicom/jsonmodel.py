@@ -17,6 +17,7 @@ from pydicom.charset import decode_bytes, default_encoding
 from pydicom.datadict import dictionary_VR
 from pydicom.dataelem import RawDataElement
 from pydicom.dataset import Dataset
+from pydicom.tag import BaseTag
 
 BULK_THRESHOLD = 1024
 _SINGLE = frozenset(("LT", "ST", "UT", "UR"))
@@ -102,7 +103,8 @@ def _raw_json(raw: RawDataElement, vr: str, encodings: list[str]) -> dict[str, A
         names = []
         for name in _strings(value, vr, encodings):
             groups = name.split("=")
-            doc = {k: g for k, g in zip(("Alphabetic", "Ideographic", "Phonetic"), groups) if g}
+            keys = ("Alphabetic", "Ideographic", "Phonetic")
+            doc = {k: g for k, g in zip(keys, groups, strict=False) if g}
             names.append(doc or None)
         entry["Value"] = names
         return entry
@@ -124,7 +126,7 @@ def to_json(ds: Dataset) -> dict[str, Any]:
     Elements whose bytes do not decode are left out, like pydicom's suppress_invalid_tags.
     """
     encodings = _encodings(ds)
-    pixel_rep = ds._dict.get(0x00280103)  # noqa: SLF001
+    pixel_rep = ds._dict.get(BaseTag(0x00280103))  # noqa: SLF001
     signed = pixel_rep is not None and bool(
         pixel_rep.value not in (None, b"", 0, b"\x00\x00") and (
             pixel_rep.value == 1 or (isinstance(pixel_rep.value, bytes)
@@ -157,7 +159,7 @@ def to_json(ds: Dataset) -> dict[str, Any]:
 def _encodings(ds: Dataset) -> list[str]:
     from pydicom.charset import convert_encodings
 
-    raw = ds._dict.get(0x00080005)  # noqa: SLF001
+    raw = ds._dict.get(BaseTag(0x00080005))  # noqa: SLF001
     if raw is None:
         return [default_encoding]
     if isinstance(raw, RawDataElement):

@@ -44,7 +44,8 @@ class _Walker:
         self.saw_pixels = False
 
     def fail(self, why: str, tag: int, pos: int) -> MalformedError:
-        return MalformedError(f"{why} at element ({tag >> 16:04X},{tag & 0xFFFF:04X}), offset {pos}")
+        where = f"({tag >> 16:04X},{tag & 0xFFFF:04X})"
+        return MalformedError(f"{why} at element {where}, offset {pos}")
 
     def read_tag(self, pos: int, end: int) -> int:
         if pos + 4 > end:
@@ -122,7 +123,7 @@ class _Walker:
                 pos = self.dataset(pos, end, until_item_end=True)
             else:
                 if pos + length > end:
-                    raise self.fail(f"item of {length} bytes runs past the end of the data", tag, pos)
+                    raise self.fail(f"item of {length} bytes runs past the end", tag, pos)
                 self.dataset(pos, pos + length)
                 pos += length
         return pos
@@ -140,7 +141,7 @@ class _Walker:
                 raise self.fail("expected a pixel data fragment", tag, pos)
             pos += 8
             if pos + length > end:
-                raise self.fail(f"fragment of {length} bytes runs past the end of the data", tag, pos)
+                raise self.fail(f"fragment of {length} bytes runs past the end", tag, pos)
             pos += length
 
 

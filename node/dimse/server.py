@@ -82,6 +82,7 @@ def build_ae(dimse: DimseSettings) -> AE:
     ae.dimse_timeout = dimse.network_timeout
     ae.add_supported_context(Verification)
     for context in AllStoragePresentationContexts:
+        assert context.abstract_syntax is not None
         ae.add_supported_context(context.abstract_syntax, TRANSFER_SYNTAXES)
     if not dimse.accepts_any_caller:
         ae.require_calling_aet = [c.ae_title for c in dimse.callers]
@@ -95,7 +96,7 @@ def start(dimse: DimseSettings, ingest: Ingest) -> ThreadedAssociationServer:
     ``server.shutdown()`` stops it.
     """
     ae = build_ae(dimse)
-    handlers = [
+    handlers: list[Any] = [
         (evt.EVT_CONN_OPEN, tune_connection),
         (evt.EVT_C_STORE, handle_store, [StoreDeps(ingest, dimse)]),
     ]
