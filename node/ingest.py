@@ -23,6 +23,8 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
+from pydicom.uid import UID
+
 from node import describe
 from node.dicom.header import Header, parse
 from node.dicom.jsonmodel import to_json
@@ -131,6 +133,9 @@ class Ingest:
             raise UidMismatchError("SOP Instance UID in the data set differs from the command's")
         if sop_class is not None and sop_class.strip() != header.sop_class_uid:
             raise InconsistentError("SOP Class UID in the data set differs from the command's")
+        if not header.has_pixels and "Image Storage" in UID(header.sop_class_uid).name:
+            # An image IOD's Image Pixel module is mandatory: a PACS that sent this lost data.
+            raise InconsistentError("an image SOP Class without pixel data")
 
     def _known(self, existing: InstanceRecord, data: bytes, header: Header,
                path: InstancePath, receipt: describe.Receipt) -> Result:

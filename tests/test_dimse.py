@@ -281,6 +281,15 @@ def test_sop_class_differing_from_the_command_is_refused(
     assert dimse_node.node.objects() == []
 
 
+def test_image_without_pixel_data_does_not_match_its_sop_class(
+        dimse_node: RunningNode, tmp_path: Path) -> None:
+    ds = synthetic.ct_study(series=1, per_series=1)[0]
+    del ds.PixelData
+    path = synthetic.write(ds, tmp_path)
+    assert pynetdicom_send(dimse_node, path) == 0xA900
+    assert dimse_node.node.objects() == []
+
+
 def test_store_failure_gives_a_retryable_status_and_nothing_indexed(
         dimse_node: RunningNode, tmp_path: Path) -> None:
     store_root = Path(dimse_node.settings.store.url.removeprefix("file://"))

@@ -7,7 +7,6 @@ import io
 import re
 import warnings
 from dataclasses import dataclass
-from typing import Any
 
 import pydicom
 from pydicom.dataset import Dataset
@@ -21,7 +20,6 @@ from node.errors import MalformedError
 _UID = re.compile(r"[0-9A-Za-z][0-9A-Za-z._-]{0,63}")
 _EXPLICIT_LE = "1.2.840.10008.1.2.1"
 _EXPLICIT_BE = "1.2.840.10008.1.2.2"
-PIXEL_KEYWORDS = ("PixelData", "FloatPixelData", "DoubleFloatPixelData")
 
 
 @dataclass(frozen=True)
@@ -108,37 +106,3 @@ def parse(data: bytes) -> Header:
         has_file_meta=offset > 0,
         derived=tuple(derived),
     )
-
-
-def _bulk_uri(element: Any) -> str:
-    return f"original.dcm#{element.tag:08X}"
-
-
-def to_json(ds: Dataset) -> dict[str, Any]:
-    """The DICOM JSON model of ``ds`` (PS3.18 F.2); values over 1 KiB become BulkDataURIs."""
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        return ds.to_json_dict(
-            bulk_data_threshold=1024,
-            bulk_data_element_handler=_bulk_uri,
-            suppress_invalid_tags=True,
-        )
-
-
-def text(ds: Dataset, keyword: str) -> str | None:
-    """A string attribute as stored (multi-values joined by backslash); None when absent."""
-    value = ds.get(keyword)
-    if value is None or value == "":
-        return None
-    if isinstance(value, pydicom.multival.MultiValue):
-        return "\\".join(str(v) for v in value)
-    return str(value).strip() or None
-
-
-def integer(ds: Dataset, keyword: str) -> int | None:
-    """An integer attribute, or None when absent or unparseable (real data is messy)."""
-    try:
-        value = ds.get(keyword)
-        return None if value is None or value == "" else int(value)
-    except (TypeError, ValueError):
-        return None
