@@ -17,7 +17,8 @@ Dcmtk = Callable[..., subprocess.CompletedProcess[str]]
 
 
 @pytest.fixture
-def scale_out_config(s3_server: Any, s3_root: str, postgres_server: Any) -> Iterator[dict[str, Any]]:
+def scale_out_config(
+        s3_server: Any, s3_root: str, postgres_server: Any) -> Iterator[dict[str, Any]]:
     with postgres_server.database() as index_url:
         yield {
             "store": {"url": f"s3://{s3_root}", "options": {
