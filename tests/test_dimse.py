@@ -5,6 +5,7 @@ from __future__ import annotations
 import concurrent.futures
 import hashlib
 import shutil
+import socket
 import sqlite3
 import subprocess
 from collections.abc import Callable
@@ -17,6 +18,7 @@ from pynetdicom.sop_class import Verification  # type: ignore[attr-defined]
 
 from node.dicom.header import parse
 from node.dicom.structure import split_part10
+from node.dimse.transport import WholeReadSocket
 from pipelines import synthetic
 from tests.fixtures.node import RunningNode, pydicom_test_files
 
@@ -340,3 +342,17 @@ def test_raw_objects_carry_no_phi_after_c_store(dimse_node: RunningNode, dcmtk: 
             assert b"Doe^Jane" not in raw and b"PAT-0001" not in raw
             assert all(pixels[i:i + 64] not in raw for i in range(0, len(pixels) - 64, 512))
             assert "PAT-0001" not in str(obj)
+
+
+
+def test_whole_pdu_reads_return_what_arrived_when_the_peer_closes() -> None:
+    """A sender that hangs up mid-PDU must not crash the reader (it reports a short read)."""
+    ours, peer = socket.socketpair()
+    try:
+        reader = object.__new__(WholeReadSocket)  # only .socket is used by recv
+        reader.socket = ours
+        peer.sendall(b"\x04\x00\x00")
+        peer.close()
+        assert reader.recv(6) == bytearray(b"\x04\x00\x00")
+    finally:
+        ours.close()

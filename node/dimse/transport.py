@@ -36,6 +36,7 @@ class WholeReadSocket(AssociationSocket):
                 except OSError:
                     pass
             if n == 0:  # peer closed: return what arrived, as pynetdicom does
+                view.release()
                 del buf[nr_read:]
                 return buf
             nr_read += n
