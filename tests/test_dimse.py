@@ -8,6 +8,7 @@ import shutil
 import socket
 import sqlite3
 import subprocess
+import time
 from collections.abc import Callable
 from pathlib import Path
 
@@ -18,7 +19,7 @@ from pynetdicom.sop_class import Verification  # type: ignore[attr-defined]
 
 from node.dicom.header import parse
 from node.dicom.structure import split_part10
-from node.dimse.transport import WholeReadSocket
+from node.dimse.transport import QuickAckSocket
 from pipelines import synthetic
 from tests.fixtures.node import RunningNode, pydicom_test_files
 
@@ -345,14 +346,26 @@ def test_raw_objects_carry_no_phi_after_c_store(dimse_node: RunningNode, dcmtk: 
 
 
 
-def test_whole_pdu_reads_return_what_arrived_when_the_peer_closes() -> None:
+def test_quick_ack_reads_return_what_arrived_when_the_peer_closes() -> None:
     """A sender that hangs up mid-PDU must not crash the reader (it reports a short read)."""
     ours, peer = socket.socketpair()
     try:
-        reader = object.__new__(WholeReadSocket)  # only .socket is used by recv
+        reader = object.__new__(QuickAckSocket)  # only .socket is used by recv
         reader.socket = ours
         peer.sendall(b"\x04\x00\x00")
         peer.close()
         assert reader.recv(6) == bytearray(b"\x04\x00\x00")
     finally:
         ours.close()
+
+
+def test_sender_closing_after_release_leaves_no_error(
+        dimse_node: RunningNode, dcmtk: Dcmtk, tmp_path: Path,
+        caplog: pytest.LogCaptureFixture) -> None:
+    files = [synthetic.write(ds, tmp_path) for ds in synthetic.ct_series(3, size=256)]
+    with caplog.at_level("WARNING"):
+        assert storescu(dcmtk, dimse_node, files).returncode == 0
+        time.sleep(0.5)  # the node notices the closed connection
+    assert not [r for r in caplog.records if r.levelname in ("ERROR", "CRITICAL")], \
+        [r.getMessage() for r in caplog.records]
+    assert dimse_node.node.services.catalog.counts()["instances"] == 3
