@@ -30,7 +30,7 @@ from node.dicom.header import Header, parse
 from node.dicom.jsonmodel import to_json
 from node.errors import CatalogError, InconsistentError, StoreError, UidMismatchError
 from node.index.catalog import Catalog
-from node.index.records import ConflictRecord, InstanceRecord
+from node.index.records import ConflictRecord
 from node.layout import DESCRIPTION, ORIGINAL, InstancePath, Pseudonymiser, patient_key
 
 log = logging.getLogger("support_node.ingest")
@@ -105,9 +105,9 @@ class Ingest:
         )
         lock = self._locks[hash(header.sop_instance_uid) % len(self._locks)]
         with lock:
-            existing = self.catalog.get_instance(header.sop_instance_uid)
+            existing = self.catalog.known_digest(header.sop_instance_uid)
             if existing is not None:
-                return self._known(existing, data, header, path, receipt)
+                return self._known(*existing, data, header, path, receipt)
             dicom = to_json(ds)
             self._write(path.folder, data, describe.build(header, path, receipt, dicom))
             rec = describe.record(dicom, path, receipt, header.transfer_syntax,
@@ -118,11 +118,11 @@ class Ingest:
                 self._remove(path.folder)
                 raise
             if not inserted:  # another node process indexed it first: treat as known
-                known = self.catalog.get_instance(header.sop_instance_uid)
-                if known is not None and known.object_key != path.folder:
+                known = self.catalog.known_digest(header.sop_instance_uid)
+                if known is not None and known[1] != path.folder:
                     self._remove(path.folder)
                 if known is not None:
-                    return self._known(known, data, header, path, receipt)
+                    return self._known(*known, data, header, path, receipt)
         if header.derived:
             log.warning("stored %s with derived %s", path.sop, ", ".join(header.derived))
         log.info("stored %s from %s via %s", path.sop, source.calling_ae or "-", source.via)
@@ -137,13 +137,14 @@ class Ingest:
             # An image IOD's Image Pixel module is mandatory: a PACS that sent this lost data.
             raise InconsistentError("an image SOP Class without pixel data")
 
-    def _known(self, existing: InstanceRecord, data: bytes, header: Header,
+    def _known(self, sha256: str, object_key: str, data: bytes, header: Header,
                path: InstancePath, receipt: describe.Receipt) -> Result:
-        if existing.sha256 == receipt.sha256:
+        """An instance with this SOP Instance UID is indexed (``sha256`` at ``object_key``)."""
+        if sha256 == receipt.sha256:
             log.info("duplicate %s: same bytes already stored", header.sop_instance_uid)
-            return Result(Outcome.DUPLICATE, existing.sop_uid, existing.object_key)
+            return Result(Outcome.DUPLICATE, header.sop_instance_uid, object_key)
         # Keep the newcomer under the FIRST copy's folder so both are found together.
-        home = InstancePath.parse(existing.object_key)
+        home = InstancePath.parse(object_key)
         folder = home.conflict(receipt.sha256)
         conflict = ConflictRecord(
             sop_uid=header.sop_instance_uid, sha256=receipt.sha256, size=receipt.size,
@@ -158,7 +159,7 @@ class Ingest:
             raise
         log.warning("conflict %s: different bytes under a stored SOP Instance UID, kept apart "
                     "as %s", header.sop_instance_uid, folder)
-        return Result(Outcome.CONFLICT, existing.sop_uid, folder)
+        return Result(Outcome.CONFLICT, header.sop_instance_uid, folder)
 
     def _write(self, folder: str, data: bytes, doc: dict[str, Any]) -> None:
         try:

@@ -167,6 +167,10 @@ class Catalog:
         self._url = _normalise_url(url)
         self._engine = _create_engine(self._url)
         self._dialect = self._engine.dialect.name
+        # series_uid -> (series pk, study pk) of committed rows. SQLite only: its writers
+        # are serialised, so skipping the hierarchy look-ups cannot race; PostgreSQL keeps
+        # the top-down locking of the full path.
+        self._series_cache: dict[str, tuple[int, int, int]] = {}
         self._writer_lock: AbstractContextManager[Any] = (
             _sqlite_lock_for(self._url) if self._dialect == "sqlite" else nullcontext()
         )
@@ -213,9 +217,29 @@ class Catalog:
             CatalogError: the database failed.
         """
         _require_aware(rec.received_at, "received_at")
-        return self._write(
-            f"indexing instance {rec.sop_uid}", lambda conn: self._add_instance(conn, rec)
+        made: dict[str, tuple[int, int, int]] = {}
+        inserted = self._write(
+            f"indexing instance {rec.sop_uid}", lambda conn: self._add_instance(conn, rec, made)
         )
+        if made and self._dialect == "sqlite":  # only once committed
+            if len(self._series_cache) > 4096:
+                self._series_cache.clear()
+            self._series_cache.update(made)
+        return inserted
+
+    def known_digest(self, sop_uid: str) -> tuple[str, str] | None:
+        """Returns (sha256, object_key) of an indexed instance, or None: the cheap check
+        that ingest makes before writing anything.
+
+        Raises:
+            CatalogError: the database failed.
+        """
+
+        def read(conn: Connection) -> tuple[str, str] | None:
+            row = conn.execute(_INSTANCE_DIGEST, {"k_sop_uid": sop_uid}).first()
+            return None if row is None else (row.sha256, row.object_key)
+
+        return self._read(f"reading instance {sop_uid}", read)
 
     def get_instance(self, sop_uid: str) -> InstanceRecord | None:
         """Returns the full record of one instance, or None if it is not indexed.
@@ -272,6 +296,7 @@ class Catalog:
         Raises:
             CatalogError: the database failed.
         """
+        self._series_cache.clear()  # a series it empties is deleted
         return self._write(
             f"removing instance {sop_uid}", lambda conn: self._remove_instance(conn, sop_uid)
         )
@@ -372,6 +397,7 @@ class Catalog:
             for table in s.INDEX_TABLES:
                 conn.execute(delete(table))
 
+        self._series_cache.clear()
         self._write("clearing the index", write)
 
     # ---- transactions -------------------------------------------------------------------
@@ -454,7 +480,28 @@ class Catalog:
 
     # ---- the work of add_instance -------------------------------------------------------
 
-    def _add_instance(self, conn: Connection, rec: InstanceRecord) -> bool:
+    def _add_cached(self, conn: Connection, rec: InstanceRecord, series_pk: int,
+                    study_pk: int, patient_pk: int) -> bool:
+        """The add of a further instance of a series this process indexed before: the
+        instance row and the counts only (SQLite, writers serialised)."""
+        # Another process may have removed the series (and SQLite may reuse its pk).
+        if conn.scalar(_SERIES_STILL, {"k_pk": series_pk, "k_uid": rec.series_uid}) is None:
+            self._series_cache.pop(rec.series_uid, None)
+            raise _Retry()
+        row = {col: getattr(rec, f) for f, col in _INSTANCE_FIELDS.items()}
+        inserted = conn.scalar(
+            self._insert(s.instances, ("sop_uid",)), {"series_pk": series_pk, **row}
+        )
+        if inserted is None:
+            raise _Rollback(False)
+        _update_row(conn, s.patients, patient_pk, fill=_present(rec, _PATIENT_FIELDS))
+        self._bump_study(conn, study_pk, rec.modality, _present(rec, _STUDY_FIELDS), False)
+        _update_row(conn, s.series, series_pk, fill=_present(rec, _SERIES_FIELDS),
+                    increment=("number_of_instances",))
+        return True
+
+    def _add_instance(self, conn: Connection, rec: InstanceRecord,
+                      made: dict[str, tuple[int, int, int]]) -> bool:
         """Returns True once the instance row and its hierarchy are written.
 
         On PostgreSQL the hierarchy is locked top-down (patient, study), the order in which
@@ -462,6 +509,9 @@ class Catalog:
         row only if it has NULLs to fill, the study row always (it serialises the adds of
         one study, which all update its counts anyway).
         """
+        cached = self._series_cache.get(rec.series_uid)
+        if cached is not None:
+            return self._add_cached(conn, rec, *cached)
         if conn.scalar(_INSTANCE_EXISTS, {"k_sop_uid": rec.sop_uid}) is not None:
             return False
         patient = _present(rec, _PATIENT_FIELDS)
@@ -490,6 +540,7 @@ class Catalog:
             raise _Rollback(False)
         self._bump_study(conn, study_pk, rec.modality, study, new_series)
         _update_row(conn, s.series, series_pk, fill=series, increment=("number_of_instances",))
+        made[rec.series_uid] = (series_pk, study_pk, patient_pk)
         return True
 
     def _get_or_create(
@@ -655,6 +706,12 @@ def _update_row(
 # instance costs more than running it on SQLite.
 
 _INSTANCE_EXISTS = select(s.instances.c.pk).where(s.instances.c.sop_uid == bindparam("k_sop_uid"))
+_SERIES_STILL = select(s.series.c.pk).where(
+    s.series.c.pk == bindparam("k_pk"), s.series.c.series_uid == bindparam("k_uid")
+)
+_INSTANCE_DIGEST = select(s.instances.c.sha256, s.instances.c.object_key).where(
+    s.instances.c.sop_uid == bindparam("k_sop_uid")
+)
 _GET_INSTANCE = _record_select().where(s.instances.c.sop_uid == bindparam("k_sop_uid"))
 _STUDY_MODALITIES = select(s.studies.c.modalities_in_study).where(
     s.studies.c.pk == bindparam("k_pk")
