@@ -195,11 +195,6 @@ def import_(paths: Annotated[list[Path], typer.Argument(help="Files or folders o
     run(body)
 
 
-def _hierarchy(hospital: str | None, patient: str | None, study: str | None,
-               series: str | None, sop: str | None) -> tuple[str | None, ...]:
-    return hospital, patient, study, series, sop
-
-
 @app.command()
 def ls(hospital: Annotated[str | None, typer.Argument()] = None,
        patient: Annotated[str | None, typer.Argument(help="Pseudonym or Patient ID.")] = None,
