@@ -412,10 +412,10 @@ class EncryptedFileSystem(AbstractFileSystem):
                 sinks.append((rel, sink))
                 sink.write(blob)
                 sink.finish()
-            directories = set()
+            directories: set[str] = set()
             for _, sink in sinks:
                 sink.commit()
-                directories.add(sink.directory)
+                directories.update(sink.synced_directories)
             if self.fsync:
                 for directory in directories:
                     _fsync_directory(directory)
@@ -495,6 +495,20 @@ class _StoreReader(DecryptingReader):
             raise _translate(exc, self.path, "read") from exc
 
 
+def _make_directories(directory: str) -> list[str]:
+    """Creates ``directory`` and missing parents; returns the parents of those it made."""
+    missing = []
+    path = directory
+    while path and not os.path.isdir(path):
+        missing.append(path)
+        parent = os.path.dirname(path)
+        if parent == path:
+            break
+        path = parent
+    os.makedirs(directory, exist_ok=True)
+    return [os.path.dirname(p) for p in missing]
+
+
 def _fsync_directory(directory: str) -> None:
     fd = os.open(directory, os.O_RDONLY)
     try:
@@ -508,7 +522,9 @@ class _LocalSink:
 
     def __init__(self, final: str, fsync: bool, sync_directory: bool = True) -> None:
         directory, base = os.path.split(final)
-        os.makedirs(directory, exist_ok=True)
+        # A folder made here (a new study, series, instance) is only durable once the
+        # entry in its parent is: those parents are synced on commit too.
+        self.synced_directories = [directory, *_make_directories(directory)]
         self._final = final
         self._directory = directory
         self.directory = directory
@@ -535,7 +551,8 @@ class _LocalSink:
         self.finish()
         os.replace(self._tmp, self._final)
         if self._fsync and self._sync_directory:
-            _fsync_directory(self._directory)
+            for directory in self.synced_directories:
+                _fsync_directory(directory)
 
     def discard(self) -> None:
         if self._file is not None:
