@@ -123,10 +123,15 @@ class SupportNode(Receiver):
     name = "support-node"
     aet = "SUPPORT_NODE"
 
+    def __init__(self, workers: int = 1) -> None:
+        super().__init__()
+        self.workers = workers
+
     def command(self) -> tuple[list[str], dict[str, str]]:
         home = self.dir / "home"
         env = node_env() | {"SUPPORT_NODE_HOME": str(home)}
-        return [*NODE_CLI, "serve", "--home", str(home), "--dimse-port", str(self.port)], env
+        return [*NODE_CLI, "serve", "--home", str(home), "--dimse-port", str(self.port),
+                "--workers", str(self.workers)], env
 
     def stored(self) -> int:
         out = subprocess.run([*NODE_CLI, "ls", "--json", "--home", str(self.dir / "home")],

@@ -60,6 +60,7 @@ ASSOCIATIONS = 4
 
 RECEIVERS: dict[str, tuple[str, Callable[[], Receiver]]] = {
     "node": ("support-node (local store, fsync on)", SupportNode),
+    "node-2w": ("support-node, 2 worker processes", lambda: SupportNode(workers=2)),
     "bare": ("pynetdicom bare SCP, defaults (16 KiB PDU)", BarePynetdicom),
     "bare-1m": ("pynetdicom bare SCP, 1 MiB PDU", lambda: BarePynetdicom(MIB)),
     "bare-1m-tuned": ("pynetdicom bare SCP, 1 MiB PDU + node's transport",
@@ -71,7 +72,7 @@ RECEIVERS: dict[str, tuple[str, Callable[[], Receiver]]] = {
     "orthanc-env": ("Orthanc as apt's service runs it (TCP_NODELAY unset)",
                     lambda: Orthanc(nodelay=False)),
 }
-MAIN = ["node", "bare", "bare-1m", "bare-1m-tuned", "dcmtk", "orthanc"]
+MAIN = ["node", "node-2w", "bare", "bare-1m", "bare-1m-tuned", "dcmtk", "orthanc"]
 SMALL = ["node", "bare", "bare-1m", "bare-1m-tuned", "dcmtk", "dcmtk-env", "orthanc",
          "orthanc-env"]
 

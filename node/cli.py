@@ -7,10 +7,7 @@ error; 3 store, index or key problem.
 from __future__ import annotations
 
 import json
-import logging
-import signal
 import sys
-import threading
 from collections import Counter
 from collections.abc import Iterator
 from dataclasses import asdict
@@ -117,36 +114,36 @@ def serve(home: HomeOpt = None, config: ConfigOpt = None,
           host: Annotated[str | None, typer.Option(help="Address to listen on.")] = None,
           dimse_port: Annotated[int | None, typer.Option(help="DIMSE port.")] = None,
           ae_title: Annotated[str | None, typer.Option(help="This node's AE title.")] = None,
+          workers: Annotated[int | None, typer.Option(
+              help="Receiving processes sharing the port.")] = None,
           ) -> None:
     """Run the node: DIMSE Verification and Storage SCP, until Ctrl-C or SIGTERM."""
-    from node.dimse import server as dimse_server
+    from node import service
 
     def body() -> None:
         ctx = Context(home, config, {"dimse": {"host": host, "port": dimse_port,
-                                              "ae_title": ae_title}}, service=True)
-        node = ctx.node(create_keys=True)
-        stop = threading.Event()
-        for sig in (signal.SIGINT, signal.SIGTERM):
-            signal.signal(sig, lambda *_: stop.set())
+                                              "ae_title": ae_title, "workers": workers}},
+                      service=True)
+        settings = ctx.settings
+        # Create the key file and the index tables once, before any worker races to.
+        ctx.node(create_keys=True).close()
+
+        def ready(port: int) -> None:
+            d = settings.dimse
+            extra = f" ({d.workers} workers)" if d.workers > 1 else ""
+            out.print(f"support-node {d.ae_title} ready: DIMSE on {d.host}:{port}{extra}, "
+                      f"store {settings.store.url}", highlight=False)
+            sys.stdout.flush()
+
         try:
-            scp = dimse_server.start(ctx.settings.dimse, node.services.ingest)
+            if settings.dimse.workers > 1:
+                service.serve_workers(settings, ready)
+            else:
+                service.serve_one(settings, ready)
         except OSError as exc:
-            node.close()
-            d = ctx.settings.dimse
-            raise fail(f"cannot listen on {d.host}:{d.port}: {exc.strerror}", 3) from None
-        port = scp.server_address[1]
-        out.print(f"support-node {ctx.settings.dimse.ae_title} ready: DIMSE on "
-                  f"{ctx.settings.dimse.host}:{port}, store {ctx.settings.store.url}",
-                  highlight=False)
-        sys.stdout.flush()
-        try:
-            while not stop.wait(0.5):
-                pass
-        finally:
-            logging.getLogger("support_node").info("shutting down")
-            scp.shutdown()
-            node.close()
-            out.print("stopped")
+            d = settings.dimse
+            raise fail(f"cannot listen on {d.host}:{d.port}: {exc.strerror or exc}", 3) from None
+        out.print("stopped")
     run(body)
 
 

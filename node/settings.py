@@ -59,6 +59,7 @@ class DimseSettings:
     allow_any_ae: bool = False
     max_pdu: int = 1048576
     network_timeout: int = 60
+    workers: int = 1
     callers: tuple[Caller, ...] = ()
 
     def hospital_for(self, ae_title: str) -> str | None:
@@ -118,6 +119,7 @@ _SCHEMA: dict[str, dict[str, tuple[type, Any]]] = {
         "allow_any_ae": (bool, False),
         "max_pdu": (int, 1048576),
         "network_timeout": (int, 60),
+        "workers": (int, 1),
     },
     "store": {
         "url": (str, None),
@@ -246,6 +248,10 @@ def _validate(s: Settings) -> None:
         raise ConfigError("dimse.ae_title: 1 to 16 characters, no backslash or edge spaces")
     if not 0 <= d.port <= 65535:
         raise ConfigError(f"dimse.port: {d.port} is not a TCP port")
+    if d.workers < 1:
+        raise ConfigError("dimse.workers: must be at least 1")
+    if d.workers > 1 and d.port == 0:
+        raise ConfigError("dimse.workers: several workers share one port; set dimse.port")
     if d.max_associations < 1:
         raise ConfigError("dimse.max_associations: must be at least 1")
     if d.max_pdu != 0 and d.max_pdu < 4096:

@@ -149,3 +149,49 @@ def test_serve_reports_a_port_in_use(tmp_path: Path, served: list[Served]) -> No
     assert second.proc.wait(timeout=30) == 3
     out = second.output()
     assert f"cannot listen on 127.0.0.1:{port}" in out and "Traceback" not in out
+
+
+def _free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def test_serve_with_worker_processes_shares_one_port(tmp_path: Path,
+                                                     served: list[Served]) -> None:
+    home = tmp_path / "home"
+    port = _free_port()
+    node = Served("--dimse-port", str(port), "--workers", "2", home=home)
+    served.append(node)
+    assert "(2 workers)" in node.wait_for(READY, timeout=60).string
+
+    # A second node cannot join the port by accident.
+    other = Served("--dimse-port", str(port), "--workers", "2", home=tmp_path / "other")
+    served.append(other)
+    assert other.proc.wait(timeout=30) == 3
+    assert "cannot listen" in other.output()
+
+    study = synthetic.ct_study(series=4, per_series=3, size=64, seed=5)
+    paths = [synthetic.write(ds, tmp_path / "send") for ds in study]
+
+    def send(chunk: list[Path]) -> list[int]:
+        ae = AE(ae_title="PYTEST")
+        ae.add_requested_context(CTImageStorage, "1.2.840.10008.1.2.1")
+        assoc = ae.associate("127.0.0.1", port)
+        assert assoc.is_established
+        try:
+            return [int(assoc.send_c_store(p).Status) for p in chunk]
+        finally:
+            assoc.release()
+
+    with __import__("concurrent.futures").futures.ThreadPoolExecutor(4) as pool:
+        statuses = [s for r in pool.map(send, [paths[i::4] for i in range(4)]) for s in r]
+    assert statuses == [0] * len(paths)
+
+    node.proc.send_signal(signal.SIGTERM)
+    assert node.proc.wait(timeout=30) == 0
+    assert "stopped" in node.output() and "Traceback" not in node.output()
+    with Node.open(home=home) as api:
+        assert len(list(api.ls())) == len(paths)

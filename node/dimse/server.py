@@ -7,6 +7,8 @@ exceptions become a status in exactly one place (``status_for``).
 from __future__ import annotations
 
 import logging
+import socket
+import threading
 from dataclasses import dataclass
 from typing import Any
 
@@ -89,18 +91,35 @@ def build_ae(dimse: DimseSettings) -> AE:
     return ae
 
 
-def start(dimse: DimseSettings, ingest: Ingest) -> ThreadedAssociationServer:
+class SharedPortServer(ThreadedAssociationServer):
+    """An association server whose port other worker processes may bind too (SO_REUSEPORT):
+    the kernel hands each new connection to one of them."""
+
+    def server_bind(self) -> None:
+        assert self.socket is not None
+        self.socket.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+        super().server_bind()
+
+
+def start(dimse: DimseSettings, ingest: Ingest, shared_port: bool = False
+          ) -> ThreadedAssociationServer:
     """Starts the SCP in the background on ``dimse.host:dimse.port`` (port 0: any free port).
 
+    ``shared_port``: let other worker processes listen on the same port.
     Returns the running server; ``server.server_address[1]`` is the bound port;
-    ``server.shutdown()`` stops it.
+    ``server.shutdown()`` stops it. Raises OSError when the port cannot be bound.
     """
     ae = build_ae(dimse)
     handlers: list[Any] = [
         (evt.EVT_CONN_OPEN, tune_connection),
         (evt.EVT_C_STORE, handle_store, [StoreDeps(ingest, dimse)]),
     ]
-    server = ae.start_server((dimse.host, dimse.port), block=False, evt_handlers=handlers)
-    assert server is not None
+    server = ae.make_server(
+        (dimse.host, dimse.port), evt_handlers=handlers,
+        server_class=SharedPortServer if shared_port else ThreadedAssociationServer,
+    )
+    thread = threading.Thread(target=server.serve_forever, name="dimse-acceptor", daemon=True)
+    thread.start()
+    ae._servers.append(server)  # noqa: SLF001 - so ae.shutdown() stops it, as start_server does
     log.info("DIMSE %s listening on %s:%d", dimse.ae_title, dimse.host, server.server_address[1])
     return server

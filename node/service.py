@@ -1,0 +1,121 @@
+"""Running the node: one process, or several worker processes sharing the DIMSE port.
+
+One Python process is bound to one core by the GIL, and a C-STORE is acknowledged only
+once durable, so with several senders at once the node scales by processes: each worker
+opens its own store and index connections and binds the port with SO_REUSEPORT; the kernel
+spreads new associations over them. The index (SQLite WAL or PostgreSQL) and the object
+store serialise what must be serialised.
+"""
+
+from __future__ import annotations
+
+import logging
+import multiprocessing
+import os
+import signal
+import socket
+import threading
+from collections.abc import Callable
+from typing import Any
+
+from node import logs
+from node.settings import Settings
+
+log = logging.getLogger("support_node")
+_STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM)
+
+
+def _stop_event() -> threading.Event:
+    stop = threading.Event()
+    for sig in _STOP_SIGNALS:
+        signal.signal(sig, lambda *_: stop.set())
+    return stop
+
+
+def serve_one(settings: Settings, ready: Callable[[int], None], shared_port: bool = False,
+              stop: threading.Event | None = None) -> None:
+    """Serves DIMSE in this process until SIGINT/SIGTERM (or ``stop``); calls ``ready(port)``.
+
+    Raises OSError when the port cannot be bound, and what ``open_services`` raises.
+    """
+    from node.api import Node
+    from node.dimse import server as dimse_server
+
+    stop = stop or _stop_event()
+    node = Node.from_settings(settings)
+    try:
+        scp = dimse_server.start(settings.dimse, node.services.ingest, shared_port=shared_port)
+    except BaseException:
+        node.close()
+        raise
+    try:
+        ready(scp.server_address[1])
+        while not stop.wait(0.5):
+            pass
+    finally:
+        log.info("shutting down")
+        scp.shutdown()
+        node.close()
+
+
+def _orphan_watch(stop: threading.Event, parent: int) -> None:
+    # A parent killed outright (SIGKILL) cannot stop its workers: they notice and stop.
+    while not stop.wait(1.0):
+        if os.getppid() != parent:
+            log.warning("the parent process is gone; stopping this worker")
+            stop.set()
+
+
+def _worker(settings: Settings, started: Any, index: int, parent: int) -> None:
+    logs.configure(settings.log.level)
+    # The parent forwards SIGINT/SIGTERM; a Ctrl-C in the terminal reaches every worker too.
+    stop = _stop_event()
+    threading.Thread(target=_orphan_watch, args=(stop, parent), daemon=True).start()
+    try:
+        serve_one(settings, lambda port: started.put((index, port, "")), shared_port=True,
+                  stop=stop)
+    except BaseException as exc:  # reported to the parent, which exits with the message
+        started.put((index, 0, f"{type(exc).__name__}: {exc}"))
+
+
+def _probe_port(host: str, port: int) -> None:
+    """Raises OSError if the port is taken. SO_REUSEPORT would otherwise let a second node
+    (with another store) silently share the port of one already running."""
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    with socket.socket(family, socket.SOCK_STREAM) as probe:
+        probe.bind((host, port))
+
+
+def serve_workers(settings: Settings, ready: Callable[[int], None]) -> None:
+    """Runs ``settings.dimse.workers`` worker processes on one port until SIGINT/SIGTERM.
+
+    Raises OSError naming the first worker's failure to start.
+    """
+    _probe_port(settings.dimse.host, settings.dimse.port)
+    stop = _stop_event()
+    context = multiprocessing.get_context("spawn")
+    started = context.Queue()
+    workers = [context.Process(target=_worker, args=(settings, started, i, os.getpid()),
+                               name=f"support-node-dimse-{i}", daemon=False)
+               for i in range(settings.dimse.workers)]
+    for proc in workers:
+        proc.start()
+    try:
+        for _ in workers:
+            _index, port, error = started.get(timeout=120)
+            if error:
+                raise OSError(error)
+        ready(settings.dimse.port)
+        while not stop.wait(0.5):
+            if not all(p.is_alive() for p in workers):
+                log.error("a DIMSE worker stopped unexpectedly; stopping the node")
+                break
+    finally:
+        for proc in workers:
+            if proc.is_alive():
+                proc.terminate()  # SIGTERM: a clean shutdown in the worker
+        for proc in workers:
+            proc.join(15)
+            if proc.is_alive():
+                proc.kill()
+                proc.join()
