@@ -1,0 +1,293 @@
+"""The blank-image filter (paper §2.1, eqs. 2-6): pixel statistics plus an incremental PCA.
+
+Every image is first described by scale-free statistics on a [0, 1] frame (best fed at its
+native size, before the recipe's resize, so that pixel noise is still pixel noise):
+
+* *constant*: no two pixels differ (all-black, all-white, uniform grey).
+* *flat*: what survives area-downsampling to ``downsample``² is no larger than the pixel noise
+  would leave (a flat field with a little noise; hot pixels), measured as a signal-to-noise ratio.
+* *marks only*: once thin strokes are eroded away, almost nothing differs from the background
+  (a blank image but for burned-in text or a ruler); anatomy, even a small field, keeps a core.
+
+These give a blankness score (0.5 on the decision boundary). Once ``min_images`` clearly
+non-blank images have been learnt, the PCA model (mean, components, the number ``k`` chosen by
+cumulative explained variance ≥ ``variance_threshold``, eqs. 5-6) measures how much an image
+varies, about its own flat background, along the directions real images vary in (projection
+energy on the k components), against the low quantile of real images it had not yet learnt.
+It may flag an image that the statistics nearly flagged (the uncertain band below the
+boundary) and never clears one they flag: in the evaluation, letting it clear images let text
+on flat fields through (thin marks project a little on the components of annotated anatomy).
+"""
+
+from __future__ import annotations
+
+import io
+from collections.abc import Iterable
+from dataclasses import dataclass
+
+import numpy as np
+from PIL import Image
+from sklearn.decomposition import IncrementalPCA
+
+FORMAT_VERSION = 1
+
+SNR_MIN = 4.0  # structure / (noise left after downsampling) below this: a flat field
+STRUCTURE_MIN = 0.01  # downsampled std below this (on a [0, 1] image): flat whatever the noise
+CORE_MIN = 0.004  # fraction of the downsampled image that survives erosion: 16 of 64² pixels
+RETENTION_MIN = 0.55  # signal variance kept by downsampling; thin strokes lose most of theirs
+CORE_MARKS = 0.05  # ... but a large solid core is anatomy whatever the retention
+FOREGROUND_DELTA = 0.15  # how far from the background a pixel must be to count as foreground
+SMALLEST = 24  # below this side, only constancy can be judged
+UNCERTAIN = (0.4, 0.6)  # scores the PCA decides, once trained
+ENERGY_QUANTILE = 0.01
+ENERGY_HISTORY = 4096
+_IPCA_FIELDS = ("components_", "singular_values_", "mean_", "var_", "explained_variance_",
+                "explained_variance_ratio_")
+
+
+@dataclass(frozen=True)
+class Verdict:
+    """``blank``: flagged; ``score``: blankness in [0, 1] (0.5 at the boundary); ``reason``."""
+
+    blank: bool
+    reason: str
+    score: float
+
+
+@dataclass(frozen=True)
+class Features:
+    """The statistics an image is judged by."""
+
+    constant: bool
+    snr: float
+    structure: float
+    core: float
+    retention: float
+    small: bool
+
+
+def _scale(image: np.ndarray, side: int) -> np.ndarray:
+    pil = Image.fromarray(np.ascontiguousarray(image, dtype=np.float32))
+    return np.asarray(pil.resize((side, side), Image.Resampling.BILINEAR), dtype=np.float32)
+
+
+def _as_unit(image: np.ndarray) -> np.ndarray | None:
+    x = np.asarray(image, dtype=np.float32)
+    if x.ndim != 2:
+        raise ValueError(f"a 2-D image is needed, not shape {x.shape}")
+    low, high = float(x.min()), float(x.max())
+    if not high - low > 1e-6:
+        return None
+    return (x - np.float32(low)) * np.float32(1.0 / (high - low))
+
+
+def _noise_sigma(x: np.ndarray) -> float:
+    """Robust pixel noise: MAD of horizontal neighbour differences (flat regions dominate)."""
+    diff = np.abs(np.diff(x, axis=1))
+    return float(1.4826 * np.median(diff) / np.sqrt(2.0))
+
+
+def _erode(mask: np.ndarray) -> np.ndarray:
+    out = mask.copy()
+    out[1:, :] &= mask[:-1, :]
+    out[:-1, :] &= mask[1:, :]
+    out[:, 1:] &= mask[:, :-1]
+    out[:, :-1] &= mask[:, 1:]
+    out[0, :] = out[-1, :] = out[:, 0] = out[:, -1] = False
+    return out
+
+
+def features(image: np.ndarray, downsample: int = 64) -> tuple[Features, np.ndarray]:
+    """The statistics of a 2-D image and its ``downsample``² [0, 1] version (zeros if constant).
+
+    Raises ``ValueError`` for an array that is not 2-D.
+    """
+    x = _as_unit(image)
+    if x is None:
+        zeros = np.zeros((downsample, downsample), dtype=np.float32)
+        return Features(True, 0.0, 0.0, 0.0, 0.0, min(np.shape(image)) < SMALLEST), zeros
+    small = min(x.shape) < SMALLEST
+    d = _scale(x, downsample)
+    factor = max(1.0, min(x.shape) / downsample)
+    structure = float(d.std())
+    sigma = _noise_sigma(x)
+    noise_left = max(sigma / factor, 1e-4)
+    # variance of the downsampled image over the variance of the image less its pixel noise
+    retention = float(d.var()) / max(float(x.var()) - sigma * sigma, 1e-9)
+    background = float(np.median(d))
+    foreground = np.abs(d - np.float32(background)) > FOREGROUND_DELTA
+    core = float(_erode(foreground).mean())
+    return Features(False, structure / noise_left, structure, core, retention, small), d
+
+
+def statistics_verdict(f: Features) -> Verdict:
+    """The verdict of the pixel statistics alone."""
+    if f.constant:
+        return Verdict(True, "constant image", 1.0)
+    if f.small:
+        return Verdict(False, "too small to judge beyond constancy", 0.0)
+    flat = max(SNR_MIN / (f.snr + SNR_MIN), STRUCTURE_MIN / (f.structure + STRUCTURE_MIN))
+    marks = CORE_MIN / (f.core + CORE_MIN)
+    if f.core < CORE_MARKS:
+        marks = max(marks, RETENTION_MIN / (f.retention + RETENTION_MIN))
+    score = max(flat, marks)
+    if score >= 0.5:
+        reason = ("flat field: no structure above the noise" if flat >= marks
+                  else "thin marks only (text, ruler) on a flat background")
+        return Verdict(True, reason, score)
+    return Verdict(False, "structure found", score)
+
+
+class BlankFilter:
+    """Flags blank images; learns from a stream with ``update``; persists with ``state_bytes``."""
+
+    def __init__(self, downsample: int = 64, variance_threshold: float = 0.95,
+                 min_images: int = 64, max_components: int = 32) -> None:
+        if not 0.0 < variance_threshold <= 1.0:
+            raise ValueError("variance_threshold must be in (0, 1]")
+        if downsample < 8 or max_components < 1 or min_images < max_components:
+            raise ValueError("need downsample >= 8 and min_images >= max_components >= 1")
+        self.downsample = downsample
+        self.variance_threshold = variance_threshold
+        self.min_images = min_images
+        self.max_components = max_components
+        self._pca: IncrementalPCA | None = None
+        self._pending: list[np.ndarray] = []
+        self._energies: list[float] = []
+        self.n_learnt = 0
+
+    @property
+    def trained(self) -> bool:
+        """True once ``min_images`` images have been learnt into the PCA model."""
+        return self._pca is not None and self.n_learnt >= self.min_images
+
+    @property
+    def n_components(self) -> int:
+        """k: the fewest components whose cumulative explained variance reaches the threshold."""
+        if self._pca is None:
+            return 0
+        cumulative = np.cumsum(self._pca.explained_variance_ratio_)
+        k = int(np.searchsorted(cumulative, self.variance_threshold) + 1)
+        return min(k, len(cumulative))
+
+    def update(self, batch: Iterable[np.ndarray]) -> int:
+        """Learns from the images of ``batch`` that the statistics call clearly not blank.
+
+        Returns how many were taken. Raises ``ValueError`` for an image that is not 2-D.
+        """
+        taken = 0
+        for image in batch:
+            f, d = features(image, self.downsample)
+            if f.small or statistics_verdict(f).score >= UNCERTAIN[0]:
+                continue
+            self._pending.append(d.reshape(-1))
+            taken += 1
+            if len(self._pending) >= self.max_components:
+                self._learn()
+        return taken
+
+    def _learn(self) -> None:
+        data = np.stack(self._pending).astype(np.float64)
+        self._pending = []
+        if self._pca is not None:  # energies of images not yet learnt: an honest scale
+            self._energies.extend(self._energy(data).tolist())
+            self._energies = self._energies[-ENERGY_HISTORY:]
+        if self._pca is None:
+            self._pca = IncrementalPCA(n_components=self.max_components)
+        self._pca.partial_fit(data)
+        self.n_learnt += len(data)
+
+    def _energy(self, rows: np.ndarray) -> np.ndarray:
+        """Energy of each row's deviation from its own flat background along the k components.
+
+        A flat image with marks has little of it; real images vary along these directions.
+        """
+        assert self._pca is not None
+        basis = self._pca.components_[: self.n_components]
+        background = np.median(rows, axis=1, keepdims=True)
+        return np.sum(((rows - background) @ basis.T) ** 2, axis=1) / rows.shape[1]
+
+    def likeness(self, image: np.ndarray) -> float | None:
+        """PCA energy of ``image`` over the low quantile of real images' (< 1: blank-like).
+
+        Returns None before the model is trained.
+        """
+        if not self.trained or not self._energies:
+            return None
+        _, d = features(image, self.downsample)
+        return self._likeness(d)
+
+    def _likeness(self, d: np.ndarray) -> float:
+        floor = float(np.quantile(self._energies, ENERGY_QUANTILE))
+        energy = float(self._energy(d.reshape(1, -1).astype(np.float64))[0])
+        return energy / max(floor, 1e-12)
+
+    def verdict(self, image: np.ndarray) -> Verdict:
+        """Blank or not, why, and how blank (score in [0, 1]).
+
+        Raises ``ValueError`` for an image that is not 2-D.
+        """
+        f, d = features(image, self.downsample)
+        stats = statistics_verdict(f)
+        if f.constant or f.small or not self.trained or not self._energies:
+            return stats
+        if stats.blank or not UNCERTAIN[0] <= stats.score <= UNCERTAIN[1]:
+            return stats  # the PCA may only flag what the statistics nearly flagged
+        likeness = self._likeness(d)
+        # uncertain statistics: the PCA decides, moving the score across the boundary
+        score = float(np.clip(0.5 - 0.1 * np.tanh(np.log(max(likeness, 1e-6))), 0.0, 1.0))
+        if likeness < 1.0:
+            return Verdict(True, f"{stats.reason}; little energy along the learnt components "
+                                 f"(x{likeness:.2f} of real images' low quantile)", score)
+        return Verdict(False, f"varies like real images along the learnt components "
+                              f"(x{likeness:.2f})", score)
+
+    def state_bytes(self) -> bytes:
+        """The whole state (parameters, model, pending images), as a versioned npz."""
+        arrays: dict[str, np.ndarray] = {
+            "format_version": np.array(FORMAT_VERSION),
+            "params": np.array([self.downsample, self.min_images, self.max_components]),
+            "variance_threshold": np.array(self.variance_threshold),
+            "n_learnt": np.array(self.n_learnt),
+            "pending": (np.stack(self._pending) if self._pending
+                        else np.zeros((0, self.downsample ** 2), dtype=np.float32)),
+            "energies": np.array(self._energies, dtype=np.float64),
+        }
+        if self._pca is not None:
+            for name in _IPCA_FIELDS:
+                arrays[f"pca_{name}"] = np.asarray(getattr(self._pca, name))
+            arrays["pca_n_samples_seen_"] = np.array(self._pca.n_samples_seen_)
+            arrays["pca_noise_variance_"] = np.array(self._pca.noise_variance_)
+        buffer = io.BytesIO()
+        np.savez(buffer, **arrays)  # type: ignore[arg-type]  # numpy stubs: kwargs are arrays
+        return buffer.getvalue()
+
+    @classmethod
+    def from_state(cls, data: bytes) -> BlankFilter:
+        """A filter restored from ``state_bytes``; its verdicts are identical.
+
+        Raises ``ValueError`` for data that is not a filter state of a known version.
+        """
+        try:
+            z = np.load(io.BytesIO(data), allow_pickle=False)
+            version = int(z["format_version"])
+        except Exception as exc:
+            raise ValueError(f"not a blank-filter state: {exc}") from exc
+        if version != FORMAT_VERSION:
+            raise ValueError(f"blank-filter state version {version}, "
+                             f"this code reads {FORMAT_VERSION}")
+        downsample, min_images, max_components = (int(v) for v in z["params"])
+        f = cls(downsample, float(z["variance_threshold"]), min_images, max_components)
+        f.n_learnt = int(z["n_learnt"])
+        f._pending = list(z["pending"])
+        f._energies = z["energies"].tolist()
+        if "pca_components_" in z:
+            pca = IncrementalPCA(n_components=max_components)
+            for name in _IPCA_FIELDS:
+                setattr(pca, name, z[f"pca_{name}"])
+            pca.n_samples_seen_ = z["pca_n_samples_seen_"][()]
+            pca.noise_variance_ = float(z["pca_noise_variance_"])
+            pca.n_components_ = int(z["pca_components_"].shape[0])
+            pca.n_features_in_ = int(z["pca_components_"].shape[1])
+            f._pca = pca
+        return f

@@ -1,0 +1,134 @@
+"""Decoded frames -> the AI input: grey, windowed, normalised to [0, 1], resized, float16.
+
+Order per frame: colour to grey (luma), then either a VOI window (values clipped to
+[c - w/2, c + w/2] and mapped linearly onto [0, 1], i.e. eq. 1 with the window's bounds as min
+and max) or min-max normalisation over the frame (the paper's eq. 1; a constant frame gives
+zeros), then the resize (area/bilinear, aspect kept with zero padding, or stretched).
+"""
+
+from __future__ import annotations
+
+import io
+from dataclasses import dataclass
+
+import numpy as np
+from PIL import Image
+
+from pipelines.decode import Decoded
+from pipelines.recipe import Recipe
+
+LUMA = np.array([0.299, 0.587, 0.114], dtype=np.float32)
+
+
+@dataclass(frozen=True)
+class PixelStats:
+    """Statistics of the modality-LUT values (luma for colour) over all frames."""
+
+    min: float
+    max: float
+    mean: float
+    std: float
+
+
+@dataclass(frozen=True)
+class Prepared:
+    """``array``: (frames, size, size) in [0, 1] of the recipe's dtype (native size if None)."""
+
+    array: np.ndarray
+    stats: PixelStats
+    recipe_id: str
+    window: tuple[float, float] | None
+    """The window actually applied, or None (min-max per frame)."""
+
+
+def grey(decoded: Decoded) -> np.ndarray:
+    """The frames as float32 grey, (frames, rows, cols): RGB becomes luma (BT.601)."""
+    if decoded.is_colour:
+        return decoded.frames @ LUMA
+    return decoded.frames
+
+
+def normalised(decoded: Decoded, recipe: Recipe) -> tuple[np.ndarray, tuple[float, float] | None]:
+    """Grey, windowed or min-max normalised frames at native size, float32 in [0, 1].
+
+    Returns the frames and the window applied (None when min-max per frame was used).
+    """
+    frames = grey(decoded)
+    window = decoded.facts.header_window if recipe.window == "header" else recipe.window
+    if isinstance(window, tuple):
+        low = window[0] - window[1] / 2.0
+        out = (frames - np.float32(low)) / np.float32(window[1])
+        return np.clip(out, 0.0, 1.0, out=out).astype(np.float32, copy=False), window
+    return np.stack([minmax(f) for f in frames]), None
+
+
+def minmax(frame: np.ndarray) -> np.ndarray:
+    """The paper's eq. 1, (x - min) / (max - min), as float32; a constant frame gives zeros."""
+    frame = frame.astype(np.float32, copy=False)
+    low, high = float(frame.min()), float(frame.max())
+    if not high > low:
+        return np.zeros_like(frame)
+    return (frame - np.float32(low)) * np.float32(1.0 / (high - low))
+
+
+def resize(frame: np.ndarray, size: int, keep_aspect: bool = True) -> np.ndarray:
+    """``frame`` as a (size, size) float32 image: centred and zero-padded when ``keep_aspect``.
+
+    Same size returns the frame itself; downscaling averages (Pillow's antialiasing bilinear).
+    """
+    rows, cols = frame.shape
+    if keep_aspect:
+        scale = size / max(rows, cols)
+        new_rows = min(size, max(1, round(rows * scale)))
+        new_cols = min(size, max(1, round(cols * scale)))
+    else:
+        new_rows = new_cols = size
+    scaled = _scale(frame, new_rows, new_cols)
+    if (new_rows, new_cols) == (size, size):
+        return scaled
+    out = np.zeros((size, size), dtype=np.float32)
+    top, left = (size - new_rows) // 2, (size - new_cols) // 2
+    out[top:top + new_rows, left:left + new_cols] = scaled
+    return out
+
+
+def _scale(frame: np.ndarray, rows: int, cols: int) -> np.ndarray:
+    if frame.shape == (rows, cols):
+        return frame.astype(np.float32, copy=False)
+    image = Image.fromarray(np.ascontiguousarray(frame, dtype=np.float32))  # mode "F"
+    return np.asarray(image.resize((cols, rows), Image.Resampling.BILINEAR), dtype=np.float32)
+
+
+def stats(decoded: Decoded) -> PixelStats:
+    """min, max, mean and std of the modality-LUT (grey) values over all frames."""
+    values = grey(decoded)
+    return PixelStats(float(values.min()), float(values.max()), float(values.mean()),
+                      float(values.std()))
+
+
+def preprocess(decoded: Decoded, recipe: Recipe) -> Prepared:
+    """The AI input for ``decoded`` under ``recipe``: a stack of frames with its stats.
+
+    Raises nothing for any decoded image; the output never holds NaN.
+    """
+    frames, window = normalised(decoded, recipe)
+    if recipe.size is not None:
+        frames = np.stack([resize(f, recipe.size, recipe.keep_aspect) for f in frames])
+    array = np.clip(frames, 0.0, 1.0).astype(recipe.dtype)
+    return Prepared(array, stats(decoded), recipe.recipe_id, window)
+
+
+def preview_png(prepared: Prepared, frame: int = 0, max_size: int = 256) -> bytes:
+    """An 8-bit grey PNG of one frame, no side longer than ``max_size``, for people.
+
+    Raises ``IndexError`` when the frame does not exist.
+    """
+    image = np.asarray(prepared.array[frame], dtype=np.float32)
+    rows, cols = image.shape
+    scale = min(1.0, max_size / max(rows, cols))
+    if scale < 1.0:
+        image = _scale(image, max(1, round(rows * scale)), max(1, round(cols * scale)))
+    pixels = np.clip(np.rint(image * 255.0), 0, 255).astype(np.uint8)
+    buffer = io.BytesIO()
+    Image.fromarray(pixels).save(buffer, format="PNG")  # uint8 gives mode "L"
+    return buffer.getvalue()
