@@ -183,6 +183,11 @@ class Catalog:
     # ---- life cycle ---------------------------------------------------------------------
 
     @property
+    def engine(self) -> Any:
+        """The SQLAlchemy engine, for read-only query modules (``node.index.query``)."""
+        return self._engine
+
+    @property
     def url(self) -> str:
         """Returns the database URL with the password masked."""
         return self._url.render_as_string(hide_password=True)
