@@ -44,7 +44,8 @@ def serve_one(settings: Settings, ready: Callable[[int], None], shared_port: boo
     stop = stop or _stop_event()
     node = Node.from_settings(settings)
     try:
-        scp = dimse_server.start(settings.dimse, node.services.ingest, shared_port=shared_port)
+        scp = dimse_server.start(settings.dimse, node.services.ingest, shared_port=shared_port,
+                                 qr=node.services.qr_deps())
     except BaseException:
         node.close()
         raise

@@ -6,6 +6,7 @@ import logging
 from dataclasses import dataclass
 
 from node.crypto.keyring import Keyring
+from node.dimse.qr import QRDeps
 from node.index.catalog import Catalog
 from node.ingest import Ingest
 from node.settings import Settings
@@ -27,6 +28,10 @@ class Services:
 
     def close(self) -> None:
         self.catalog.close()
+
+    def qr_deps(self) -> QRDeps:
+        """What the Query/Retrieve handlers need: the index, the store, the settings."""
+        return QRDeps(self.catalog, self.fs, self.settings)
 
 
 def make_home(settings: Settings) -> None:

@@ -44,10 +44,32 @@ class Secret(str):
 
 @dataclass(frozen=True)
 class Caller:
-    """A calling AE title allowed to store, and the hospital its images belong to."""
+    """A calling AE title on the allow-list: the hospital its images belong to, and whether
+    it may query (C-FIND) and retrieve (C-MOVE, C-GET); it sees its own hospital only."""
 
     ae_title: str
     hospital: str
+    query: bool = True
+    retrieve: bool = True
+
+
+@dataclass(frozen=True)
+class Destination:
+    """A C-MOVE destination: the AE title a requester names, and where it listens."""
+
+    ae_title: str
+    host: str
+    port: int
+
+
+@dataclass(frozen=True)
+class Access:
+    """What a calling AE may do; ``hospitals`` None means every hospital."""
+
+    store: str | None
+    query: bool
+    retrieve: bool
+    hospitals: tuple[str, ...] | None
 
 
 @dataclass(frozen=True)
@@ -61,6 +83,16 @@ class DimseSettings:
     network_timeout: int = 60
     workers: int = 1
     callers: tuple[Caller, ...] = ()
+
+    def access_for(self, ae_title: str) -> Access:
+        """What ``ae_title`` may do: listed callers see their own hospital; with any caller
+        accepted, unlisted ones (and everyone on a loopback-only node) see everything."""
+        for caller in self.callers:
+            if caller.ae_title == ae_title.strip():
+                return Access(caller.hospital, caller.query, caller.retrieve, (caller.hospital,))
+        if self.accepts_any_caller:
+            return Access("default", True, True, None)
+        return Access(None, False, False, ())
 
     def hospital_for(self, ae_title: str) -> str | None:
         """The hospital of a calling AE; None when the caller is not allowed."""
@@ -107,6 +139,14 @@ class Settings:
     index: IndexSettings
     keys: KeysSettings
     log: LogSettings
+    destinations: tuple[Destination, ...] = ()
+
+    def destination(self, ae_title: str) -> Destination | None:
+        """The C-MOVE destination named ``ae_title``, or None when it is not configured."""
+        for dest in self.destinations:
+            if dest.ae_title == ae_title.strip():
+                return dest
+        return None
 
 
 # The schema: section -> key -> (type, default). Defaults that depend on home are None.
@@ -200,6 +240,8 @@ def _env_layer(environ: Mapping[str, str]) -> tuple[dict[str, dict[str, Any]], d
 def _merge(file_data: dict[str, Any], env: dict[str, dict[str, Any]]) -> dict[str, dict[str, Any]]:
     merged: dict[str, dict[str, Any]] = {s: {} for s in _SCHEMA}
     for section, table in file_data.items():
+        if section == "destinations":
+            continue
         if section not in _SCHEMA:
             raise ConfigError(f"[{section}]: unknown configuration section")
         if not isinstance(table, dict):
@@ -233,13 +275,37 @@ def _callers(file_data: dict[str, Any]) -> tuple[Caller, ...]:
         name = f"dimse.callers.{ae_title}"
         if not _AE.fullmatch(ae_title) or ae_title != ae_title.strip():
             raise ConfigError(f"{name}: not a valid AE title")
-        if not isinstance(entry, dict) or set(entry) - {"hospital"}:
-            raise ConfigError(f"{name}: expected a table with the key 'hospital'")
+        if not isinstance(entry, dict) or set(entry) - {"hospital", "query", "retrieve"}:
+            raise ConfigError(f"{name}: expected a table with the keys 'hospital', 'query', "
+                              "'retrieve'")
         hospital = entry.get("hospital", "default")
         if not isinstance(hospital, str) or not valid_hospital(hospital):
             raise ConfigError(f"{name}.hospital: use lower-case letters, digits, '.', '_', '-'")
-        callers.append(Caller(ae_title, hospital))
+        query = _coerce(f"{name}.query", bool, entry.get("query", True))
+        retrieve = _coerce(f"{name}.retrieve", bool, entry.get("retrieve", True))
+        callers.append(Caller(ae_title, hospital, query, retrieve))
     return tuple(callers)
+
+
+def _destinations(file_data: dict[str, Any]) -> tuple[Destination, ...]:
+    table = file_data.get("destinations", {})
+    if not isinstance(table, dict):
+        raise ConfigError("destinations: expected a table of AE titles")
+    out = []
+    for ae_title, entry in table.items():
+        name = f"destinations.{ae_title}"
+        if not _AE.fullmatch(ae_title) or ae_title != ae_title.strip():
+            raise ConfigError(f"{name}: not a valid AE title")
+        if not isinstance(entry, dict) or set(entry) - {"host", "port"} or "port" not in entry:
+            raise ConfigError(f"{name}: expected a table with the keys 'host' and 'port'")
+        host = entry.get("host", "127.0.0.1")
+        if not isinstance(host, str) or not host:
+            raise ConfigError(f"{name}.host: expected a host name or address")
+        port = _coerce(f"{name}.port", int, entry["port"])
+        if not 1 <= port <= 65535:
+            raise ConfigError(f"{name}.port: {port} is not a TCP port")
+        out.append(Destination(ae_title, host, port))
+    return tuple(out)
 
 
 def _validate(s: Settings) -> None:
@@ -325,6 +391,7 @@ def load(
         keys=KeysSettings(file=_under(home_path, v["keys"]["file"] or "keys.json"),
                           bits=v["keys"]["bits"]),
         log=LogSettings(level=v["log"]["level"].upper()),
+        destinations=_destinations(file_data),
     )
     _validate(settings)
     return settings

@@ -14,9 +14,18 @@ from typing import Any
 
 import pydicom.uid
 from pynetdicom import AE, AllStoragePresentationContexts, evt
-from pynetdicom.sop_class import Verification  # type: ignore[attr-defined]
+from pynetdicom.sop_class import (  # type: ignore[attr-defined]
+    PatientRootQueryRetrieveInformationModelFind,
+    PatientRootQueryRetrieveInformationModelGet,
+    PatientRootQueryRetrieveInformationModelMove,
+    StudyRootQueryRetrieveInformationModelFind,
+    StudyRootQueryRetrieveInformationModelGet,
+    StudyRootQueryRetrieveInformationModelMove,
+    Verification,
+)
 from pynetdicom.transport import ThreadedAssociationServer
 
+from node.dimse.qr import QRDeps, handle_find, handle_get, handle_move
 from node.dimse.status import Status, status_for
 from node.dimse.transport import tune_connection
 from node.errors import IngestError, NodeError
@@ -25,9 +34,32 @@ from node.settings import DimseSettings
 
 log = logging.getLogger("support_node.dimse")
 
+_LOSSLESS = frozenset((
+    pydicom.uid.DeflatedExplicitVRLittleEndian, pydicom.uid.RLELossless, pydicom.uid.JPEGLossless,
+    pydicom.uid.JPEGLosslessSV1, pydicom.uid.JPEGLSLossless, pydicom.uid.JPEG2000Lossless,
+    pydicom.uid.JPEG2000MCLossless, pydicom.uid.HTJ2KLossless, pydicom.uid.HTJ2KLosslessRPCL,
+))
+
+
+def _preference(uid: pydicom.uid.UID) -> int:
+    """Where a syntax stands when a peer offers several in one context (we choose).
+
+    Explicit VR little endian first (nothing lost, byte-exact retrieval of most archives),
+    then the lossless compressions, then the other uncompressed ones; lossy syntaxes last,
+    so that a sender is never asked to compress lossily what it holds uncompressed.
+    """
+    if uid == pydicom.uid.ExplicitVRLittleEndian:
+        return 0
+    if uid in _LOSSLESS:
+        return 1
+    if not uid.is_compressed:
+        return 2
+    return 3
+
+
 # Stored as received, so every transfer syntax pydicom knows is acceptable: uncompressed,
 # deflate, RLE, JPEG baseline/extended/lossless, JPEG-LS, JPEG 2000, HTJ2K, MPEG, HEVC.
-TRANSFER_SYNTAXES = [str(ts) for ts in pydicom.uid.AllTransferSyntaxes]
+TRANSFER_SYNTAXES = [str(ts) for ts in sorted(pydicom.uid.AllTransferSyntaxes, key=_preference)]
 
 
 @dataclass(frozen=True)
@@ -74,6 +106,13 @@ def handle_store(event: Any, deps: StoreDeps) -> int:
     return int(Status.SUCCESS)
 
 
+QR_MODELS = (
+    PatientRootQueryRetrieveInformationModelFind, PatientRootQueryRetrieveInformationModelMove,
+    PatientRootQueryRetrieveInformationModelGet, StudyRootQueryRetrieveInformationModelFind,
+    StudyRootQueryRetrieveInformationModelMove, StudyRootQueryRetrieveInformationModelGet,
+)
+
+
 def build_ae(dimse: DimseSettings) -> AE:
     """The application entity with every storage SOP class and transfer syntax supported."""
     ae = AE(ae_title=dimse.ae_title)
@@ -83,9 +122,13 @@ def build_ae(dimse: DimseSettings) -> AE:
     ae.acse_timeout = 30
     ae.dimse_timeout = dimse.network_timeout
     ae.add_supported_context(Verification)
+    for model in QR_MODELS:
+        ae.add_supported_context(model)
     for context in AllStoragePresentationContexts:
         assert context.abstract_syntax is not None
-        ae.add_supported_context(context.abstract_syntax, TRANSFER_SYNTAXES)
+        # Both roles: peers store to us (SCU) and take C-GET sub-operations from us (SCP).
+        ae.add_supported_context(context.abstract_syntax, TRANSFER_SYNTAXES,
+                                 scu_role=True, scp_role=True)
     if not dimse.accepts_any_caller:
         ae.require_calling_aet = [c.ae_title for c in dimse.callers]
     return ae
@@ -101,8 +144,8 @@ class SharedPortServer(ThreadedAssociationServer):
         super().server_bind()
 
 
-def start(dimse: DimseSettings, ingest: Ingest, shared_port: bool = False
-          ) -> ThreadedAssociationServer:
+def start(dimse: DimseSettings, ingest: Ingest, shared_port: bool = False,
+          qr: QRDeps | None = None) -> ThreadedAssociationServer:
     """Starts the SCP in the background on ``dimse.host:dimse.port`` (port 0: any free port).
 
     ``shared_port``: let other worker processes listen on the same port.
@@ -114,6 +157,9 @@ def start(dimse: DimseSettings, ingest: Ingest, shared_port: bool = False
         (evt.EVT_CONN_OPEN, tune_connection),
         (evt.EVT_C_STORE, handle_store, [StoreDeps(ingest, dimse)]),
     ]
+    if qr is not None:
+        handlers += [(evt.EVT_C_FIND, handle_find, [qr]), (evt.EVT_C_MOVE, handle_move, [qr]),
+                     (evt.EVT_C_GET, handle_get, [qr])]
     server = ae.make_server(
         (dimse.host, dimse.port), evt_handlers=handlers,
         server_class=SharedPortServer if shared_port else ThreadedAssociationServer,

@@ -1,0 +1,185 @@
+"""Query/Retrieve SCP handlers: C-FIND, C-MOVE and C-GET over the index and the store.
+
+Queries run on the index only (``node.index.query``); retrievals decrypt originals from the
+store and send them in their stored transfer syntax (pynetdicom converts between the
+uncompressed syntaxes when the peer accepted only another; a compressed instance the peer
+cannot take is a failed sub-operation). Callers on the allow-list see their own hospital
+only; on a node that accepts any caller, everyone sees everything.
+"""
+
+from __future__ import annotations
+
+import io
+import logging
+from collections.abc import Iterator
+from dataclasses import dataclass
+from typing import Any
+
+import pydicom
+from pydicom.uid import ExplicitVRLittleEndian, ImplicitVRLittleEndian
+from pynetdicom.presentation import build_context
+
+from node.errors import CatalogError, NodeError
+from node.index.catalog import Catalog
+from node.index.query import (
+    InstanceRef,
+    Model,
+    Query,
+    QueryError,
+    count_instances,
+    instances_for,
+    parse_identifier,
+    run,
+)
+from node.layout import ORIGINAL
+from node.settings import Settings
+
+log = logging.getLogger("support_node.qr")
+
+PENDING = 0xFF00
+CANCELLED = 0xFE00
+REFUSED_NOT_AUTHORISED = 0x0124  # PS3.7 C.5.x: refused, not authorised
+MOVE_DESTINATION_UNKNOWN = 0xA801
+FIND_UNABLE = 0xC001
+RETRIEVE_UNABLE = 0xC002
+SUB_OPERATION_FAILED = 0xB000  # warning: one or more sub-operations failed (set by pynetdicom)
+
+
+@dataclass(frozen=True)
+class QRDeps:
+    catalog: Catalog
+    fs: Any  # the encrypted filesystem
+    settings: Settings
+
+
+def _calling(event: Any) -> str:
+    title = event.assoc.requestor.ae_title
+    return title.strip() if isinstance(title, str) else ""
+
+
+def _query(event: Any, deps: QRDeps, retrieve: bool) -> Query:
+    """Parses the identifier and limits it to the hospitals the caller may see."""
+    access = deps.settings.dimse.access_for(_calling(event))
+    allowed = access.retrieve if retrieve else access.query
+    if not allowed:
+        raise QueryError("this calling AE title may not " + ("retrieve" if retrieve else "query"),
+                         REFUSED_NOT_AUTHORISED)
+    model = Model.for_sop_class(str(event.request.AffectedSOPClassUID))
+    query = parse_identifier(event.identifier, model, retrieve=retrieve)
+    return query if access.hospitals is None else query.restricted_to(access.hospitals)
+
+
+def handle_find(event: Any, deps: QRDeps) -> Iterator[tuple[int, Any]]:
+    """EVT_C_FIND: pending responses as results stream; C-CANCEL honoured."""
+    try:
+        query = _query(event, deps, retrieve=False)
+    except QueryError as exc:
+        log.warning("C-FIND from %s refused: 0x%04X %s", _calling(event), exc.status, exc)
+        yield exc.status, None
+        return
+    except Exception:  # an identifier pydicom cannot read
+        log.exception("C-FIND from %s: unreadable identifier", _calling(event))
+        yield FIND_UNABLE, None
+        return
+    sent = 0
+    try:
+        for response in run(deps.catalog, query):
+            if event.is_cancelled:
+                yield CANCELLED, None
+                return
+            response.RetrieveAETitle = deps.settings.dimse.ae_title
+            sent += 1
+            yield PENDING, response
+    except CatalogError as exc:
+        log.error("C-FIND from %s failed: %s", _calling(event), exc)
+        yield FIND_UNABLE, None
+        return
+    log.info("C-FIND from %s at %s level: %d matches", _calling(event), query.level.value, sent)
+
+
+def _read_dataset(deps: QRDeps, ref: InstanceRef) -> pydicom.Dataset:
+    """The stored original as pynetdicom sends it: elements stay encoded as received."""
+    data = deps.fs.cat_file(f"{ref.object_key}/{ORIGINAL}")
+    return pydicom.dcmread(io.BytesIO(data), force=True)
+
+
+def _sub_operations(event: Any, deps: QRDeps, refs: list[InstanceRef]
+                    ) -> Iterator[tuple[int, Any]]:
+    for ref in refs:
+        if event.is_cancelled:
+            yield CANCELLED, None
+            return
+        try:
+            ds = _read_dataset(deps, ref)
+        except (NodeError, OSError) as exc:  # integrity error, missing object: this one fails
+            log.error("retrieve: cannot read %s: %s", ref.sop_uid, exc)
+            yield RETRIEVE_UNABLE, None  # counted as a failed sub-operation... and stops
+            return
+        yield PENDING, ds
+
+
+def _matches(event: Any, deps: QRDeps) -> tuple[int | None, list[InstanceRef]]:
+    """Parses a retrieve identifier; returns (failure status or None, instances)."""
+    try:
+        query = _query(event, deps, retrieve=True)
+        refs = list(instances_for(deps.catalog, query))
+    except QueryError as exc:
+        log.warning("retrieve from %s refused: 0x%04X %s", _calling(event), exc.status, exc)
+        return exc.status, []
+    except CatalogError as exc:
+        log.error("retrieve from %s failed: %s", _calling(event), exc)
+        return RETRIEVE_UNABLE, []
+    except Exception:
+        log.exception("retrieve from %s: unreadable identifier", _calling(event))
+        return RETRIEVE_UNABLE, []
+    return None, refs
+
+
+def handle_move(event: Any, deps: QRDeps) -> Iterator[Any]:
+    """EVT_C_MOVE: sub-operations to a destination named in config; 0xA801 otherwise."""
+    destination = deps.settings.destination(str(event.move_destination).strip())
+    if destination is None:
+        log.warning("C-MOVE from %s to unknown destination %s", _calling(event),
+                    str(event.move_destination).strip())
+        yield None, None
+        return
+    failure, refs = _matches(event, deps)
+    if failure is not None:
+        yield destination.host, destination.port
+        yield failure, None
+        return
+    contexts = _contexts(refs)
+    yield destination.host, destination.port, {"contexts": contexts}
+    yield len(refs)
+    yield from _sub_operations(event, deps, refs)
+
+
+def handle_get(event: Any, deps: QRDeps) -> Iterator[Any]:
+    """EVT_C_GET: storage sub-operations on the same association."""
+    failure, refs = _matches(event, deps)
+    if failure is not None:
+        yield 0
+        yield failure, None
+        return
+    yield len(refs)
+    yield from _sub_operations(event, deps, refs)
+
+
+def _contexts(refs: list[InstanceRef]) -> list[Any]:
+    """Presentation contexts for a move (at most 128, the protocol's limit).
+
+    Each stored syntax gets a context of its own, so that an acceptor cannot pick another
+    syntax for it (pynetdicom then sends the bytes as stored); one more context per SOP class
+    offers the uncompressed syntaxes pynetdicom can convert to if the stored one is refused.
+    """
+    wanted: dict[str, set[str]] = {}
+    for ref in refs:
+        wanted.setdefault(ref.sop_class_uid, set()).add(ref.transfer_syntax_uid)
+    contexts = []
+    for sop_class, syntaxes in sorted(wanted.items()):
+        contexts += [build_context(sop_class, syntax) for syntax in sorted(syntaxes)]
+        contexts.append(build_context(sop_class, [ExplicitVRLittleEndian, ImplicitVRLittleEndian]))
+    return contexts[:128]
+
+
+__all__ = ["QRDeps", "count_instances", "handle_find", "handle_get", "handle_move"]
