@@ -22,6 +22,7 @@ from typing import IO, Any
 from node import describe
 from node.crypto import aead
 from node.errors import IntegrityError, NodeError
+from node.index.query import Level, Model, identifier, parse_identifier, run
 from node.index.records import ConflictRecord, InstanceRecord
 from node.ingest import Result, Source
 from node.layout import CONFLICTS, DESCRIPTION, ORIGINAL
@@ -29,6 +30,20 @@ from node.services import Services, open_services
 from node.settings import Settings, load, valid_hospital
 
 _COPY_CHUNK = 1 << 20
+
+
+@dataclass(frozen=True)
+class Filters:
+    """Query filters for ``ls``/``get``, matched like C-FIND (wildcards, date ranges)."""
+
+    patient_name: str | None = None
+    study_date: str | None = None
+    modality: str | None = None
+    accession: str | None = None
+
+    @property
+    def empty(self) -> bool:
+        return not any((self.patient_name, self.study_date, self.modality, self.accession))
 
 
 @dataclass(frozen=True)
@@ -88,13 +103,44 @@ class Node:
 
     def ls(self, hospital: str | None = None, patient: str | None = None,
            study: str | None = None, series: str | None = None,
-           sop: str | None = None) -> Iterator[InstanceRecord]:
-        """Every instance below the given hierarchy prefix (trailing parts left out)."""
+           sop: str | None = None, where: Filters | None = None) -> Iterator[InstanceRecord]:
+        """Every instance below the given hierarchy prefix (trailing parts left out), and,
+        with ``where``, only in the studies that the same query engine as C-FIND matches.
+
+        Raises QueryError (a malformed name pattern or date range).
+        """
+        if where is not None and not where.empty:
+            yield from self._ls_where(hospital, patient, study, series, sop, where)
+            return
         if patient is None:
             yield from self.services.catalog.instances(hospital, None, study, series, sop)
             return
         for key in self.resolve_patient(hospital, patient):
             yield from self.services.catalog.instances(hospital, key, study, series, sop)
+
+    def _ls_where(self, hospital: str | None, patient: str | None, study: str | None,
+                  series: str | None, sop: str | None, where: Filters
+                  ) -> Iterator[InstanceRecord]:
+        catalog = self.services.catalog
+        keys: dict[str, str] = {"StudyInstanceUID": study or ""}
+        for keyword, value in (("PatientName", where.patient_name),
+                               ("StudyDate", where.study_date),
+                               ("AccessionNumber", where.accession),
+                               ("ModalitiesInStudy", where.modality)):
+            if value:
+                keys[keyword] = value
+        ask = parse_identifier(identifier(Level.STUDY, **keys), Model.STUDY_ROOT)
+        if hospital is not None:
+            ask = ask.restricted_to([hospital])
+        studies = [str(r.StudyInstanceUID) for r in run(catalog, ask)]
+        patients = None if patient is None else set(self.resolve_patient(hospital, patient))
+        for study_uid in studies:
+            for rec in catalog.instances(hospital, None, study_uid, series, sop):
+                if patients is not None and rec.patient_key not in patients:
+                    continue
+                if where.modality and rec.modality != where.modality:
+                    continue  # the study has that modality; list only its series of it
+                yield rec
 
     def conflicts(self, sop_uid: str | None = None) -> list[ConflictRecord]:
         return self.services.catalog.conflicts(sop_uid)

@@ -27,8 +27,9 @@ from rich.progress import (
 from rich.table import Table
 
 from node import logs
-from node.api import Node
+from node.api import Filters, Node
 from node.errors import ConfigError, IngestError, KeyringError, NodeError
+from node.index.query import QueryError
 from node.ingest import Source
 from node.services import ensure_keyring
 from node.settings import Settings, load, valid_hospital
@@ -40,6 +41,12 @@ app.add_typer(keys_app, name="keys")
 out = Console(soft_wrap=True)
 err = Console(stderr=True, soft_wrap=True)
 
+NameOpt = Annotated[str | None, typer.Option(
+    "--patient-name", help="Patient name, wildcards * ? (case-insensitive), e.g. 'doe*'.")]
+DateOpt = Annotated[str | None, typer.Option(
+    "--study-date", help="Study date or range: 20240101, 20240101-20240131, -20240131.")]
+ModalityOpt = Annotated[str | None, typer.Option("--modality", help="e.g. CT.")]
+AccessionOpt = Annotated[str | None, typer.Option("--accession", help="Accession number.")]
 HomeOpt = Annotated[Path | None, typer.Option("--home", help="Home folder (default ./var).")]
 ConfigOpt = Annotated[Path | None, typer.Option("--config", help="TOML config file.")]
 
@@ -76,6 +83,8 @@ def run(fn: Any) -> Any:
         raise fail(f"configuration: {exc}", 2) from None
     except KeyringError as exc:
         raise fail(f"keys: {exc}", 3) from None
+    except QueryError as exc:
+        raise fail(f"query: {exc}", 2) from None
     except NodeError as exc:
         raise fail(str(exc), 3) from None
 
@@ -200,12 +209,16 @@ def ls(hospital: Annotated[str | None, typer.Argument()] = None,
        sop: Annotated[str | None, typer.Argument()] = None,
        home: HomeOpt = None, config: ConfigOpt = None,
        as_json: Annotated[bool, typer.Option("--json", help="One JSON object per line.")] = False,
+       patient_name: NameOpt = None, study_date: DateOpt = None, modality: ModalityOpt = None,
+       accession: AccessionOpt = None,
        ) -> None:
-    """List stored instances: trailing hierarchy parts left out list everything below."""
+    """List stored instances: trailing hierarchy parts left out list everything below;
+    the query options narrow it as C-FIND would."""
     def body() -> None:
         ctx = Context(home, config)
+        where = Filters(patient_name, study_date, modality, accession)
         with ctx.node() as node:
-            records = node.ls(hospital, patient, study, series, sop)
+            records = node.ls(hospital, patient, study, series, sop, where)
             conflicts = {c.sop_uid: c for c in node.conflicts()}
             if as_json:
                 for rec in records:
@@ -238,12 +251,16 @@ def get(hospital: Annotated[str, typer.Argument()],
         series: Annotated[str | None, typer.Argument()] = None,
         sop: Annotated[str | None, typer.Argument()] = None,
         out_dir: Annotated[Path, typer.Option("--out", help="Folder to write into.")] = Path("."),
-        home: HomeOpt = None, config: ConfigOpt = None) -> None:
-    """Decrypt originals below a hierarchy prefix to Part-10 files under --out."""
+        home: HomeOpt = None, config: ConfigOpt = None,
+        patient_name: NameOpt = None, study_date: DateOpt = None, modality: ModalityOpt = None,
+        accession: AccessionOpt = None) -> None:
+    """Decrypt originals below a hierarchy prefix (and matching the query options) to
+    Part-10 files under --out."""
     def body() -> None:
         ctx = Context(home, config)
+        where = Filters(patient_name, study_date, modality, accession)
         with ctx.node() as node:
-            records = list(node.ls(hospital, patient, study, series, sop))
+            records = list(node.ls(hospital, patient, study, series, sop, where))
             if not records:
                 raise fail("nothing stored under that hierarchy", 1)
             copies = 0

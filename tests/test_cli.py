@@ -429,3 +429,20 @@ def test_rotate_without_reencrypt_keeps_old_objects_readable(tmp_path: Path) -> 
     assert cli("get", "default", "--out", out, "--home", home).exit_code == 0
     assert {sha(p.read_bytes()) for p in files_under(out)} == \
         {sha(p.read_bytes()) for p in study + more}
+
+
+def test_ls_and_get_accept_a_query(two_hospitals: dict[str, Any], tmp_path: Path) -> None:
+    home = two_hospitals["home"]
+    family = str(PATIENT_A.name).split("^")[0]
+    by_name = ls_json(home, "--patient-name", family.lower() + "*")
+    assert {d["patient_name"] for d in by_name} == {PATIENT_A.name} and len(by_name) == 6
+    assert len(ls_json(home, "--study-date", "20240101-20240131", "--modality", "CT")) == 8
+    assert ls_json(home, "--study-date", "-20231231") == []
+    assert len(ls_json(home, "st-marys", "--accession", "ACC-0001")) == 2  # hospital narrows
+    result = cli("get", "default", "--patient-name", family + "*", "--out", tmp_path / "out",
+                 "--home", home)
+    assert result.exit_code == 0, result.output
+    assert len(files_under(tmp_path / "out")) == 6
+    bad = cli("ls", "--study-date", "2024-01", "--home", home)
+    assert bad.exit_code == 2 and "query:" in bad.output
+    no_traceback(bad)
