@@ -201,3 +201,41 @@ def test_get_a_series(qr_node, dcmtk: Dcmtk, tmp_path: Path) -> None:
         ds = pydicom.dcmread(path, stop_before_pixels=True)
         assert dataset_bytes(path.read_bytes()) == \
             dataset_bytes(files[str(ds.SOPInstanceUID)].read_bytes())
+
+
+def test_get_of_a_compressed_instance_by_a_requester_without_its_syntax(
+        dimse_node: RunningNode, dcmtk: Dcmtk, tmp_path: Path) -> None:
+    """getscu accepts uncompressed syntaxes only: a JPEG-stored instance comes decompressed."""
+    from tests.fixtures.node import PYDICOM_FILES
+
+    source = PYDICOM_FILES / "SC_rgb_dcmtk_+eb+cy+np.dcm"  # JPEG baseline, 8-bit RGB
+    dimse_node.node.write(source.read_bytes())
+    stored = pydicom.dcmread(source)
+    out = tmp_path / "got"
+    out.mkdir()
+    result = dcmtk("getscu", "-S", "-od", str(out), "-aec", dimse_node.ae_title,
+                   "-k", "QueryRetrieveLevel=STUDY",
+                   "-k", f"StudyInstanceUID={stored.StudyInstanceUID}",
+                   "127.0.0.1", str(dimse_node.port))
+    assert result.returncode == 0, result.stderr
+    [got] = [pydicom.dcmread(p) for p in out.iterdir()]
+    assert not got.file_meta.TransferSyntaxUID.is_compressed
+    assert (got.pixel_array == stored.pixel_array).all()
+
+
+def test_retrieve_reports_a_tampered_instance_as_failed_and_sends_the_rest(
+        qr_node, dcmtk: Dcmtk, tmp_path: Path) -> None:
+    node, study, _ = qr_node
+    store = Path(node.settings.store.url.removeprefix("file://"))
+    victim = next(store.rglob("original.dcm"))
+    data = bytearray(victim.read_bytes())
+    data[200] ^= 1
+    victim.write_bytes(bytes(data))
+    out = tmp_path / "got"
+    out.mkdir()
+    dcmtk("getscu", "-S", "-od", str(out), "-aec", node.ae_title,
+          "-k", "QueryRetrieveLevel=STUDY",
+          "-k", f"StudyInstanceUID={study[0].StudyInstanceUID}", "127.0.0.1", str(node.port))
+    sent = [p for p in out.iterdir()]
+    expected = 6 - (1 if study[0].StudyInstanceUID in str(victim) else 0)
+    assert len(sent) == expected

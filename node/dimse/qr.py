@@ -16,10 +16,10 @@ from dataclasses import dataclass
 from typing import Any
 
 import pydicom
-from pydicom.uid import ExplicitVRLittleEndian, ImplicitVRLittleEndian
+from pydicom.uid import UID, ExplicitVRLittleEndian, ImplicitVRLittleEndian
 from pynetdicom.presentation import build_context
 
-from node.errors import CatalogError, NodeError
+from node.errors import CatalogError
 from node.index.catalog import Catalog
 from node.index.query import (
     InstanceRef,
@@ -43,6 +43,9 @@ MOVE_DESTINATION_UNKNOWN = 0xA801
 FIND_UNABLE = 0xC001
 RETRIEVE_UNABLE = 0xC002
 SUB_OPERATION_FAILED = 0xB000  # warning: one or more sub-operations failed (set by pynetdicom)
+
+
+_UNREADABLE = "unreadable"  # a pending result that is not a data set: a failed sub-operation
 
 
 @dataclass(frozen=True)
@@ -103,7 +106,22 @@ def _read_dataset(deps: QRDeps, ref: InstanceRef) -> pydicom.Dataset:
     return pydicom.dcmread(io.BytesIO(data), force=True)
 
 
-def _sub_operations(event: Any, deps: QRDeps, refs: list[InstanceRef]
+def _fit_to_peer(event: Any, ds: pydicom.Dataset, ref: InstanceRef) -> pydicom.Dataset:
+    """C-GET: when the requester accepted this SOP class only in uncompressed syntaxes and
+    the instance is stored compressed, decompress it (Explicit VR Little Endian); otherwise
+    send it as stored. A class the requester did not accept at all fails in pynetdicom."""
+    syntaxes = {str(cx.transfer_syntax[0]) for cx in event.assoc.accepted_contexts
+                if cx.abstract_syntax == ref.sop_class_uid and cx.as_scu}
+    stored = UID(ref.transfer_syntax_uid)
+    if not syntaxes or str(stored) in syntaxes or not stored.is_compressed:
+        return ds  # as stored; pynetdicom converts between uncompressed syntaxes
+    if any(not UID(s).is_compressed for s in syntaxes):
+        ds.decompress()
+        log.info("C-GET: %s decompressed for a requester without %s", ref.sop_uid, stored.name)
+    return ds
+
+
+def _sub_operations(event: Any, deps: QRDeps, refs: list[InstanceRef], fit: bool = False
                     ) -> Iterator[tuple[int, Any]]:
     for ref in refs:
         if event.is_cancelled:
@@ -111,10 +129,17 @@ def _sub_operations(event: Any, deps: QRDeps, refs: list[InstanceRef]
             return
         try:
             ds = _read_dataset(deps, ref)
-        except (NodeError, OSError) as exc:  # integrity error, missing object: this one fails
-            log.error("retrieve: cannot read %s: %s", ref.sop_uid, exc)
-            yield RETRIEVE_UNABLE, None  # counted as a failed sub-operation... and stops
-            return
+        except Exception as exc:  # integrity error, missing object: this one fails
+            log.error("retrieve: cannot read %s: %s", ref.sop_uid, type(exc).__name__)
+            # pynetdicom counts a pending result that is not a data set as a failed
+            # sub-operation and goes on with the others.
+            yield PENDING, _UNREADABLE
+            continue
+        if fit:
+            try:
+                ds = _fit_to_peer(event, ds, ref)
+            except Exception as exc:  # no decoder for this syntax: pynetdicom fails it
+                log.warning("C-GET: cannot convert %s: %s", ref.sop_uid, type(exc).__name__)
         yield PENDING, ds
 
 
@@ -162,7 +187,7 @@ def handle_get(event: Any, deps: QRDeps) -> Iterator[Any]:
         yield failure, None
         return
     yield len(refs)
-    yield from _sub_operations(event, deps, refs)
+    yield from _sub_operations(event, deps, refs, fit=True)
 
 
 def _contexts(refs: list[InstanceRef]) -> list[Any]:
