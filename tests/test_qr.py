@@ -239,3 +239,39 @@ def test_retrieve_reports_a_tampered_instance_as_failed_and_sends_the_rest(
     sent = [p for p in out.iterdir()]
     expected = 6 - (1 if study[0].StudyInstanceUID in str(victim) else 0)
     assert len(sent) == expected
+
+
+def test_find_with_question_mark_wildcard_and_uid_list(qr_node, dcmtk: Dcmtk,
+                                                        tmp_path: Path) -> None:
+    node, study, _ = qr_node
+    got = findscu(dcmtk, node, tmp_path / "q", "QueryRetrieveLevel=STUDY",
+                  "PatientID=PAT-000?", "StudyInstanceUID")
+    assert len(got) == 2
+    series_uids = sorted({str(ds.SeriesInstanceUID) for ds in study[:6]})
+    got = findscu(dcmtk, node, tmp_path / "l", "QueryRetrieveLevel=SERIES",
+                  f"StudyInstanceUID={study[0].StudyInstanceUID}",
+                  f"SeriesInstanceUID={series_uids[0]}\\{series_uids[1]}", "SeriesNumber")
+    assert sorted(str(g.SeriesInstanceUID) for g in got) == series_uids
+
+
+def test_query_and_retrieve_rights_and_hospital_scope(
+        dimse_factory: Callable[..., RunningNode], dcmtk: Dcmtk, tmp_path: Path) -> None:
+    node = dimse_factory({"dimse": {"callers": {
+        "CT_A": {"hospital": "default"},
+        "WS_B": {"hospital": "st-marys", "retrieve": False},
+        "NOQUERY": {"hospital": "default", "query": False},
+    }}})
+    for ds in synthetic.ct_study(series=1, per_series=2, size=32, seed=3):
+        node.node.write(synthetic.write(ds, tmp_path / "src").read_bytes())  # hospital default
+
+    def find(calling: str) -> subprocess.CompletedProcess[str]:
+        return dcmtk("findscu", "-S", "-v", "-aet", calling, "-aec", node.ae_title,
+                     "-k", "QueryRetrieveLevel=STUDY", "-k", "StudyInstanceUID",
+                     "127.0.0.1", str(node.port))
+
+    assert "Pending" in find("CT_A").stdout + find("CT_A").stderr
+    other = find("WS_B")  # another hospital's caller sees nothing of "default"
+    assert other.returncode == 0 and "Pending" not in other.stdout + other.stderr
+    refused = find("NOQUERY")
+    assert "Pending" not in refused.stdout + refused.stderr
+    assert "0x124" in refused.stdout + refused.stderr  # PS3.7 C.5: Refused, not authorised
