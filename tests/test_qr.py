@@ -12,24 +12,17 @@ import pydicom
 import pytest
 
 from pipelines import synthetic
-from tests.fixtures.node import RunningNode
+from tests.fixtures.node import RunningNode, free_port
 from tests.test_dimse import dataset_bytes
 
 Dcmtk = Callable[..., subprocess.CompletedProcess[str]]
 
 
-def _free_port() -> int:
-    import socket
-
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
 
 @pytest.fixture
 def destination(tmp_path: Path) -> Iterator[tuple[int, Path]]:
     """pynetdicom's storescp on 127.0.0.1 as the C-MOVE destination DEST."""
-    port, out = _free_port(), tmp_path / "dest"
+    port, out = free_port(), tmp_path / "dest"
     out.mkdir()
     proc = subprocess.Popen([sys.executable, "-m", "pynetdicom", "storescp", "-ba", "127.0.0.1",
                              "-aet", "DEST", "-od", str(out), str(port)],
@@ -46,7 +39,7 @@ def qr_node(dimse_factory: Callable[..., RunningNode], destination: tuple[int, P
     node = dimse_factory({"destinations": {"DEST": {"host": "127.0.0.1",
                                                     "port": destination[0]},
                                            "DOWN": {"host": "127.0.0.1",
-                                                    "port": _free_port()}}})
+                                                    "port": free_port()}}})
     jane = synthetic.ct_study(series=2, per_series=3, size=64, seed=1)
     john = synthetic.ct_study(synthetic.Patient("PAT-0002", "Smith^John", "19800202", "M"),
                               series=1, per_series=2, size=64, seed=2)

@@ -21,6 +21,7 @@ from pynetdicom.sop_class import CTImageStorage  # type: ignore[attr-defined]
 
 from node.api import Node
 from pipelines import synthetic
+from tests.fixtures.node import free_port
 
 SUPPORT_NODE = Path(sys.executable).parent / "support-node"
 READY = re.compile(r"ready: DIMSE on (\S+):(\d+)")
@@ -151,18 +152,11 @@ def test_serve_reports_a_port_in_use(tmp_path: Path, served: list[Served]) -> No
     assert f"cannot listen on 127.0.0.1:{port}" in out and "Traceback" not in out
 
 
-def _free_port() -> int:
-    import socket
-
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
 
 def test_serve_with_worker_processes_shares_one_port(tmp_path: Path,
                                                      served: list[Served]) -> None:
     home = tmp_path / "home"
-    port = _free_port()
+    port = free_port()
     node = Served("--dimse-port", str(port), "--workers", "2", home=home)
     served.append(node)
     assert "(2 workers)" in node.wait_for(READY, timeout=60).string
