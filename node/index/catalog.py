@@ -15,44 +15,39 @@ PHI), and PostgreSQL's DETAIL lines (which quote row values) are left out.
 from __future__ import annotations
 
 import functools
-import threading
 from collections.abc import Callable, Iterator, Mapping
 from contextlib import AbstractContextManager, nullcontext
 from datetime import datetime
-from pathlib import Path
 from typing import Any, TypeVar
 
 from sqlalchemy import (
-    URL,
     Connection,
-    Engine,
     Select,
     Table,
     Update,
     bindparam,
-    create_engine,
     delete,
-    event,
     func,
     or_,
     select,
     update,
 )
 from sqlalchemy.dialects import postgresql, sqlite
-from sqlalchemy.engine import make_url
-from sqlalchemy.exc import ArgumentError, DBAPIError, SQLAlchemyError
-from sqlalchemy.pool import StaticPool
+from sqlalchemy.exc import DBAPIError, SQLAlchemyError
 
 from node.errors import CatalogError
 from node.index import schema as s
+from node.index.engine import (
+    describe_error,
+    make_engine,
+    normalise_url,
+    sqlite_lock_for,
+    sqlstate,
+)
 from node.index.records import ConflictRecord, InstanceRecord
 
 T = TypeVar("T")
 
-_BUSY_TIMEOUT_S = 30  # SQLite: how long a writer waits for another process's lock
-_CONNECT_TIMEOUT_S = 10  # PostgreSQL, unless the URL sets connect_timeout
-_POOL_SIZE = 8
-_POOL_OVERFLOW = 24  # one connection per association, plus streaming readers
 _ATTEMPTS = 5  # PostgreSQL: tries of a write transaction that lost a race
 _YIELD_PER = 1000  # rows fetched at a time when listing
 # PostgreSQL SQLSTATEs that mean "another transaction got in the way; run it again":
@@ -132,9 +127,6 @@ _HIERARCHY_ORDER = (
     s.instances.c.sop_uid,
 )
 
-# One writer lock per SQLite file, shared by every Catalog of this process on that file.
-_sqlite_locks: dict[str, threading.Lock] = {}
-_sqlite_locks_guard = threading.Lock()
 
 
 class _Rollback(Exception):  # control flow, not an error
@@ -164,15 +156,15 @@ class Catalog:
     """
 
     def __init__(self, url: str) -> None:
-        self._url = _normalise_url(url)
-        self._engine = _create_engine(self._url)
+        self._url = normalise_url(url)
+        self._engine = make_engine(self._url)
         self._dialect = self._engine.dialect.name
         # series_uid -> (series pk, study pk) of committed rows. SQLite only: its writers
         # are serialised, so skipping the hierarchy look-ups cannot race; PostgreSQL keeps
         # the top-down locking of the full path.
         self._series_cache: dict[str, tuple[int, int, int]] = {}
         self._writer_lock: AbstractContextManager[Any] = (
-            _sqlite_lock_for(self._url) if self._dialect == "sqlite" else nullcontext()
+            sqlite_lock_for(self._url) if self._dialect == "sqlite" else nullcontext()
         )
         try:
             self._write("opening the index", s.metadata.create_all)
@@ -429,9 +421,9 @@ class Catalog:
                     raise CatalogError(f"{what} failed: lost a race {attempt} times") from exc
             except DBAPIError as exc:
                 if attempt == _ATTEMPTS or not self._retryable(exc):
-                    raise CatalogError(f"{what} failed: {_describe(exc)}") from exc
+                    raise CatalogError(f"{what} failed: {describe_error(exc)}") from exc
             except SQLAlchemyError as exc:
-                raise CatalogError(f"{what} failed: {_describe(exc)}") from exc
+                raise CatalogError(f"{what} failed: {describe_error(exc)}") from exc
         raise AssertionError("unreachable")  # the loop returns or raises
 
     def _write_once(self, work: Callable[[Connection], T]) -> T:
@@ -456,7 +448,7 @@ class Catalog:
             with self._engine.connect() as conn:
                 return work(conn)
         except SQLAlchemyError as exc:
-            raise CatalogError(f"{what} failed: {_describe(exc)}") from exc
+            raise CatalogError(f"{what} failed: {describe_error(exc)}") from exc
 
     def _stream(self, what: str, stmt: Select[Any]) -> Iterator[InstanceRecord]:
         """Yields the records of ``stmt`` a batch at a time (a server-side cursor on
@@ -471,12 +463,12 @@ class Catalog:
                 for row in result:
                     yield InstanceRecord(**row._mapping)
         except SQLAlchemyError as exc:
-            raise CatalogError(f"{what} failed: {_describe(exc)}") from exc
+            raise CatalogError(f"{what} failed: {describe_error(exc)}") from exc
 
     def _retryable(self, exc: DBAPIError) -> bool:
         # SQLite writers are serialised, so they never race; a busy database has already
         # waited out the busy timeout and is reported.
-        return self._dialect == "postgresql" and _sqlstate(exc) in _RETRYABLE_SQLSTATES
+        return self._dialect == "postgresql" and sqlstate(exc) in _RETRYABLE_SQLSTATES
 
     def _insert(self, table: Table, conflict_cols: tuple[str, ...]) -> Any:
         """Returns INSERT ... ON CONFLICT (conflict_cols) DO NOTHING RETURNING pk; the
@@ -770,127 +762,3 @@ def _merge_modalities(current: str | None, *modalities: str | None) -> str | Non
 def _require_aware(value: datetime, name: str) -> None:
     if value.tzinfo is None or value.utcoffset() is None:
         raise ValueError(f"{name} must be timezone-aware")
-
-
-def _sqlstate(exc: DBAPIError) -> str | None:
-    return getattr(exc.orig, "sqlstate", None)
-
-
-def _describe(exc: SQLAlchemyError) -> str:
-    """Returns a one-line, PHI-free description of a database error.
-
-    For driver errors: the error class, its code (SQLSTATE, SQLite error name) and the first
-    line of its message. PostgreSQL quotes row values only in DETAIL lines (not the first)
-    and, for data exceptions (class 22), in the message itself (then left out); SQLite's
-    messages name columns, never values. Other SQLAlchemy errors give their class only,
-    as a statement error may carry a value in its text.
-    """
-    if not isinstance(exc, DBAPIError) or exc.orig is None:
-        return type(exc).__name__
-    orig = exc.orig
-    code = _sqlstate(exc) or getattr(orig, "sqlite_errorname", None)
-    diag = getattr(orig, "diag", None)
-    text = getattr(diag, "message_primary", None) or str(orig)
-    lines = text.strip().splitlines()
-    message = "" if (code or "").startswith("22") or not lines else lines[0][:200]
-    return ": ".join(p for p in (type(orig).__name__, code, message) if p)
-
-
-# ---- engines --------------------------------------------------------------------------------
-
-
-def _normalise_url(url: str) -> URL:
-    """Returns the parsed URL, with ``postgresql://`` given the psycopg (3) driver.
-
-    Raises:
-        CatalogError: the URL cannot be parsed or names an unsupported database.
-    """
-    try:
-        parsed = make_url(url)
-    except ArgumentError as exc:
-        raise CatalogError("the index URL cannot be parsed") from exc
-    if parsed.drivername in ("postgresql", "postgres"):
-        parsed = parsed.set(drivername="postgresql+psycopg")
-    if parsed.drivername not in ("sqlite", "sqlite+pysqlite", "postgresql+psycopg"):
-        raise CatalogError(
-            f"unsupported index database {parsed.drivername!r}: "
-            "use sqlite:/// or postgresql+psycopg://"
-        )
-    return parsed
-
-
-def _create_engine(url: URL) -> Engine:
-    """Returns an engine for ``url`` that hides bound parameters (PHI) from errors.
-
-    Raises:
-        CatalogError: the driver is missing.
-    """
-    try:
-        if url.get_backend_name() == "sqlite":
-            return _sqlite_engine(url)
-        return _postgresql_engine(url)
-    except (ArgumentError, ImportError) as exc:
-        raise CatalogError(f"cannot use the index database: {type(exc).__name__}") from exc
-
-
-def _postgresql_engine(url: URL) -> Engine:
-    connect_args: dict[str, Any] = {}
-    if "connect_timeout" not in url.query:
-        connect_args["connect_timeout"] = _CONNECT_TIMEOUT_S
-    return create_engine(
-        url,
-        connect_args=connect_args,
-        hide_parameters=True,
-        pool_size=_POOL_SIZE,
-        max_overflow=_POOL_OVERFLOW,
-        pool_pre_ping=True,  # survive a database restart
-    )
-
-
-def _sqlite_engine(url: URL) -> Engine:
-    connect_args = {"check_same_thread": False, "timeout": _BUSY_TIMEOUT_S}
-    if url.database in (None, "", ":memory:"):
-        # One shared connection, or each connection would see its own empty database.
-        engine = create_engine(
-            url, connect_args=connect_args, hide_parameters=True, poolclass=StaticPool
-        )
-    else:
-        engine = create_engine(
-            url,
-            connect_args=connect_args,
-            hide_parameters=True,
-            pool_size=_POOL_SIZE,
-            max_overflow=_POOL_OVERFLOW,
-        )
-    event.listen(engine, "connect", _sqlite_on_connect)
-    event.listen(engine, "begin", _sqlite_on_begin)
-    return engine
-
-
-def _sqlite_on_connect(dbapi_conn: Any, _record: Any) -> None:
-    # The driver's own transaction handling skips BEGIN for SELECTs; _sqlite_on_begin
-    # emits BEGIN itself instead, so reads are consistent and writes can be IMMEDIATE.
-    dbapi_conn.isolation_level = None
-    cursor = dbapi_conn.cursor()
-    try:
-        cursor.execute(f"PRAGMA busy_timeout = {_BUSY_TIMEOUT_S * 1000}")
-        # WAL: readers never block the writer. FULL: a commit is on disk (WAL synced)
-        # before it returns, because the node acknowledges C-STORE only after it.
-        cursor.execute("PRAGMA journal_mode = WAL")
-        cursor.execute("PRAGMA synchronous = FULL")
-        cursor.execute("PRAGMA foreign_keys = ON")
-    finally:
-        cursor.close()
-
-
-def _sqlite_on_begin(conn: Connection) -> None:
-    mode = conn.get_execution_options().get("sqlite_begin", "DEFERRED")
-    conn.exec_driver_sql(f"BEGIN {mode}")
-
-
-def _sqlite_lock_for(url: URL) -> threading.Lock:
-    """Returns the process-wide writer lock of this SQLite database file."""
-    database = url.database or ":memory:"
-    key = database if database == ":memory:" else str(Path(database).resolve())
-    with _sqlite_locks_guard:
-        return _sqlite_locks.setdefault(key, threading.Lock())

@@ -79,7 +79,7 @@ from sqlalchemy.exc import SQLAlchemyError
 
 from node.errors import CatalogError, NodeError
 from node.index import schema as s
-from node.index.catalog import _describe as _describe_db_error  # PHI-free, as the catalog's
+from node.index.engine import describe_error as _describe_db_error  # PHI-free
 
 YIELD_PER = 1000  # rows fetched at a time: 100,000 matches never sit in memory at once
 UTF8 = "ISO_IR 192"
@@ -788,7 +788,8 @@ def _new(tag: BaseTag, vr: str, value: Any) -> DataElement:
 
 
 class _HasEngine(Protocol):
-    _engine: Engine
+    @property
+    def engine(self) -> Engine: ...
 
 
 Source = Engine | Connection | _HasEngine
@@ -849,9 +850,7 @@ def count_instances(source: Source, query: Query) -> int:
 def _engine_of(source: Source) -> Engine | Connection:
     if isinstance(source, Engine | Connection):
         return source
-    # A Catalog: until it grows a public ``engine`` property, reach for its engine.
-    engine = getattr(source, "engine", None)
-    return engine if isinstance(engine, Engine) else source._engine
+    return source.engine  # a Catalog
 
 
 def _stream(

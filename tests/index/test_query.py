@@ -582,7 +582,7 @@ def test_instances_for_patient_and_series_retrieves(catalog: Catalog) -> None:
 
 def test_run_on_an_engine_and_a_connection(catalog: Catalog) -> None:
     query = parse_identifier(identifier("STUDY", StudyInstanceUID=""), STUDY)
-    engine = catalog._engine  # noqa: SLF001 - until Catalog has a public engine accessor
+    engine = catalog.engine
     from_engine = list(run(engine, query))
     with engine.connect() as conn:
         from_connection = list(run(conn, query))
