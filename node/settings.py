@@ -55,11 +55,20 @@ class Caller:
 
 @dataclass(frozen=True)
 class Destination:
-    """A C-MOVE destination: the AE title a requester names, and where it listens."""
+    """A C-MOVE destination: the AE title a requester names, and where it listens.
+
+    With ``tls``, the node connects over TLS, checking the destination's certificate
+    against ``ca_file`` (the system's CAs when empty) and its host name; ``cert_file`` and
+    ``key_file`` give the node's own certificate when the destination asks for one.
+    """
 
     ae_title: str
     host: str
     port: int
+    tls: bool = False
+    ca_file: Path | None = None
+    cert_file: Path | None = None
+    key_file: Path | None = None
 
 
 @dataclass(frozen=True)
@@ -287,7 +296,7 @@ def _callers(file_data: dict[str, Any]) -> tuple[Caller, ...]:
     return tuple(callers)
 
 
-def _destinations(file_data: dict[str, Any]) -> tuple[Destination, ...]:
+def _destinations(file_data: dict[str, Any], home: Path) -> tuple[Destination, ...]:
     table = file_data.get("destinations", {})
     if not isinstance(table, dict):
         raise ConfigError("destinations: expected a table of AE titles")
@@ -296,15 +305,30 @@ def _destinations(file_data: dict[str, Any]) -> tuple[Destination, ...]:
         name = f"destinations.{ae_title}"
         if not _AE.fullmatch(ae_title) or ae_title != ae_title.strip():
             raise ConfigError(f"{name}: not a valid AE title")
-        if not isinstance(entry, dict) or set(entry) - {"host", "port"} or "port" not in entry:
-            raise ConfigError(f"{name}: expected a table with the keys 'host' and 'port'")
+        known = {"host", "port", "tls", "ca_file", "cert_file", "key_file"}
+        if not isinstance(entry, dict) or set(entry) - known or "port" not in entry:
+            raise ConfigError(f"{name}: expected a table with the keys "
+                              "'host', 'port', 'tls', 'ca_file', 'cert_file', 'key_file'")
         host = entry.get("host", "127.0.0.1")
         if not isinstance(host, str) or not host:
             raise ConfigError(f"{name}.host: expected a host name or address")
         port = _coerce(f"{name}.port", int, entry["port"])
         if not 1 <= port <= 65535:
             raise ConfigError(f"{name}.port: {port} is not a TCP port")
-        out.append(Destination(ae_title, host, port))
+        tls = _coerce(f"{name}.tls", bool, entry.get("tls", False))
+        files = {}
+        for key in ("ca_file", "cert_file", "key_file"):
+            value = entry.get(key)
+            if value is not None:
+                path = _under(home, _coerce(f"{name}.{key}", str, value))
+                if not path.is_file():
+                    raise ConfigError(f"{name}.{key}: no such file {path}")
+                files[key] = path
+        if files and not tls:
+            raise ConfigError(f"{name}.tls: certificate files given but tls is not true")
+        if ("cert_file" in files) != ("key_file" in files):
+            raise ConfigError(f"{name}.key_file: cert_file and key_file go together")
+        out.append(Destination(ae_title, host, port, tls, **files))
     return tuple(out)
 
 
@@ -391,7 +415,7 @@ def load(
         keys=KeysSettings(file=_under(home_path, v["keys"]["file"] or "keys.json"),
                           bits=v["keys"]["bits"]),
         log=LogSettings(level=v["log"]["level"].upper()),
-        destinations=_destinations(file_data),
+        destinations=_destinations(file_data, home_path),
     )
     _validate(settings)
     return settings

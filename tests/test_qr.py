@@ -268,3 +268,61 @@ def test_query_and_retrieve_rights_and_hospital_scope(
     refused = find("NOQUERY")
     assert "Pending" not in refused.stdout + refused.stderr
     assert "0x124" in refused.stdout + refused.stderr  # PS3.7 C.5: Refused, not authorised
+
+
+@pytest.fixture
+def tls_destination(tmp_path: Path) -> Iterator[tuple[int, Path, list[bytes]]]:
+    """A storage SCP that speaks TLS only, with a throwaway self-signed certificate."""
+    import ssl
+
+    from pynetdicom import AE, AllStoragePresentationContexts, evt
+
+    cert, key = tmp_path / "cert.pem", tmp_path / "key.pem"
+    made = subprocess.run(
+        ["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1",
+         "-keyout", str(key), "-out", str(cert), "-subj", "/CN=127.0.0.1",
+         "-addext", "subjectAltName=IP:127.0.0.1"], capture_output=True, check=False)
+    if made.returncode != 0:
+        pytest.skip(f"openssl cannot make a test certificate: {made.stderr[-200:]!r}")
+    context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    context.load_cert_chain(str(cert), str(key))
+    received: list[bytes] = []
+
+    def keep(event: object) -> int:
+        received.append(event.encoded_dataset())  # type: ignore[attr-defined]
+        return 0
+
+    ae = AE(ae_title="TLSDEST")
+    for cx in AllStoragePresentationContexts:
+        ae.add_supported_context(cx.abstract_syntax, ["1.2.840.10008.1.2.1",
+                                                      "1.2.840.10008.1.2"])
+    port = free_port()
+    server = ae.start_server(("127.0.0.1", port), block=False, ssl_context=context,
+                             evt_handlers=[(evt.EVT_C_STORE, keep)])
+    yield port, cert, received
+    server.shutdown()
+
+
+def test_move_to_a_tls_destination(dimse_factory: Callable[..., RunningNode],
+                                   tls_destination, dcmtk: Dcmtk, tmp_path: Path) -> None:
+    port, cert, received = tls_destination
+    other_ca = tmp_path / "other.pem"
+    subprocess.run(["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1",
+                    "-keyout", str(tmp_path / "k2.pem"), "-out", str(other_ca),
+                    "-subj", "/CN=someone-else"], capture_output=True, check=True)
+    node = dimse_factory({"destinations": {
+        "TLSDEST": {"host": "127.0.0.1", "port": port, "tls": True, "ca_file": str(cert)},
+        "IMPOSTOR": {"host": "127.0.0.1", "port": port, "tls": True, "ca_file": str(other_ca)},
+    }})
+    study = synthetic.ct_study(series=1, per_series=2, size=32, seed=9)
+    for ds in study:
+        node.node.write(synthetic.write(ds, tmp_path / "src").read_bytes())
+    keys = ["-k", "QueryRetrieveLevel=STUDY", "-k", f"StudyInstanceUID={study[0].StudyInstanceUID}"]
+    # A destination whose certificate the node cannot verify gets nothing.
+    dcmtk("movescu", "-S", "-aem", "IMPOSTOR", "-aec", node.ae_title, *keys,
+          "127.0.0.1", str(node.port))
+    assert received == []
+    result = dcmtk("movescu", "-S", "-aem", "TLSDEST", "-aec", node.ae_title, *keys,
+                   "127.0.0.1", str(node.port))
+    assert result.returncode == 0, result.stderr
+    assert len(received) == 2

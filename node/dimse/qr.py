@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import io
 import logging
+import ssl
 from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
@@ -32,7 +33,7 @@ from node.index.query import (
     run,
 )
 from node.layout import ORIGINAL
-from node.settings import Settings
+from node.settings import Destination, Settings
 
 log = logging.getLogger("support_node.qr")
 
@@ -173,10 +174,21 @@ def handle_move(event: Any, deps: QRDeps) -> Iterator[Any]:
         yield destination.host, destination.port
         yield failure, None
         return
-    contexts = _contexts(refs)
-    yield destination.host, destination.port, {"contexts": contexts}
+    options: dict[str, Any] = {"contexts": _contexts(refs)}
+    if destination.tls:
+        options["tls_args"] = (_tls_context(destination), destination.host)
+    yield destination.host, destination.port, options
     yield len(refs)
     yield from _sub_operations(event, deps, refs)
+
+
+def _tls_context(destination: Destination) -> ssl.SSLContext:
+    """A client TLS context: the destination's certificate and host name are checked."""
+    context = ssl.create_default_context(
+        cafile=str(destination.ca_file) if destination.ca_file else None)
+    if destination.cert_file and destination.key_file:
+        context.load_cert_chain(str(destination.cert_file), str(destination.key_file))
+    return context
 
 
 def handle_get(event: Any, deps: QRDeps) -> Iterator[Any]:
