@@ -34,7 +34,11 @@ test: $(VENV)/.installed-test system-deps
 
 ## bench: benchmark tables (ingest rate beside pynetdicom, dcmtk and Orthanc)
 bench: $(VENV)/.installed-test system-deps
-	$(BIN)/python bench/run.py
+	rc=0; \
+	$(BIN)/python bench/run.py || rc=1; \
+	$(BIN)/python bench/query_bench.py || rc=1; \
+	$(BIN)/python bench/retrieve_bench.py || rc=1; \
+	exit $$rc
 
 lint: $(VENV)/.installed-test
 	$(BIN)/ruff check node pipelines tests bench

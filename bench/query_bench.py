@@ -4,8 +4,12 @@
 10,000 series, 100,000 instances) by bulk inserts straight into the tables (executemany,
 not ``Catalog.add_instance``, which would take minutes), then times queries through
 :mod:`node.index.query` (parse, SQL, every response Dataset built) and prints median and p95
-in ms. PostgreSQL is a throwaway server started like the tests' (skipped when not installed);
-``--postgres-url`` uses an existing, empty database instead. Target: study-level < 50 ms p95.
+in ms. Then it starts the node's DIMSE server in this process on 127.0.0.1 (a port the OS
+picks) over the same index and times pynetdicom C-FIND requests end to end (one association,
+many requests, every pending response received): the rows marked ``C-FIND``. PostgreSQL is a
+throwaway server started like the tests' (skipped when not installed); ``--postgres-url``
+uses an existing, empty database instead. Target: study-level C-FIND < 50 ms p95, judged on
+the ``C-FIND`` rows; ``--quick`` is a smoke run (fewer repetitions).
 """
 
 from __future__ import annotations
@@ -23,10 +27,18 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+from pydicom import Dataset
+from pynetdicom import AE
+from pynetdicom.sop_class import (  # type: ignore[attr-defined]
+    StudyRootQueryRetrieveInformationModelFind,
+)
 from sqlalchemy import Engine, insert
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
+from node import settings as node_settings  # noqa: E402
+from node.api import Node  # noqa: E402
+from node.dimse import server as dimse_server  # noqa: E402
 from node.index import Catalog, schema  # noqa: E402
 from node.index.query import Model, identifier, parse_identifier, run  # noqa: E402
 
@@ -34,6 +46,7 @@ PATIENTS, STUDIES_PER_PATIENT, SERIES_PER_STUDY, INSTANCES_PER_SERIES = 1000, 2,
 MODALITIES = ("CT", "MR", "PR", "SEG", "US")
 RECEIVED = datetime(2025, 1, 1, tzinfo=UTC)
 CHUNK = 10_000
+TARGET_P95_MS = 50.0
 
 
 def fill(engine: Engine) -> int:
@@ -177,11 +190,22 @@ STUDY_RETURN_KEYS = {
 IMAGE_RETURN_KEYS = {"SOPInstanceUID": "", "SOPClassUID": "", "InstanceNumber": None}
 
 
+def request(level: str, keys: dict[str, Any]) -> Dataset:
+    base = STUDY_RETURN_KEYS if level == "STUDY" else IMAGE_RETURN_KEYS
+    return identifier(level, **{**base, **keys})
+
+
+def summary(samples: list[float]) -> tuple[float, float]:
+    """(median, p95) of ``samples`` (nearest rank)."""
+    samples = sorted(samples)
+    p95 = samples[min(len(samples) - 1, int(round(0.95 * len(samples))) - 1)]
+    return statistics.median(samples), p95
+
+
 def time_query(engine: Engine, model: Model, level: str, keys: dict[str, Any],
                reps: int) -> tuple[float, float, int]:
     """Returns (median ms, p95 ms, number of responses) over ``reps`` runs after a warm-up."""
-    base = STUDY_RETURN_KEYS if level == "STUDY" else IMAGE_RETURN_KEYS
-    ds = identifier(level, **{**base, **keys})
+    ds = request(level, keys)
     count = len(list(run(engine, parse_identifier(ds, model))))
     samples = []
     for _ in range(reps):
@@ -189,23 +213,97 @@ def time_query(engine: Engine, model: Model, level: str, keys: dict[str, Any],
         got = list(run(engine, parse_identifier(ds, model)))
         samples.append((time.perf_counter() - start) * 1000)
         assert len(got) == count
-    samples.sort()
-    p95 = samples[min(len(samples) - 1, int(round(0.95 * len(samples))) - 1)]
-    return statistics.median(samples), p95, count
+    return (*summary(samples), count)
 
 
-def bench(url: str, reps: int) -> None:
+# Through the DIMSE server: the workstation-like queries (not the universal one).
+DIMSE_QUERIES = [q for q in QUERIES if q[0].startswith(("study: P", "study: S", "study: A",
+                                                        "image:"))]
+
+
+def time_c_find(assoc: Any, level: str, keys: dict[str, Any], reps: int
+                ) -> tuple[float, float, int]:
+    """(median ms, p95 ms, matches) of C-FIND requests on one open association, each timed
+    from sending the request to receiving the final response; after one warm-up."""
+    ds = request(level, keys)
+
+    def once() -> int:
+        matches = 0
+        for status, found in assoc.send_c_find(ds, StudyRootQueryRetrieveInformationModelFind):
+            code = getattr(status, "Status", None)
+            if code is None:
+                raise RuntimeError("C-FIND: no response (association aborted?)")
+            if code in (0xFF00, 0xFF01):
+                matches += found is not None
+            elif code != 0x0000:
+                raise RuntimeError(f"C-FIND failed: status 0x{code:04X}")
+        return matches
+
+    count = once()
+    samples = []
+    for _ in range(reps):
+        start = time.perf_counter()
+        got = once()
+        samples.append((time.perf_counter() - start) * 1000)
+        assert got == count, (got, count)
+    return (*summary(samples), count)
+
+
+def bench_dimse(url: str, reps: int) -> list[tuple[str, int, float, float]]:
+    """C-FIND through the node's DIMSE server, in this process, over the index at ``url``."""
+    rows: list[tuple[str, int, float, float]] = []
+    with tempfile.TemporaryDirectory(prefix="qbench-home-") as home:
+        settings = node_settings.load(home=home, environ={"SUPPORT_NODE_INDEX_URL": url,
+                                                          "SUPPORT_NODE_DIMSE_PORT": "0"})
+        node = Node.from_settings(settings, create_keys=True)
+        scp = dimse_server.start(settings.dimse, node.services.ingest,
+                                 qr=node.services.qr_deps())
+        try:
+            ae = AE(ae_title="QBENCH")
+            ae.add_requested_context(StudyRootQueryRetrieveInformationModelFind)
+            assoc = ae.associate("127.0.0.1", scp.server_address[1],
+                                 ae_title=settings.dimse.ae_title)
+            if not assoc.is_established:
+                raise RuntimeError("C-FIND bench: association with the node refused")
+            try:
+                for name, _model, level, keys in DIMSE_QUERIES:
+                    median, p95, count = time_c_find(assoc, level, keys, reps)
+                    rows.append((name, count, median, p95))
+            finally:
+                assoc.release()
+        finally:
+            scp.shutdown()
+            scp.server_close()
+            node.close()
+    return rows
+
+
+def verdict(name: str, p95: float) -> str:
+    return ("PASS" if p95 < TARGET_P95_MS else "MISS") if name.startswith("study") else "info"
+
+
+def bench(url: str, reps: int) -> bool:
+    """Prints the engine and C-FIND rows; returns whether every study-level C-FIND met the
+    target."""
     cat = Catalog(url)  # creates the tables
     try:
         engine = cat._engine  # until Catalog grows a public accessor
         start = time.perf_counter()
         n = fill(engine)
         print(f"\n{engine.dialect.name}: {n:,} instances inserted in "
-              f"{time.perf_counter() - start:.1f} s")
-        print(f"  {'query':<48} {'matches':>8} {'median ms':>10} {'p95 ms':>8}")
+              f"{time.perf_counter() - start:.1f} s; {reps} requests per row")
+        print(f"  {'path':<7} {'query':<48} {'matches':>8} {'median ms':>10} {'p95 ms':>8}"
+              f"  target (study p95 < {TARGET_P95_MS:.0f} ms)")
         for name, model, level, keys in QUERIES:
             median, p95, count = time_query(engine, model, level, keys, reps)
-            print(f"  {name:<48} {count:>8} {median:>10.2f} {p95:>8.2f}")
+            print(f"  {'engine':<7} {name:<48} {count:>8} {median:>10.2f} {p95:>8.2f}")
+        ok = True
+        for name, count, median, p95 in bench_dimse(url, reps):
+            mark = verdict(name, p95)
+            ok &= mark != "MISS"
+            print(f"  {'C-FIND':<7} {name:<48} {count:>8} {median:>10.2f} {p95:>8.2f}  {mark}",
+                  flush=True)
+        return ok
     finally:
         cat.close()
 
@@ -241,21 +339,24 @@ def postgres() -> Iterator[str | None]:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--reps", type=int, default=100)
+    parser.add_argument("--quick", action="store_true", help="20 requests per row")
     parser.add_argument("--postgres-url", help="an existing, empty database to use")
     parser.add_argument("--no-postgres", action="store_true")
     args = parser.parse_args(argv)
+    reps = 20 if args.quick else args.reps
     with tempfile.TemporaryDirectory() as tmp:
-        bench(f"sqlite:///{tmp}/index.db", args.reps)
+        ok = bench(f"sqlite:///{tmp}/index.db", reps)
     if args.no_postgres:
-        return 0
-    if args.postgres_url:
-        bench(args.postgres_url, args.reps)
-        return 0
-    with postgres() as url:
-        if url is None:
-            print("\npostgresql: skipped (initdb/pg_ctl not found)")
-        else:
-            bench(url, args.reps)
+        pass
+    elif args.postgres_url:
+        ok &= bench(args.postgres_url, reps)
+    else:
+        with postgres() as url:
+            if url is None:
+                print("\npostgresql: skipped (initdb/pg_ctl not found)")
+            else:
+                ok &= bench(url, reps)
+    print(f"\nstudy-level C-FIND p95 < {TARGET_P95_MS:.0f} ms: {'PASS' if ok else 'MISS'}")
     return 0
 
 

@@ -18,8 +18,10 @@ from typing import Any
 
 import pydicom
 from pydicom.uid import UID, ExplicitVRLittleEndian, ImplicitVRLittleEndian
+from pynetdicom import evt
 from pynetdicom.presentation import build_context
 
+from node.dimse.transport import tune_connection
 from node.errors import CatalogError
 from node.index.catalog import Catalog
 from node.index.query import (
@@ -174,7 +176,10 @@ def handle_move(event: Any, deps: QRDeps) -> Iterator[Any]:
         yield destination.host, destination.port
         yield failure, None
         return
-    options: dict[str, Any] = {"contexts": _contexts(refs)}
+    # The outgoing association gets the same socket tuning as incoming ones: without it the
+    # destination's delayed ACKs hold every sub-operation (bench: 33/s untuned, ~130/s tuned).
+    options: dict[str, Any] = {"contexts": _contexts(refs),
+                               "evt_handlers": [(evt.EVT_CONN_OPEN, tune_connection)]}
     if destination.tls:
         options["tls_args"] = (_tls_context(destination), destination.host)
     yield destination.host, destination.port, options
