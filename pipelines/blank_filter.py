@@ -4,8 +4,9 @@ Every image is first described by scale-free statistics on a [0, 1] frame (best 
 native size, before the recipe's resize, so that pixel noise is still pixel noise):
 
 * *constant*: no two pixels differ (all-black, all-white, uniform grey).
-* *flat*: what survives area-downsampling to ``downsample``² is no larger than the pixel noise
-  would leave (a flat field with a little noise; hot pixels), measured as a signal-to-noise ratio.
+* *flat*: what survives block-averaging to 16² is no larger than the pixel noise would leave
+  (a flat field with a little noise), measured as a signal-to-noise ratio; or what survives
+  downsampling to ``downsample``² is tiny whatever the noise (hot pixels).
 * *marks only*: once thin strokes are eroded away, almost nothing differs from the background
   (a blank image but for burned-in text or a ruler); anatomy, even a small field, keeps a core.
 
@@ -31,7 +32,8 @@ from sklearn.decomposition import IncrementalPCA
 
 FORMAT_VERSION = 1
 
-SNR_MIN = 4.0  # structure / (noise left after downsampling) below this: a flat field
+SNR_MIN = 2.5  # structure / (noise left after averaging to SNR_SIDE²) below this: a flat field
+SNR_SIDE = 16  # the SNR is measured on block means, so that even a 64² image averages its noise
 STRUCTURE_MIN = 0.01  # downsampled std below this (on a [0, 1] image): flat whatever the noise
 CORE_MIN = 0.004  # fraction of the downsampled image that survives erosion: 16 of 64² pixels
 RETENTION_MIN = 0.55  # signal variance kept by downsampling; thin strokes lose most of theirs
@@ -64,6 +66,11 @@ class Features:
     core: float
     retention: float
     small: bool
+
+
+def _box(image: np.ndarray, side: int) -> np.ndarray:
+    pil = Image.fromarray(np.ascontiguousarray(image, dtype=np.float32))
+    return np.asarray(pil.resize((side, side), Image.Resampling.BOX), dtype=np.float32)
 
 
 def _scale(image: np.ndarray, side: int) -> np.ndarray:
@@ -108,16 +115,19 @@ def features(image: np.ndarray, downsample: int = 64) -> tuple[Features, np.ndar
         return Features(True, 0.0, 0.0, 0.0, 0.0, min(np.shape(image)) < SMALLEST), zeros
     small = min(x.shape) < SMALLEST
     d = _scale(x, downsample)
-    factor = max(1.0, min(x.shape) / downsample)
     structure = float(d.std())
     sigma = _noise_sigma(x)
-    noise_left = max(sigma / factor, 1e-4)
+    # white noise averaged over blocks of (h/16)(w/16) pixels keeps 1/sqrt of its std; smooth
+    # structure keeps nearly all of it, however low its contrast
+    block = max(1.0, float(np.sqrt(x.shape[0] * x.shape[1])) / SNR_SIDE)
+    noise_left = max(sigma / block, 1e-4)
+    snr = float(_box(x, SNR_SIDE).std()) / noise_left
     # variance of the downsampled image over the variance of the image less its pixel noise
     retention = float(d.var()) / max(float(x.var()) - sigma * sigma, 1e-9)
     background = float(np.median(d))
     foreground = np.abs(d - np.float32(background)) > FOREGROUND_DELTA
     core = float(_erode(foreground).mean())
-    return Features(False, structure / noise_left, structure, core, retention, small), d
+    return Features(False, snr, structure, core, retention, small), d
 
 
 def statistics_verdict(f: Features) -> Verdict:
