@@ -7,11 +7,10 @@
     │   └── IntegrityError         an object failed authentication: wrong key, flipped
     │                              byte, truncation, or moved to another path
     ├── CatalogError               the index failed (database unavailable, locked); retryable
-    └── IngestError                an instance was refused; `reason` says why
+    └── IngestError                an instance was refused; the message says why
         ├── MalformedError         not parseable DICOM, or cut short in transit
-        ├── InconsistentError      header disagrees with the command (SOP Class)
-        │   └── UidMismatchError   ... or its SOP Instance UID differs from the command's
-        └── ConflictError          same SOP Instance UID, different bytes (kept apart)
+        └── InconsistentError      header disagrees with the command (SOP Class, pixels)
+            └── UidMismatchError   ... or its SOP Instance UID differs from the command's
 
 Builtins are used where their meaning fits (FileNotFoundError for a missing object).
 Messages never carry secrets or PHI: UIDs and object keys only.
@@ -58,7 +57,3 @@ class InconsistentError(IngestError):
 
 class UidMismatchError(InconsistentError):
     """The data set's SOP Instance UID differs from the one in the command."""
-
-
-class ConflictError(IngestError):
-    """An instance with this SOP Instance UID but different bytes is already stored."""

@@ -17,8 +17,9 @@ from typing import Protocol
 ORIGINAL = "original.dcm"
 DESCRIPTION = "description.json"
 CONFLICTS = "conflicts"
-LEVELS = ("hospital", "patient", "study", "series", "sop")
-_PART = re.compile(r"[0-9A-Za-z][0-9A-Za-z._-]{0,63}")
+# A safe object-name part: what UIDs (PS3.5 9.1: digits and dots, plus real-world letters)
+# and pseudonyms look like; never a slash or a leading dot.
+PART = re.compile(r"[0-9A-Za-z][0-9A-Za-z._-]{0,63}")
 
 
 class Pseudonymiser(Protocol):
@@ -60,23 +61,6 @@ class InstancePath:
     def parse(cls, folder: str) -> InstancePath:
         """The inverse of ``folder``; ValueError for anything else."""
         parts = folder.strip("/").split("/")
-        if len(parts) != 5 or not all(_PART.fullmatch(p) for p in parts):
+        if len(parts) != 5 or not all(PART.fullmatch(p) for p in parts):
             raise ValueError(f"not an instance folder: {folder}")
         return cls(*parts)
-
-
-def prefix(*parts: str | None) -> str:
-    """The batch-read prefix of the first given parts (trailing ``None``s left out).
-
-    Raises ValueError on a part that is not a safe path component or on a gap.
-    """
-    given = list(parts)
-    while given and given[-1] is None:
-        given.pop()
-    if any(p is None for p in given):
-        raise ValueError("a hierarchy level was skipped")
-    for p in given:
-        assert p is not None
-        if not _PART.fullmatch(p):
-            raise ValueError("not a valid hierarchy part (letters, digits, . _ - only)")
-    return "/".join(p for p in given if p is not None)

@@ -105,10 +105,7 @@ class DimseSettings:
 
     def hospital_for(self, ae_title: str) -> str | None:
         """The hospital of a calling AE; None when the caller is not allowed."""
-        for caller in self.callers:
-            if caller.ae_title == ae_title.strip():
-                return caller.hospital
-        return "default" if self.accepts_any_caller else None
+        return self.access_for(ae_title).store
 
     @property
     def accepts_any_caller(self) -> bool:

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import hashlib
 import io
-import re
 import warnings
 from dataclasses import dataclass
 
@@ -14,10 +13,8 @@ from pydicom.errors import InvalidDicomError
 
 from node.dicom.structure import IMPLICIT_LE, check_dataset, split_part10
 from node.errors import MalformedError
+from node.layout import PART
 
-# UIDs become object names: only what PS3.5 9.1 allows (digits and dots), plus a little
-# slack for real-world letters, never a slash or a leading dot.
-_UID = re.compile(r"[0-9A-Za-z][0-9A-Za-z._-]{0,63}")
 _EXPLICIT_LE = "1.2.840.10008.1.2.1"
 _EXPLICIT_BE = "1.2.840.10008.1.2.2"
 
@@ -42,7 +39,7 @@ def _uid(ds: Dataset, keyword: str) -> str:
     if value is None or str(value).strip() == "":
         raise MalformedError(f"required attribute {keyword} is missing")
     text = str(value).strip().rstrip("\x00")
-    if not _UID.fullmatch(text) or ".." in text:
+    if not PART.fullmatch(text) or ".." in text:  # UIDs become object names
         raise MalformedError(f"{keyword} is not a valid UID")
     return text
 

@@ -29,7 +29,6 @@ from node.index.query import (
     Model,
     Query,
     QueryError,
-    count_instances,
     instances_for,
     parse_identifier,
     run,
@@ -42,10 +41,8 @@ log = logging.getLogger("support_node.qr")
 PENDING = 0xFF00
 CANCELLED = 0xFE00
 REFUSED_NOT_AUTHORISED = 0x0124  # PS3.7 C.5.x: refused, not authorised
-MOVE_DESTINATION_UNKNOWN = 0xA801
 FIND_UNABLE = 0xC001
 RETRIEVE_UNABLE = 0xC002
-SUB_OPERATION_FAILED = 0xB000  # warning: one or more sub-operations failed (set by pynetdicom)
 
 
 _UNREADABLE = "unreadable"  # a pending result that is not a data set: a failed sub-operation
@@ -224,4 +221,4 @@ def _contexts(refs: list[InstanceRef]) -> list[Any]:
     return contexts[:128]
 
 
-__all__ = ["QRDeps", "count_instances", "handle_find", "handle_get", "handle_move"]
+__all__ = ["QRDeps", "handle_find", "handle_get", "handle_move"]

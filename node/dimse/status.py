@@ -25,7 +25,6 @@ class Status(enum.IntEnum):
     # Cxxx Error: cannot understand.
     CANNOT_UNDERSTAND = 0xC000
     UID_MISMATCH = 0xC001
-    PROCESSING_FAILURE = 0x0110
 
 
 def status_for(exc: BaseException) -> Status:
