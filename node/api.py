@@ -10,6 +10,7 @@
 from __future__ import annotations
 
 import hashlib
+import io
 import os
 import shutil
 from collections.abc import Iterator
@@ -19,17 +20,22 @@ from pathlib import Path
 from types import TracebackType
 from typing import IO, Any
 
+import numpy as np
+
 from node import describe
 from node.crypto import aead
 from node.errors import IntegrityError, NodeError
 from node.index.query import Level, Model, identifier, parse_identifier, run
 from node.index.records import ConflictRecord, InstanceRecord
 from node.ingest import Result, Source
-from node.layout import CONFLICTS, DESCRIPTION, ORIGINAL
+from node.layout import CONFLICTS, DESCRIPTION, ORIGINAL, OUTPUT, PREVIEW
 from node.services import Services, open_services
 from node.settings import Settings, load, valid_hospital
 
 _COPY_CHUNK = 1 << 20
+# kind -> (object, file suffix) for ``export`` / ``get --kind``
+KINDS = {"original": (ORIGINAL, ".dcm"), "output": (OUTPUT, ".npy"),
+         "preview": (PREVIEW, ".png"), "description": (DESCRIPTION, ".json")}
 
 
 @dataclass(frozen=True)
@@ -103,23 +109,26 @@ class Node:
 
     def ls(self, hospital: str | None = None, patient: str | None = None,
            study: str | None = None, series: str | None = None,
-           sop: str | None = None, where: Filters | None = None) -> Iterator[InstanceRecord]:
+           sop: str | None = None, where: Filters | None = None,
+           blank: bool | None = None) -> Iterator[InstanceRecord]:
         """Every instance below the given hierarchy prefix (trailing parts left out), and,
         with ``where``, only in the studies that the same query engine as C-FIND matches.
 
-        Raises QueryError (a malformed name pattern or date range).
+        ``blank``: True lists only images the filter flagged blank, False leaves them out,
+        None (default) lists both. Raises QueryError (a malformed name pattern or date range).
         """
         if where is not None and not where.empty:
-            yield from self._ls_where(hospital, patient, study, series, sop, where)
+            yield from self._ls_where(hospital, patient, study, series, sop, where, blank)
             return
+        catalog = self.services.catalog
         if patient is None:
-            yield from self.services.catalog.instances(hospital, None, study, series, sop)
+            yield from catalog.instances(hospital, None, study, series, sop, blank)
             return
         for key in self.resolve_patient(hospital, patient):
-            yield from self.services.catalog.instances(hospital, key, study, series, sop)
+            yield from catalog.instances(hospital, key, study, series, sop, blank)
 
     def _ls_where(self, hospital: str | None, patient: str | None, study: str | None,
-                  series: str | None, sop: str | None, where: Filters
+                  series: str | None, sop: str | None, where: Filters, blank: bool | None
                   ) -> Iterator[InstanceRecord]:
         catalog = self.services.catalog
         keys: dict[str, str] = {"StudyInstanceUID": study or ""}
@@ -135,7 +144,7 @@ class Node:
         studies = [str(r.StudyInstanceUID) for r in run(catalog, ask)]
         patients = None if patient is None else set(self.resolve_patient(hospital, patient))
         for study_uid in studies:
-            for rec in catalog.instances(hospital, None, study_uid, series, sop):
+            for rec in catalog.instances(hospital, None, study_uid, series, sop, blank):
                 if patients is not None and rec.patient_key not in patients:
                     continue
                 if where.modality and rec.modality != where.modality:
@@ -156,14 +165,29 @@ class Node:
     def read_description(self, record: InstanceRecord) -> dict[str, Any]:
         return describe.decode(self.services.fs.cat_file(f"{record.object_key}/{DESCRIPTION}"))
 
-    def export(self, record: InstanceRecord, out_dir: Path) -> Path:
-        """Decrypts the original, streaming, to ``out_dir/hospital/patient/study/series/sop.dcm``.
+    def read_output(self, record: InstanceRecord) -> np.ndarray:
+        """The preprocessed image, (frames, rows, cols) in [0, 1] (float16 by default).
+
+        Raises FileNotFoundError when the instance has not been processed (see its state).
+        """
+        data = self.services.fs.cat_file(f"{record.object_key}/{OUTPUT}")
+        return np.load(io.BytesIO(data), allow_pickle=False)
+
+    def export(self, record: InstanceRecord, out_dir: Path, kind: str = "original") -> Path:
+        """Decrypts one of the instance's objects, streaming, to
+        ``out_dir/hospital/patient/study/series/{sop}{suffix}`` (``KINDS`` gives the object
+        and suffix of each kind: original .dcm, output .npy, preview .png, description .json).
 
         The file appears whole or not at all (written to a temporary name, then renamed).
-        Raises IntegrityError (and leaves no file) if the stored object was tampered with.
+        Raises ValueError for an unknown kind, FileNotFoundError when the instance has no
+        such object (not processed), IntegrityError (and leaves no file) if the stored
+        object was tampered with.
         """
-        target = self._export_path(record, out_dir, f"{record.sop_uid}.dcm")
-        self._decrypt_to(f"{record.object_key}/{ORIGINAL}", target)
+        if kind not in KINDS:
+            raise ValueError(f"unknown kind {kind!r}: one of {', '.join(KINDS)}")
+        name, suffix = KINDS[kind]
+        target = self._export_path(record, out_dir, f"{record.sop_uid}{suffix}")
+        self._decrypt_to(f"{record.object_key}/{name}", target)
         return target
 
     def export_conflicts(self, record: InstanceRecord, out_dir: Path) -> list[Path]:

@@ -6,6 +6,7 @@ error; 3 store, index or key problem.
 
 from __future__ import annotations
 
+import enum
 import json
 import sys
 from collections import Counter
@@ -30,6 +31,7 @@ from node import logs
 from node.api import Filters, Node
 from node.errors import ConfigError, IngestError, KeyringError, NodeError
 from node.index.query import QueryError
+from node.index.records import State
 from node.ingest import Source
 from node.services import ensure_keyring
 from node.settings import Settings, load, valid_hospital
@@ -49,6 +51,25 @@ ModalityOpt = Annotated[str | None, typer.Option("--modality", help="e.g. CT.")]
 AccessionOpt = Annotated[str | None, typer.Option("--accession", help="Accession number.")]
 HomeOpt = Annotated[Path | None, typer.Option("--home", help="Home folder (default ./var).")]
 ConfigOpt = Annotated[Path | None, typer.Option("--config", help="TOML config file.")]
+
+
+class Blank(enum.StrEnum):
+    show = "show"
+    hide = "hide"
+    only = "only"
+
+
+class Kind(enum.StrEnum):
+    original = "original"
+    output = "output"
+    preview = "preview"
+    description = "description"
+
+
+BlankOpt = Annotated[Blank, typer.Option(
+    "--blank", help="Images the filter flagged blank: show (default), hide, or only them.")]
+_BLANK_CHOICES: dict[Blank, bool | None] = {Blank.show: None, Blank.hide: False,
+                                            Blank.only: True}
 
 
 class Context:
@@ -125,13 +146,18 @@ def serve(home: HomeOpt = None, config: ConfigOpt = None,
           ae_title: Annotated[str | None, typer.Option(help="This node's AE title.")] = None,
           workers: Annotated[int | None, typer.Option(
               help="Receiving processes sharing the port.")] = None,
+          processing_workers: Annotated[int | None, typer.Option(
+              help="Processes preprocessing stored images (0: leave it to "
+                   "`support-node worker`).")] = None,
           ) -> None:
-    """Run the node: DIMSE Verification and Storage SCP, until Ctrl-C or SIGTERM."""
+    """Run the node: DIMSE Verification, Storage and Query/Retrieve SCP, and the processing
+    workers, until Ctrl-C or SIGTERM."""
     from node import service
 
     def body() -> None:
         ctx = Context(home, config, {"dimse": {"host": host, "port": dimse_port,
-                                              "ae_title": ae_title, "workers": workers}},
+                                              "ae_title": ae_title, "workers": workers},
+                                    "processing": {"workers": processing_workers}},
                       service=True)
         settings = ctx.settings
         # Create the key file and the index tables once, before any worker races to.
@@ -141,14 +167,16 @@ def serve(home: HomeOpt = None, config: ConfigOpt = None,
             d = settings.dimse
             extra = f" ({d.workers} workers)" if d.workers > 1 else ""
             out.print(f"support-node {d.ae_title} ready: DIMSE on {d.host}:{port}{extra}, "
+                      f"{settings.processing.workers} processing workers, "
                       f"store {settings.store.url}", highlight=False)
             sys.stdout.flush()
 
         try:
-            if settings.dimse.workers > 1:
-                service.serve_workers(settings, ready)
-            else:
-                service.serve_one(settings, ready)
+            with service.ProcessingPool(settings) as pool:
+                if settings.dimse.workers > 1:
+                    service.serve_workers(settings, ready, watch=pool.check)
+                else:
+                    service.serve_one(settings, ready, watch=pool.check)
         except OSError as exc:
             d = settings.dimse
             raise fail(f"cannot listen on {d.host}:{d.port}: {exc.strerror or exc}", 3) from None
@@ -210,7 +238,7 @@ def ls(hospital: Annotated[str | None, typer.Argument()] = None,
        home: HomeOpt = None, config: ConfigOpt = None,
        as_json: Annotated[bool, typer.Option("--json", help="One JSON object per line.")] = False,
        patient_name: NameOpt = None, study_date: DateOpt = None, modality: ModalityOpt = None,
-       accession: AccessionOpt = None,
+       accession: AccessionOpt = None, blank: BlankOpt = Blank.show,
        ) -> None:
     """List stored instances: trailing hierarchy parts left out list everything below;
     the query options narrow it as C-FIND would."""
@@ -218,12 +246,14 @@ def ls(hospital: Annotated[str | None, typer.Argument()] = None,
         ctx = Context(home, config)
         where = Filters(patient_name, study_date, modality, accession)
         with ctx.node() as node:
-            records = node.ls(hospital, patient, study, series, sop, where)
+            records = node.ls(hospital, patient, study, series, sop, where,
+                              _BLANK_CHOICES[blank])
             conflicts = {c.sop_uid: c for c in node.conflicts()}
             if as_json:
                 for rec in records:
                     # sop_instance_uid and state are the keys scripts rely on; sop_uid stays.
                     doc = asdict(rec) | {"sop_instance_uid": rec.sop_uid, "state": rec.state,
+                                         "blank": bool(rec.blank),
                                          "received_at": rec.received_at.isoformat()}
                     doc["conflicts"] = [asdict(c) | {"received_at": c.received_at.isoformat()}
                                         for c in node.conflicts(rec.sop_uid)] \
@@ -231,13 +261,15 @@ def ls(hospital: Annotated[str | None, typer.Argument()] = None,
                     print(json.dumps(doc))
                 return
             table = Table("hospital", "patient", "study", "series", "sop instance", "modality",
-                          "size", "note", box=None)
+                          "size", "state", "note", box=None)
             n = 0
             for rec in records:
                 n += 1
-                note = "CONFLICT" if rec.sop_uid in conflicts else ""
+                notes = ["BLANK"] if rec.blank else []
+                notes += ["CONFLICT"] if rec.sop_uid in conflicts else []
                 table.add_row(rec.hospital, rec.patient_key, rec.study_uid, rec.series_uid,
-                              rec.sop_uid, rec.modality or "", str(rec.size), note)
+                              rec.sop_uid, rec.modality or "", str(rec.size), rec.state,
+                              " ".join(notes))
             print_table(table)
             out.print(f"{n} instances" + (f", {len(conflicts)} with conflicts" if conflicts
                                           else ""))
@@ -253,26 +285,41 @@ def get(hospital: Annotated[str, typer.Argument()],
         out_dir: Annotated[Path, typer.Option("--out", help="Folder to write into.")] = Path("."),
         home: HomeOpt = None, config: ConfigOpt = None,
         patient_name: NameOpt = None, study_date: DateOpt = None, modality: ModalityOpt = None,
-        accession: AccessionOpt = None) -> None:
-    """Decrypt originals below a hierarchy prefix (and matching the query options) to
-    Part-10 files under --out."""
+        accession: AccessionOpt = None, blank: BlankOpt = Blank.show,
+        kind: Annotated[Kind, typer.Option(
+            help="original (.dcm), output (.npy, the AI input), preview (.png) or "
+                 "description (.json).")] = Kind.original) -> None:
+    """Decrypt objects below a hierarchy prefix (and matching the query options) to files
+    under --out: the Part-10 originals by default, or the outputs, previews or descriptions."""
     def body() -> None:
         ctx = Context(home, config)
         where = Filters(patient_name, study_date, modality, accession)
         with ctx.node() as node:
-            records = list(node.ls(hospital, patient, study, series, sop, where))
+            records = list(node.ls(hospital, patient, study, series, sop, where,
+                                   _BLANK_CHOICES[blank]))
             if not records:
                 raise fail("nothing stored under that hierarchy", 1)
-            copies = 0
+            copies, written = 0, 0
+            missing: Counter[str] = Counter()
             with progress() as bar:
                 task = bar.add_task("decrypting", total=len(records))
                 for rec in records:
-                    node.export(rec, out_dir)
-                    # Same UID, other bytes: beside it as {sop}.conflict-{sha256[:12]}.dcm.
-                    copies += len(node.export_conflicts(rec, out_dir))
+                    try:
+                        node.export(rec, out_dir, kind.value)
+                        written += 1
+                    except FileNotFoundError:  # outputs of an instance not processed
+                        missing[rec.state] += 1
+                    if kind is Kind.original:
+                        # Same UID, other bytes: beside it as {sop}.conflict-{sha256[:12]}.dcm.
+                        copies += len(node.export_conflicts(rec, out_dir))
                     bar.advance(task)
         note = f" and {copies} conflict copies" if copies else ""
-        out.print(f"wrote {len(records)} files{note} under {out_dir}", highlight=False)
+        out.print(f"wrote {written} files{note} under {out_dir}", highlight=False)
+        if missing:
+            states = ", ".join(f"{n} {state}" for state, n in sorted(missing.items()))
+            err.print(f"{sum(missing.values())} instances have no {kind.value} ({states})",
+                      highlight=False)
+            raise typer.Exit(1)
     run(body)
 
 
@@ -322,6 +369,113 @@ def reindex(home: HomeOpt = None, config: ConfigOpt = None) -> None:
                                    or "nothing stored"))
         if counts["failed"]:
             raise typer.Exit(1)
+    run(body)
+
+
+@app.command()
+def worker(home: HomeOpt = None, config: ConfigOpt = None,
+           once: Annotated[bool, typer.Option(
+               "--once", help="Process what is queued, then exit.")] = False) -> None:
+    """Take processing jobs (preprocessing, blank filter) until Ctrl-C or SIGTERM; any
+    number of workers, on any host sharing the index and store, can run at once."""
+    def body() -> None:
+        ctx = Context(home, config, service=not once)
+        with ctx.node() as node:
+            if once:
+                _drain(node, "processing")
+                return
+            from node import service
+            from node.processing.worker import Worker
+            out.print("support-node worker ready", highlight=False)
+            sys.stdout.flush()
+            Worker(node.services).run(service.stop_event())
+        out.print("stopped")
+    run(body)
+
+
+def _drain(node: Node, what: str) -> None:
+    """Processes the queue in this process, with a progress bar; exit 1 if any failed."""
+    from node.processing.worker import Worker
+
+    work = Worker(node.services)
+    with progress() as bar:
+        task = bar.add_task(what, total=work.queue.counts().queue_depth)
+        counts = work.drain(lambda _state: bar.advance(task))
+    summary = ", ".join(f"{n} {k}" for k, n in sorted(counts.items())) or "nothing queued"
+    out.print(f"{what}: {summary}", highlight=False)
+    if counts["failed"] or counts["retry"]:
+        for sop_uid, error in work.queue.failures():
+            err.print(f"failed {sop_uid}: {error}", highlight=False)
+        raise typer.Exit(1)
+
+
+@app.command()
+def status(home: HomeOpt = None, config: ConfigOpt = None,
+           as_json: Annotated[bool, typer.Option("--json", help="As one JSON object.")] = False,
+           ) -> None:
+    """Processing queue depth and how many instances were processed, flagged blank,
+    described only, or failed."""
+    from node.index.jobs import JobQueue
+
+    def body() -> None:
+        ctx = Context(home, config)
+        with ctx.node() as node:
+            queue = JobQueue(node.services.catalog)
+            counts = queue.counts()
+            failures = queue.failures(5)
+            stored = node.services.catalog.counts()["instances"]
+        states = {state: counts.instances.get(state, 0) for state in State.ALL}
+        doc = {"instances": stored, "queue_depth": counts.queue_depth,
+               "running": counts.jobs.get("running", 0), **states,
+               "filtered": counts.blank, "recipe": ctx.settings.recipe().recipe_id}
+        if as_json:
+            print(json.dumps(doc))
+            return
+        table = Table("", "", box=None)
+        for label, value in (("instances", stored), ("queue depth", counts.queue_depth),
+                             ("  of which running", doc["running"]),
+                             ("processed", states[State.PROCESSED]),
+                             ("  flagged blank (filtered)", counts.blank),
+                             ("not images (described only)", states[State.NOT_IMAGE]),
+                             ("undecodable", states[State.UNDECODABLE]),
+                             ("failed", states[State.FAILED])):
+            table.add_row(label, str(value))
+        out.print(table)
+        out.print(f"default recipe: {doc['recipe']}", highlight=False)
+        for sop_uid, error in failures:
+            err.print(f"failed {sop_uid}: {error}", highlight=False)
+    run(body)
+
+
+@app.command()
+def reprocess(hospital: Annotated[str | None, typer.Argument()] = None,
+              patient: Annotated[str | None, typer.Argument(
+                  help="Pseudonym or Patient ID.")] = None,
+              study: Annotated[str | None, typer.Argument()] = None,
+              series: Annotated[str | None, typer.Argument()] = None,
+              sop: Annotated[str | None, typer.Argument()] = None,
+              recipe: Annotated[str | None, typer.Option(
+                  help="A [recipes.NAME] of the config (default: processing.recipe).")] = None,
+              queue_only: Annotated[bool, typer.Option(
+                  "--queue-only", help="Only queue the jobs, for the running workers.")] = False,
+              home: HomeOpt = None, config: ConfigOpt = None) -> None:
+    """Derive the outputs of stored images again (below a hierarchy prefix, or all) with a
+    recipe; originals are never touched."""
+    from node.index.jobs import JobQueue
+
+    def body() -> None:
+        ctx = Context(home, config)
+        chosen = ctx.settings.recipe(recipe)
+        with ctx.node() as node:
+            uids = (rec.sop_uid for rec in node.ls(hospital, patient, study, series, sop))
+            queued = JobQueue(node.services.catalog).requeue(
+                uids, json.dumps(chosen.to_mapping()))
+            if not queued:
+                raise fail("nothing stored under that hierarchy", 1)
+            out.print(f"queued {queued} instances with recipe {chosen.recipe_id}",
+                      highlight=False)
+            if not queue_only:
+                _drain(node, "reprocessing")
     run(body)
 
 

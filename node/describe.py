@@ -14,7 +14,7 @@ from typing import Any
 
 from node.dicom.header import Header
 from node.dicom.jsonmodel import to_json
-from node.index.records import ConflictRecord, InstanceRecord
+from node.index.records import ConflictRecord, InstanceRecord, State
 from node.layout import InstancePath
 
 FORMAT = 1
@@ -109,8 +109,15 @@ def _int(dicom: dict[str, Any], tag: str) -> int | None:
 
 
 def record(dicom: dict[str, Any], path: InstancePath, receipt: Receipt,
-           transfer_syntax: str, sop_class_uid: str) -> InstanceRecord:
-    """The index record of an instance from its DICOM JSON model and where it is stored."""
+           transfer_syntax: str, sop_class_uid: str,
+           processing: dict[str, Any] | None = None) -> InstanceRecord:
+    """The index record of an instance from its DICOM JSON model and where it is stored.
+
+    ``processing``: the description's processing section, when it has one; without it the
+    instance is queued for processing.
+    """
+    done = processing or {}
+    state = str(done["state"]) if done.get("state") in State.ALL else State.QUEUED
     fields: dict[str, Any] = {k: _text(dicom, t) for k, t in _TEXT_TAGS.items()}
     fields.update({k: _int(dicom, t) for k, t in _INT_TAGS.items()})
     return InstanceRecord(
@@ -126,6 +133,9 @@ def record(dicom: dict[str, Any], path: InstancePath, receipt: Receipt,
         size=receipt.size,
         calling_ae=receipt.calling_ae,
         received_at=receipt.received_at,
+        state=state,
+        blank=(done.get("filter") or {}).get("blank"),
+        recipe_id=done.get("recipe_id"),
         **fields,
     )
 
@@ -146,7 +156,7 @@ def record_from(doc: dict[str, Any]) -> InstanceRecord:
     path = InstancePath.parse(doc["object_key"])
     dicom = doc["dicom"]
     return record(dicom, path, receipt_of(doc), doc["original"]["transfer_syntax"],
-                  _text(dicom, "00080016") or "")
+                  _text(dicom, "00080016") or "", doc.get("processing"))
 
 
 def conflict_from(doc: dict[str, Any], folder: str) -> ConflictRecord:

@@ -2,7 +2,9 @@
 
     {hospital}/{patient}/{study_uid}/{series_uid}/{sop_uid}/original.dcm
                                                            /description.json
+                                                           /output.npy, preview.png
     {hospital}/{patient}/{study_uid}/{series_uid}/{sop_uid}/conflicts/{sha256}/...
+    _state/blank-filter/{version}.npz
 
 ``patient`` is a keyed pseudonym (HMAC-SHA256 of PatientID and IssuerOfPatientID under
 the keyring's pseudonym key), because object names are not encrypted.
@@ -16,7 +18,10 @@ from typing import Protocol
 
 ORIGINAL = "original.dcm"
 DESCRIPTION = "description.json"
+OUTPUT = "output.npy"  # the preprocessed image: (frames, size, size), float16 by default
+PREVIEW = "preview.png"  # an 8-bit preview of the first frame, for people
 CONFLICTS = "conflicts"
+STATE = "_state"  # {STATE}/{name}/{version}: versioned shared state (the filter's model)
 # A safe object-name part: what UIDs (PS3.5 9.1: digits and dots, plus real-world letters)
 # and pseudonyms look like; never a slash or a leading dot.
 PART = re.compile(r"[0-9A-Za-z][0-9A-Za-z._-]{0,63}")
@@ -52,6 +57,14 @@ class InstancePath:
     @property
     def description(self) -> str:
         return f"{self.folder}/{DESCRIPTION}"
+
+    @property
+    def output(self) -> str:
+        return f"{self.folder}/{OUTPUT}"
+
+    @property
+    def preview(self) -> str:
+        return f"{self.folder}/{PREVIEW}"
 
     def conflict(self, sha256: str) -> str:
         """The folder that keeps a different instance that arrived under the same UID."""

@@ -15,6 +15,7 @@ import os
 import signal
 import socket
 import threading
+import time
 from collections.abc import Callable
 from typing import Any
 
@@ -25,7 +26,8 @@ log = logging.getLogger("support_node")
 _STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM)
 
 
-def _stop_event() -> threading.Event:
+def stop_event() -> threading.Event:
+    """An event set by SIGINT or SIGTERM."""
     stop = threading.Event()
     for sig in _STOP_SIGNALS:
         signal.signal(sig, lambda *_: stop.set())
@@ -33,15 +35,17 @@ def _stop_event() -> threading.Event:
 
 
 def serve_one(settings: Settings, ready: Callable[[int], None], shared_port: bool = False,
-              stop: threading.Event | None = None) -> None:
-    """Serves DIMSE in this process until SIGINT/SIGTERM (or ``stop``); calls ``ready(port)``.
+              stop: threading.Event | None = None,
+              watch: Callable[[], None] | None = None) -> None:
+    """Serves DIMSE in this process until SIGINT/SIGTERM (or ``stop``); calls ``ready(port)``,
+    then ``watch()`` twice a second (the processing pool's check).
 
     Raises OSError when the port cannot be bound, and what ``open_services`` raises.
     """
     from node.api import Node
     from node.dimse import server as dimse_server
 
-    stop = stop or _stop_event()
+    stop = stop or stop_event()
     node = Node.from_settings(settings)
     try:
         scp = dimse_server.start(settings.dimse, node.services.ingest, shared_port=shared_port,
@@ -52,7 +56,8 @@ def serve_one(settings: Settings, ready: Callable[[int], None], shared_port: boo
     try:
         ready(scp.server_address[1])
         while not stop.wait(0.5):
-            pass
+            if watch is not None:
+                watch()
     finally:
         log.info("shutting down")
         scp.shutdown()
@@ -70,7 +75,7 @@ def _orphan_watch(stop: threading.Event, parent: int) -> None:
 def _worker(settings: Settings, started: Any, index: int, parent: int) -> None:
     logs.configure(settings.log.level)
     # The parent forwards SIGINT/SIGTERM; a Ctrl-C in the terminal reaches every worker too.
-    stop = _stop_event()
+    stop = stop_event()
     threading.Thread(target=_orphan_watch, args=(stop, parent), daemon=True).start()
     try:
         serve_one(settings, lambda port: started.put((index, port, "")), shared_port=True,
@@ -87,13 +92,14 @@ def _probe_port(host: str, port: int) -> None:
         probe.bind((host, port))
 
 
-def serve_workers(settings: Settings, ready: Callable[[int], None]) -> None:
+def serve_workers(settings: Settings, ready: Callable[[int], None],
+                  watch: Callable[[], None] | None = None) -> None:
     """Runs ``settings.dimse.workers`` worker processes on one port until SIGINT/SIGTERM.
 
     Raises OSError naming the first worker's failure to start.
     """
     _probe_port(settings.dimse.host, settings.dimse.port)
-    stop = _stop_event()
+    stop = stop_event()
     context = multiprocessing.get_context("spawn")
     started = context.Queue()
     workers = [context.Process(target=_worker, args=(settings, started, i, os.getpid()),
@@ -111,12 +117,77 @@ def serve_workers(settings: Settings, ready: Callable[[int], None]) -> None:
             if not all(p.is_alive() for p in workers):
                 log.error("a DIMSE worker stopped unexpectedly; stopping the node")
                 break
+            if watch is not None:
+                watch()
     finally:
         for proc in workers:
             if proc.is_alive():
                 proc.terminate()  # SIGTERM: a clean shutdown in the worker
         for proc in workers:
             proc.join(15)
+            if proc.is_alive():
+                proc.kill()
+                proc.join()
+
+
+def _process_jobs(settings: Settings, parent: int) -> None:
+    """A processing worker process: takes jobs until told to stop or orphaned."""
+    from node.api import Node
+    from node.processing.worker import Worker
+
+    logs.configure(settings.log.level)
+    stop = stop_event()
+    threading.Thread(target=_orphan_watch, args=(stop, parent), daemon=True).start()
+    node = Node.from_settings(settings)
+    try:
+        Worker(node.services).run(stop)
+    finally:
+        node.close()
+
+
+class ProcessingPool:
+    """``processing.workers`` processes that preprocess and filter stored instances, apart
+    from the DIMSE receiver so that decoding never slows a C-STORE.
+
+    ``check()`` restarts one that died (at most once per ``restart_every`` seconds each):
+    its jobs are taken again, and the receiver is not stopped for it.
+    """
+
+    def __init__(self, settings: Settings, restart_every: float = 5.0) -> None:
+        self.settings = settings
+        self.restart_every = restart_every
+        self._context = multiprocessing.get_context("spawn")
+        self._procs: list[Any] = []
+        self._started: list[float] = []
+
+    def __enter__(self) -> ProcessingPool:
+        for i in range(self.settings.processing.workers):
+            self._procs.append(self._spawn(i))
+            self._started.append(time.monotonic())
+        return self
+
+    def _spawn(self, index: int) -> Any:
+        proc = self._context.Process(target=_process_jobs, args=(self.settings, os.getpid()),
+                                     name=f"support-node-processing-{index}", daemon=False)
+        proc.start()
+        return proc
+
+    def check(self) -> None:
+        """Restarts workers that stopped unexpectedly."""
+        for i, proc in enumerate(self._procs):
+            if proc.is_alive() or time.monotonic() - self._started[i] < self.restart_every:
+                continue
+            log.error("processing worker %d stopped (exit code %s); starting it again",
+                      i, proc.exitcode)
+            self._procs[i] = self._spawn(i)
+            self._started[i] = time.monotonic()
+
+    def __exit__(self, *exc: object) -> None:
+        for proc in self._procs:
+            if proc.is_alive():
+                proc.terminate()  # SIGTERM: finishes its job, saves the filter
+        for proc in self._procs:
+            proc.join(30)
             if proc.is_alive():
                 proc.kill()
                 proc.join()

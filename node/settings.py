@@ -23,6 +23,7 @@ from pathlib import Path
 from typing import Any
 
 from node.errors import ConfigError
+from pipelines.recipe import Recipe
 
 ENV_PREFIX = "SUPPORT_NODE_"
 _AE = re.compile(r"[\x20-\x5b\x5d-\x7e]{1,16}")  # PS3.5 AE: 16 chars, no backslash
@@ -138,6 +139,27 @@ class LogSettings:
 
 
 @dataclass(frozen=True)
+class ProcessingSettings:
+    """The processing workers: preprocessing and the blank-image filter of every instance.
+
+    ``workers`` processes run beside the DIMSE receiver in ``serve`` (0: none; then a
+    ``support-node worker`` elsewhere takes the jobs). A job not finished within
+    ``lease_seconds`` of being taken (its worker died) is taken again; after
+    ``max_attempts`` tries it is marked failed.
+    """
+
+    workers: int = 1
+    recipe: str = "default"
+    batch: int = 4
+    poll_ms: int = 250
+    lease_seconds: int = 300
+    max_attempts: int = 3
+    filter_downsample: int = 64
+    filter_variance: float = 0.95
+    filter_min_images: int = 64
+
+
+@dataclass(frozen=True)
 class Settings:
     home: Path
     dimse: DimseSettings
@@ -146,6 +168,20 @@ class Settings:
     keys: KeysSettings
     log: LogSettings
     destinations: tuple[Destination, ...] = ()
+    processing: ProcessingSettings = ProcessingSettings()
+    recipes: tuple[Recipe, ...] = (Recipe(),)
+
+    def recipe(self, name: str | None = None) -> Recipe:
+        """The recipe called ``name`` (default: ``processing.recipe``).
+
+        Raises ConfigError naming the recipes there are.
+        """
+        name = name or self.processing.recipe
+        for recipe in self.recipes:
+            if recipe.name == name:
+                return recipe
+        known = ", ".join(r.name for r in self.recipes)
+        raise ConfigError(f"no recipe called {name!r} (there are: {known})")
 
     def destination(self, ae_title: str) -> Destination | None:
         """The C-MOVE destination named ``ae_title``, or None when it is not configured."""
@@ -175,6 +211,17 @@ _SCHEMA: dict[str, dict[str, tuple[type, Any]]] = {
     "index": {"url": (str, None)},
     "keys": {"file": (str, None), "bits": (int, 128)},
     "log": {"level": (str, "INFO")},
+    "processing": {
+        "workers": (int, 1),
+        "recipe": (str, "default"),
+        "batch": (int, 4),
+        "poll_ms": (int, 250),
+        "lease_seconds": (int, 300),
+        "max_attempts": (int, 3),
+        "filter_downsample": (int, 64),
+        "filter_variance": (float, 0.95),
+        "filter_min_images": (int, 64),
+    },
 }
 
 
@@ -201,6 +248,13 @@ def _coerce(name: str, kind: type, value: Any) -> Any:
         if isinstance(value, str) and value.lower() in ("0", "false", "no", "off"):
             return False
         raise ConfigError(f"{name}: expected true or false, got {value!r}")
+    if kind is float:
+        if isinstance(value, bool):
+            raise ConfigError(f"{name}: expected a number, got {value!r}")
+        try:
+            return float(value)
+        except (TypeError, ValueError):
+            raise ConfigError(f"{name}: expected a number, got {value!r}") from None
     if kind is int:
         if isinstance(value, bool | float):  # int(11112.5) would quietly drop the .5
             raise ConfigError(f"{name}: expected an integer, got {value!r}")
@@ -246,7 +300,7 @@ def _env_layer(environ: Mapping[str, str]) -> tuple[dict[str, dict[str, Any]], d
 def _merge(file_data: dict[str, Any], env: dict[str, dict[str, Any]]) -> dict[str, dict[str, Any]]:
     merged: dict[str, dict[str, Any]] = {s: {} for s in _SCHEMA}
     for section, table in file_data.items():
-        if section == "destinations":
+        if section in ("destinations", "recipes"):
             continue
         if section not in _SCHEMA:
             raise ConfigError(f"[{section}]: unknown configuration section")
@@ -329,6 +383,22 @@ def _destinations(file_data: dict[str, Any], home: Path) -> tuple[Destination, .
     return tuple(out)
 
 
+def _recipes(file_data: dict[str, Any]) -> tuple[Recipe, ...]:
+    """``[recipes.NAME]`` sections; a built-in ``default`` unless one is given."""
+    table = file_data.get("recipes", {})
+    if not isinstance(table, dict):
+        raise ConfigError("recipes: expected a table of recipe names")
+    recipes = {"default": Recipe()}
+    for name, entry in table.items():
+        if not isinstance(entry, dict):
+            raise ConfigError(f"recipes.{name}: expected a table")
+        try:
+            recipes[name] = Recipe.from_mapping({**entry, "name": name})
+        except ValueError as exc:
+            raise ConfigError(f"recipes.{name}: {exc}") from None
+    return tuple(recipes.values())
+
+
 def _validate(s: Settings) -> None:
     d = s.dimse
     if not _AE.fullmatch(d.ae_title) or d.ae_title != d.ae_title.strip():
@@ -352,6 +422,17 @@ def _validate(s: Settings) -> None:
         raise ConfigError("keys.bits: 128 or 256")
     if s.store.chunk_size < 4096:
         raise ConfigError("store.chunk_size: at least 4096")
+    p = s.processing
+    if p.workers < 0:
+        raise ConfigError("processing.workers: 0 or more")
+    for key in ("batch", "poll_ms", "lease_seconds", "max_attempts"):
+        if getattr(p, key) < 1:
+            raise ConfigError(f"processing.{key}: must be at least 1")
+    if not 0.0 < p.filter_variance <= 1.0:
+        raise ConfigError("processing.filter_variance: a fraction in (0, 1]")
+    if p.filter_downsample < 8 or p.filter_min_images < 32:
+        raise ConfigError("processing.filter_downsample >= 8 and filter_min_images >= 32")
+    s.recipe()  # the default recipe must exist
     if s.log.level.upper() not in ("DEBUG", "INFO", "WARNING", "ERROR"):
         raise ConfigError("log.level: DEBUG, INFO, WARNING or ERROR")
 
@@ -413,6 +494,8 @@ def load(
                           bits=v["keys"]["bits"]),
         log=LogSettings(level=v["log"]["level"].upper()),
         destinations=_destinations(file_data, home_path),
+        processing=ProcessingSettings(**v["processing"]),
+        recipes=_recipes(file_data),
     )
     _validate(settings)
     return settings

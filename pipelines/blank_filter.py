@@ -185,12 +185,29 @@ class BlankFilter:
 
         Returns how many were taken. Raises ``ValueError`` for an image that is not 2-D.
         """
+        return self.learn(row for row in (self.learnable(image) for image in batch)
+                          if row is not None)
+
+    def learnable(self, image: np.ndarray) -> np.ndarray | None:
+        """The down-sampled row ``learn`` would take from ``image``, or None when the
+        statistics do not call it clearly not blank (the PCA learns real images only).
+
+        Raises ``ValueError`` for an image that is not 2-D.
+        """
+        f, d = features(image, self.downsample)
+        if f.small or statistics_verdict(f).score >= UNCERTAIN[0]:
+            return None
+        return d.reshape(-1)
+
+    def learn(self, rows: Iterable[np.ndarray]) -> int:
+        """Learns rows made by ``learnable`` (possibly by another filter with the same
+        ``downsample``: how workers share one model). Returns how many were taken."""
         taken = 0
-        for image in batch:
-            f, d = features(image, self.downsample)
-            if f.small or statistics_verdict(f).score >= UNCERTAIN[0]:
-                continue
-            self._pending.append(d.reshape(-1))
+        for row in rows:
+            if row.shape != (self.downsample ** 2,):
+                raise ValueError(f"a row of {self.downsample ** 2} values is needed, "
+                                 f"not shape {row.shape}")
+            self._pending.append(np.asarray(row, dtype=np.float32))
             taken += 1
             if len(self._pending) >= self.max_components:
                 self._learn()
@@ -301,3 +318,23 @@ class BlankFilter:
             pca.n_features_in_ = int(z["pca_components_"].shape[1])
             f._pca = pca
         return f
+
+
+def judge_frames(flt: BlankFilter, frames: np.ndarray, max_frames: int = 8
+                 ) -> tuple[Verdict, np.ndarray | None]:
+    """The verdict on an image of one or more grey frames ``(frames, rows, cols)``, and the
+    row to learn from (of its middle frame), or None.
+
+    A multi-frame image is blank only when every judged frame is (up to ``max_frames``,
+    evenly spread, are judged: a long cine is not read in full). Its verdict is that of
+    its least blank judged frame. Raises ``ValueError`` for an array that is not 3-D.
+    """
+    if frames.ndim != 3 or frames.shape[0] < 1:
+        raise ValueError(f"frames of shape (n, rows, cols) are needed, not {frames.shape}")
+    n = frames.shape[0]
+    picks = sorted({round(i * (n - 1) / max(1, max_frames - 1)) for i in range(min(n, max_frames))})
+    verdicts = [flt.verdict(frames[i]) for i in picks]
+    least = min(verdicts, key=lambda v: v.score)
+    if n > 1 and least.blank:
+        least = Verdict(True, f"{least.reason} (all {len(picks)} judged frames)", least.score)
+    return least, flt.learnable(frames[n // 2])

@@ -46,6 +46,14 @@ class Recipe:
         digest = hashlib.sha256(json.dumps(params, sort_keys=True).encode()).hexdigest()[:12]
         return f"{self.name}@{self.version}#{digest}"
 
+    def to_mapping(self) -> dict[str, Any]:
+        """The recipe as ``from_mapping`` reads it (TOML/JSON-ready values)."""
+        window: Any = list(self.window) if isinstance(self.window, tuple) else (
+            self.window or "none")
+        return {"name": self.name, "version": self.version,
+                "size": "native" if self.size is None else self.size,
+                "keep_aspect": self.keep_aspect, "window": window, "dtype": self.dtype}
+
     @classmethod
     def from_mapping(cls, data: Mapping[str, Any]) -> Recipe:
         """A recipe from a mapping (a TOML section).

@@ -44,7 +44,9 @@ from node.index.engine import (
     sqlite_lock_for,
     sqlstate,
 )
-from node.index.records import ConflictRecord, InstanceRecord
+from node.index.jobs import enqueue
+from node.index.records import ConflictRecord, InstanceRecord, State
+from node.index.upgrade import upgrade
 
 T = TypeVar("T")
 
@@ -95,6 +97,8 @@ _INSTANCE_FIELDS = {
         "calling_ae",
         "received_at",
         "state",
+        "blank",
+        "recipe_id",
     )
 }
 _CONFLICT_FIELDS = ("sop_uid", "sha256", "size", "object_key", "calling_ae", "received_at")
@@ -168,6 +172,7 @@ class Catalog:
         )
         try:
             self._write("opening the index", s.metadata.create_all)
+            self._write("upgrading the index", upgrade)
         except CatalogError:
             self._engine.dispose()
             raise
@@ -258,8 +263,12 @@ class Catalog:
         study_uid: str | None = None,
         series_uid: str | None = None,
         sop_uid: str | None = None,
+        blank: bool | None = None,
     ) -> Iterator[InstanceRecord]:
         """Yields indexed instances in hierarchical order, streamed from the database.
+
+        ``blank``: True lists only images the filter flagged; False leaves them out (and
+        keeps the ones not judged yet).
 
         Each given argument narrows the listing; those left out match everything, so
         ``instances(h, p)`` lists every instance of patient ``p`` of hospital ``h``. The
@@ -282,6 +291,10 @@ class Catalog:
         for column, value in filters:
             if value is not None:
                 stmt = stmt.where(column == value)
+        if blank is True:
+            stmt = stmt.where(s.instances.c.blank.is_(True))
+        elif blank is False:
+            stmt = stmt.where(or_(s.instances.c.blank.is_(None), s.instances.c.blank.is_(False)))
         return self._stream("listing instances", stmt)
 
     def remove_instance(self, sop_uid: str) -> bool:
@@ -399,6 +412,23 @@ class Catalog:
 
     # ---- transactions -------------------------------------------------------------------
 
+    def transaction(self, what: str, work: Callable[[Connection], T]) -> T:
+        """Runs ``work`` in one write transaction (serialised on SQLite, retried after a
+        lost race on PostgreSQL), for modules that keep their own tables (jobs, state).
+
+        Raises:
+            CatalogError: the database failed; ``what`` names the work in the message.
+        """
+        return self._write(what, work)
+
+    def reading(self, what: str, work: Callable[[Connection], T]) -> T:
+        """Runs ``work`` on a connection of its own, outside any write transaction.
+
+        Raises:
+            CatalogError: the database failed.
+        """
+        return self._read(what, work)
+
     def _write(self, what: str, work: Callable[[Connection], T]) -> T:
         """Runs ``work`` in one write transaction, retrying races on PostgreSQL.
 
@@ -491,6 +521,7 @@ class Catalog:
         )
         if inserted is None:
             raise _Rollback(False)
+        _queue_if_needed(conn, rec)
         _update_row(conn, s.patients, patient_pk, fill=_present(rec, _PATIENT_FIELDS))
         self._bump_study(conn, study_pk, rec.modality, _present(rec, _STUDY_FIELDS), False)
         _update_row(conn, s.series, series_pk, fill=_present(rec, _SERIES_FIELDS),
@@ -535,6 +566,7 @@ class Catalog:
         if inserted is None:
             # Another transaction indexed it since our check; undo the parents we made.
             raise _Rollback(False)
+        _queue_if_needed(conn, rec)
         self._bump_study(conn, study_pk, rec.modality, study, new_series)
         _update_row(conn, s.series, series_pk, fill=series, increment=("number_of_instances",))
         made[rec.series_uid] = (series_pk, study_pk, patient_pk)
@@ -623,6 +655,7 @@ class Catalog:
         # NO KEY): the rows may be deleted, and adds must not insert children meanwhile.
         for table, pk in ((s.patients, patient_pk), (s.studies, study_pk)):
             conn.execute(select(table.c.pk).where(table.c.pk == pk).with_for_update())
+        conn.execute(delete(s.jobs).where(s.jobs.c.sop_uid == sop_uid))
         if conn.execute(delete(s.instances).where(s.instances.c.pk == instance_pk)).rowcount != 1:
             # Changed by someone else meanwhile (removed, perhaps added again): look again.
             raise _Retry()
@@ -757,6 +790,12 @@ def _merge_modalities(current: str | None, *modalities: str | None) -> str | Non
     known = set(current.split("\\")) if current else set()
     known.update(m for m in modalities if m)
     return "\\".join(sorted(known)) or None
+
+
+def _queue_if_needed(conn: Connection, rec: InstanceRecord) -> None:
+    """Queues the processing job of an instance indexed as queued, in its transaction."""
+    if rec.state == State.QUEUED:
+        enqueue(conn, [rec.sop_uid], rec.received_at)
 
 
 def _require_aware(value: datetime, name: str) -> None:

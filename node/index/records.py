@@ -6,6 +6,17 @@ from dataclasses import dataclass
 from datetime import datetime
 
 
+class State:
+    """An instance's processing state (``instances.state``)."""
+
+    QUEUED = "queued"  # stored; its processing job waits for a worker
+    PROCESSED = "processed"  # output.npy, preview.png and the filter verdict written
+    NOT_IMAGE = "not_image"  # no pixel data (SR, presentation state, ...): described only
+    UNDECODABLE = "undecodable"  # pixel data that cannot be decoded; the description says why
+    FAILED = "failed"  # processing failed every attempt; ``support-node reprocess`` retries
+    ALL = (QUEUED, PROCESSED, NOT_IMAGE, UNDECODABLE, FAILED)
+
+
 @dataclass(frozen=True)
 class InstanceRecord:
     """One stored instance with the attributes queries match on.
@@ -52,7 +63,9 @@ class InstanceRecord:
     number_of_frames: int | None = None
     rows: int | None = None
     columns: int | None = None
-    state: str = "stored"
+    state: str = State.QUEUED
+    blank: bool | None = None
+    recipe_id: str | None = None
 
 
 @dataclass(frozen=True)

@@ -18,9 +18,11 @@ from typing import Any
 
 from sqlalchemy import (
     BigInteger,
+    Boolean,
     Column,
     DateTime,
     ForeignKey,
+    Index,
     Integer,
     MetaData,
     String,
@@ -144,7 +146,9 @@ instances = Table(
     Column("size", BigInteger, nullable=False),
     Column("calling_ae", String, nullable=False),
     Column("received_at", UTCDateTime, nullable=False),
-    Column("state", String, nullable=False),
+    Column("state", String, nullable=False),  # node.index.records.State
+    Column("blank", Boolean),  # the blank filter's verdict; NULL until processed
+    Column("recipe_id", String),  # the recipe of output.npy; NULL until processed
 )
 
 conflicts = Table(
@@ -161,15 +165,48 @@ conflicts = Table(
     UniqueConstraint("sop_uid", "sha256"),
 )
 
-# Children before parents: the order in which rows can be deleted.
-INDEX_TABLES: tuple[Table, ...] = (instances, series, studies, patients, conflicts)
+# Work to do on stored instances, taken by workers (node.index.jobs). A row exists from the
+# transaction that indexes its instance until the transaction that records the result.
+jobs = Table(
+    "jobs",
+    metadata,
+    _pk(),
+    Column("kind", String, nullable=False),  # "process"
+    Column("sop_uid", Ident, nullable=False),
+    Column("recipe", String),  # the recipe's parameters as JSON; NULL: the worker's default
+    Column("state", String, nullable=False),  # queued | running | failed
+    Column("attempts", Integer, nullable=False, default=0),
+    Column("created_at", UTCDateTime, nullable=False),
+    Column("lease_until", UTCDateTime),  # queued: not before; running: taken again after
+    Column("worker", String),  # host:pid of the worker that took it
+    Column("token", String),  # changes with every take, so a late finish is not recorded
+    Column("error", String),
+    UniqueConstraint("kind", "sop_uid"),
+    Index("ix_jobs_state_pk", "state", "pk"),
+)
+
+# Versioned shared state (the blank filter's PCA model): the version of the object under
+# _state/{name}/ that is current, moved forward by compare-and-set.
+node_state = Table(
+    "node_state",
+    metadata,
+    Column("name", String, primary_key=True),
+    Column("version", Integer, nullable=False),
+    Column("updated_at", UTCDateTime, nullable=False),
+)
+
+# Children before parents: the order in which rows can be deleted. ``reindex`` requeues
+# the jobs of instances whose description shows no result.
+INDEX_TABLES: tuple[Table, ...] = (jobs, instances, series, studies, patients, conflicts)
 
 __all__ = [
     "INDEX_TABLES",
     "UTCDateTime",
     "conflicts",
     "instances",
+    "jobs",
     "metadata",
+    "node_state",
     "patients",
     "series",
     "studies",

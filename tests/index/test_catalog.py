@@ -94,7 +94,9 @@ def full_record() -> InstanceRecord:
         number_of_frames=2,
         rows=512,
         columns=256,
-        state="filtered",
+        state="processed",
+        blank=True,
+        recipe_id="default@1#0123456789ab",
         size=2**40,  # beyond 32 bits
     )
 

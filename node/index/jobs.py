@@ -1,0 +1,242 @@
+"""The job queue: rows in the index, taken by any number of workers.
+
+A job is queued in the transaction that indexes its instance, so an acknowledged instance
+is never without one. A worker *takes* jobs (PostgreSQL: ``FOR UPDATE SKIP LOCKED``, so
+workers never wait on each other; SQLite: writers are serialised anyway), which leases them
+for a while and gives them a fresh token. Its result is recorded, and the job deleted, in
+one transaction that checks the token: a job whose worker died is taken again once its
+lease runs out (at once, for a dead worker on this host), and the late worker's result, if
+it ever comes, is not recorded twice. A job that fails ``max_attempts`` times is kept as
+failed, with its error, and its instance is marked failed.
+"""
+
+from __future__ import annotations
+
+import os
+import secrets
+import socket
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+
+from sqlalchemy import Connection, and_, delete, func, or_, select, update
+from sqlalchemy.dialects import postgresql, sqlite
+
+from node.index import schema as s
+from node.index.records import State
+
+PROCESS = "process"
+QUEUED, RUNNING, FAILED = "queued", "running", "failed"
+_ERROR_MAX = 500
+
+
+@dataclass(frozen=True)
+class Job:
+    """A taken job: ``recipe`` is the recipe's parameters as JSON, or None for the default."""
+
+    pk: int
+    sop_uid: str
+    recipe: str | None
+    attempts: int
+    token: str
+
+
+@dataclass(frozen=True)
+class Counts:
+    """Jobs by state, instances by processing state, and images flagged blank."""
+
+    jobs: dict[str, int]
+    instances: dict[str, int]
+    blank: int
+
+    @property
+    def queue_depth(self) -> int:
+        """Jobs waiting or being worked on."""
+        return self.jobs.get(QUEUED, 0) + self.jobs.get(RUNNING, 0)
+
+
+def worker_name() -> str:
+    """``host:pid`` of this process, as recorded on the jobs it takes."""
+    return f"{socket.gethostname()}:{os.getpid()}"
+
+
+def enqueue(conn: Connection, sop_uids: Sequence[str], now: datetime,
+            recipe: str | None = None) -> None:
+    """Queues a processing job for each instance, inside the caller's transaction.
+
+    A job already there is queued again with ``recipe`` and a clean slate; if a worker is
+    on it, that worker's result will not be recorded (its token no longer matches).
+    """
+    if not sop_uids:
+        return
+    dialect = postgresql if conn.dialect.name == "postgresql" else sqlite
+    stmt = dialect.insert(s.jobs)
+    stmt = stmt.on_conflict_do_update(
+        index_elements=["kind", "sop_uid"],
+        set_={"recipe": stmt.excluded.recipe, "state": QUEUED, "attempts": 0,
+              "lease_until": None, "worker": None, "token": None, "error": None},
+    )
+    conn.execute(stmt, [{"kind": PROCESS, "sop_uid": uid, "recipe": recipe, "state": QUEUED,
+                         "attempts": 0, "created_at": now} for uid in sop_uids])
+
+
+class JobQueue:
+    """Takes and settles processing jobs in ``catalog`` on behalf of one worker."""
+
+    def __init__(self, catalog: object, worker: str | None = None) -> None:
+        from node.index.catalog import Catalog  # typed, without an import cycle
+
+        assert isinstance(catalog, Catalog)
+        self.catalog = catalog
+        self.worker = worker or worker_name()
+
+    def take(self, n: int, lease_seconds: float, max_attempts: int) -> list[Job]:
+        """Leases up to ``n`` jobs, oldest first, to this worker.
+
+        Jobs whose lease ran out ``max_attempts`` times (their worker died on them each
+        time) are marked failed instead. Raises CatalogError.
+        """
+        def work(conn: Connection) -> list[Job]:
+            now = datetime.now(UTC)
+            due = and_(s.jobs.c.kind == PROCESS, s.jobs.c.state.in_((QUEUED, RUNNING)),
+                       or_(s.jobs.c.lease_until.is_(None), s.jobs.c.lease_until <= now))
+            worn = list(conn.scalars(select(s.jobs.c.sop_uid).where(
+                due, s.jobs.c.state == RUNNING, s.jobs.c.attempts >= max_attempts)))
+            if worn:
+                self._settle_failed(conn, worn, "the worker stopped during every attempt")
+            pick = select(s.jobs.c.pk).where(due).order_by(s.jobs.c.pk).limit(n)
+            if conn.dialect.name == "postgresql":
+                pick = pick.with_for_update(skip_locked=True)
+            token = secrets.token_hex(8)
+            rows = conn.execute(
+                update(s.jobs).where(s.jobs.c.pk.in_(pick.scalar_subquery()))
+                .values(state=RUNNING, worker=self.worker, token=token,
+                        lease_until=now + timedelta(seconds=lease_seconds),
+                        attempts=s.jobs.c.attempts + 1)
+                .returning(s.jobs.c.pk, s.jobs.c.sop_uid, s.jobs.c.recipe, s.jobs.c.attempts)
+            ).all()
+            return sorted((Job(r.pk, r.sop_uid, r.recipe, r.attempts, token) for r in rows),
+                          key=lambda j: j.pk)
+
+        return self.catalog.transaction("taking jobs", work)
+
+    def finish(self, job: Job, state: str, blank: bool | None, recipe_id: str | None) -> bool:
+        """Records a job's result on its instance and deletes the job, in one transaction.
+
+        Returns False (and records nothing) when the job was taken again or requeued
+        since this worker took it. Raises CatalogError.
+        """
+        def work(conn: Connection) -> bool:
+            gone = conn.execute(delete(s.jobs).where(
+                s.jobs.c.pk == job.pk, s.jobs.c.token == job.token)).rowcount
+            if gone != 1:
+                return False
+            conn.execute(update(s.instances).where(s.instances.c.sop_uid == job.sop_uid)
+                         .values(state=state, blank=blank, recipe_id=recipe_id))
+            return True
+
+        return self.catalog.transaction(f"recording the result for {job.sop_uid}", work)
+
+    def fail(self, job: Job, error: str, max_attempts: int, retry_after: float = 5.0) -> bool:
+        """Gives a job back after an error: queued again after ``retry_after`` seconds, or
+        failed for good (instance marked failed) after ``max_attempts``.
+
+        Returns True when it failed for good. Raises CatalogError.
+        """
+        error = error[:_ERROR_MAX]
+
+        def work(conn: Connection) -> bool:
+            mine = and_(s.jobs.c.pk == job.pk, s.jobs.c.token == job.token)
+            if job.attempts >= max_attempts:
+                if conn.scalar(select(s.jobs.c.pk).where(mine)) is None:
+                    return False
+                self._settle_failed(conn, [job.sop_uid], error)
+                return True
+            conn.execute(update(s.jobs).where(mine).values(
+                state=QUEUED, worker=None, token=None, error=error,
+                lease_until=datetime.now(UTC) + timedelta(seconds=retry_after)))
+            return False
+
+        return self.catalog.transaction(f"giving back the job of {job.sop_uid}", work)
+
+    @staticmethod
+    def _settle_failed(conn: Connection, sop_uids: list[str], error: str) -> None:
+        conn.execute(update(s.jobs).where(s.jobs.c.kind == PROCESS,
+                                          s.jobs.c.sop_uid.in_(sop_uids))
+                     .values(state=FAILED, token=None, lease_until=None, error=error))
+        conn.execute(update(s.instances).where(s.instances.c.sop_uid.in_(sop_uids))
+                     .values(state=State.FAILED))
+
+    def requeue(self, sop_uids: Iterable[str], recipe: str | None = None,
+                batch: int = 500) -> int:
+        """Queues the given instances for processing again (``reprocess``), a batch per
+        transaction; their state becomes queued. Returns how many. Raises CatalogError."""
+        total = 0
+        chunk: list[str] = []
+
+        def work(conn: Connection) -> None:
+            enqueue(conn, chunk, datetime.now(UTC), recipe)
+            conn.execute(update(s.instances).where(s.instances.c.sop_uid.in_(chunk))
+                         .values(state=State.QUEUED))
+
+        for uid in sop_uids:
+            chunk.append(uid)
+            if len(chunk) >= batch:
+                self.catalog.transaction("queueing jobs", work)
+                total += len(chunk)
+                chunk = []
+        if chunk:
+            self.catalog.transaction("queueing jobs", work)
+            total += len(chunk)
+        return total
+
+    def release_dead(self) -> int:
+        """Ends at once the leases held by workers of this host that no longer run (a
+        killed ``serve`` or ``worker``), so their jobs need not wait out the lease.
+        Returns how many jobs were released. Raises CatalogError."""
+        host = socket.gethostname()
+
+        def work(conn: Connection) -> int:
+            holders = conn.scalars(select(s.jobs.c.worker).distinct().where(
+                s.jobs.c.state == RUNNING, s.jobs.c.worker.like(f"{host}:%")))
+            dead = [w for w in holders if w and not _alive(int(w.rsplit(":", 1)[1]))]
+            if not dead:
+                return 0
+            return conn.execute(update(s.jobs).where(
+                s.jobs.c.state == RUNNING, s.jobs.c.worker.in_(dead))
+                .values(lease_until=datetime.now(UTC))).rowcount
+
+        return self.catalog.transaction("releasing jobs of stopped workers", work)
+
+    def counts(self) -> Counts:
+        """Jobs by state, instances by processing state, flagged images. Raises CatalogError."""
+        def read(conn: Connection) -> Counts:
+            jobs: dict[str, int] = dict(conn.execute(
+                select(s.jobs.c.state, func.count()).group_by(s.jobs.c.state)).tuples().all())
+            states: dict[str, int] = dict(conn.execute(
+                select(s.instances.c.state, func.count())
+                .group_by(s.instances.c.state)).tuples().all())
+            blank = conn.scalar(select(func.count()).select_from(s.instances)
+                                .where(s.instances.c.blank.is_(True))) or 0
+            return Counts({k: int(v) for k, v in jobs.items()},
+                          {k: int(v) for k, v in states.items()}, int(blank))
+
+        return self.catalog.reading("counting jobs", read)
+
+    def failures(self, limit: int = 20) -> list[tuple[str, str]]:
+        """(sop_uid, error) of jobs failed for good, newest first. Raises CatalogError."""
+        stmt = (select(s.jobs.c.sop_uid, s.jobs.c.error).where(s.jobs.c.state == FAILED)
+                .order_by(s.jobs.c.pk.desc()).limit(limit))
+        return self.catalog.reading(
+            "listing failed jobs",
+            lambda conn: [(r.sop_uid, r.error or "") for r in conn.execute(stmt)])
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True

@@ -1,0 +1,96 @@
+"""What a worker derives from one stored instance: the AI input, a preview, the verdict.
+
+    original.dcm ─decode─► frames (modality LUT) ─recipe─► output.npy (AI input)
+                                  │                       └► preview.png (for people)
+                                  └─ blank filter (native size) ─► verdict
+    description.json gains a "processing" section: the state, the recipe, the decode facts,
+    pixel statistics and the verdict; objects with no pixels, or pixels that cannot be
+    decoded, are described and not preprocessed.
+
+Outputs are written before the description, each encrypted and atomic, so a description
+never names an output that is missing; running it again writes the same objects.
+"""
+
+from __future__ import annotations
+
+import io
+from dataclasses import asdict, dataclass
+from datetime import UTC, datetime
+from typing import Any, Protocol
+
+import numpy as np
+
+from node import describe
+from node.index.records import State
+from node.layout import DESCRIPTION, ORIGINAL, OUTPUT, PREVIEW
+from pipelines.blank_filter import Verdict
+from pipelines.decode import decode
+from pipelines.errors import NotAnImage, UndecodableError
+from pipelines.preprocess import grey, preprocess, preview_png
+from pipelines.recipe import Recipe
+
+
+class Judge(Protocol):
+    def judge(self, frames: np.ndarray) -> tuple[Verdict, np.ndarray | None]: ...
+
+
+@dataclass(frozen=True)
+class Derived:
+    """The result for the index, and the row the filter may learn once it is recorded."""
+
+    state: str
+    blank: bool | None
+    recipe_id: str | None
+    learn: np.ndarray | None = None
+
+
+def derive(fs: Any, folder: str, recipe: Recipe, judge: Judge) -> Derived:
+    """Derives and writes the outputs of the instance stored in ``folder``.
+
+    Raises StoreError / IntegrityError / FileNotFoundError when the store fails or the
+    stored objects cannot be read; a decode failure is a result (undecodable), not an error.
+    """
+    data = fs.cat_file(f"{folder}/{ORIGINAL}")
+    doc = describe.decode(fs.cat_file(f"{folder}/{DESCRIPTION}"))
+    at = datetime.now(UTC).isoformat()
+    try:
+        decoded = decode(data)
+    except NotAnImage:
+        return _describe_only(fs, folder, doc, {"state": State.NOT_IMAGE, "at": at})
+    except UndecodableError as exc:
+        return _describe_only(fs, folder, doc, {"state": State.UNDECODABLE, "at": at,
+                                                "reason": exc.reason})
+    prepared = preprocess(decoded, recipe)
+    verdict, row = judge.judge(grey(decoded))
+    buffer = io.BytesIO()
+    np.save(buffer, prepared.array, allow_pickle=False)
+    doc["processing"] = {
+        "state": State.PROCESSED,
+        "at": at,
+        "recipe_id": prepared.recipe_id,
+        "recipe": recipe.to_mapping(),
+        "decode": decoded.facts.to_dict(),
+        "stats": asdict(prepared.stats),
+        "window": list(prepared.window) if prepared.window is not None else None,
+        "output": {"object": OUTPUT, "shape": list(prepared.array.shape),
+                   "dtype": str(prepared.array.dtype)},
+        "preview": PREVIEW,
+        "filter": {"blank": verdict.blank, "reason": verdict.reason,
+                   "score": round(verdict.score, 4)},
+    }
+    fs.pipe_files({f"{folder}/{OUTPUT}": buffer.getvalue(),
+                   f"{folder}/{PREVIEW}": preview_png(prepared),
+                   f"{folder}/{DESCRIPTION}": describe.encode(doc)})
+    return Derived(State.PROCESSED, verdict.blank, prepared.recipe_id, row)
+
+
+def _describe_only(fs: Any, folder: str, doc: dict[str, Any],
+                   section: dict[str, Any]) -> Derived:
+    doc["processing"] = section
+    fs.pipe_files({f"{folder}/{DESCRIPTION}": describe.encode(doc)})
+    for name in (OUTPUT, PREVIEW):  # outputs of an earlier recipe would be stale
+        try:
+            fs.rm_file(f"{folder}/{name}")
+        except FileNotFoundError:
+            pass
+    return Derived(section["state"], None, None)

@@ -1,0 +1,107 @@
+"""The processing worker: takes jobs from the index and derives each instance's outputs.
+
+Runs in ``serve``'s processing pool, or as ``support-node worker``; any number of them, on
+any number of hosts sharing the index and store. Every result is recorded in the index in
+the transaction that deletes the job, so a worker killed at any moment leaves each accepted
+instance either processed or still queued (see node.index.jobs).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import threading
+from collections import Counter
+from collections.abc import Callable
+
+from node.errors import NodeError
+from node.index.jobs import Job, JobQueue
+from node.index.records import State
+from node.processing.derive import derive
+from node.processing.shared_filter import SharedFilter
+from node.services import Services
+from pipelines.recipe import Recipe
+
+log = logging.getLogger("support_node.processing")
+
+
+class Worker:
+    """Takes jobs and processes them, one at a time, with the node's shared filter."""
+
+    def __init__(self, services: Services, name: str | None = None) -> None:
+        self.services = services
+        self.settings = services.settings.processing
+        self.default = services.settings.recipe()
+        self.queue = JobQueue(services.catalog, name)
+        self.filter = SharedFilter(services.fs, services.catalog, self.settings)
+
+    def run(self, stop: threading.Event) -> None:
+        """Works until ``stop`` is set, polling when the queue is empty."""
+        released = self.queue.release_dead()
+        if released:
+            log.info("took back %d jobs from stopped workers", released)
+        log.info("processing worker %s ready", self.queue.worker)
+        while not stop.is_set():
+            try:
+                if self.step():
+                    continue
+                self.filter.save()
+            except NodeError as exc:  # the index is down: wait, then try again
+                log.error("processing paused: %s", exc)
+                stop.wait(5.0)
+            stop.wait(self.settings.poll_ms / 1000.0)
+        self.filter.save()
+
+    def drain(self, on_job: Callable[[str], None] | None = None) -> Counter[str]:
+        """Works until no job is due (``worker --once``). Returns outcomes counted by
+        state ('retry' for jobs given back to try later). Raises CatalogError."""
+        self.queue.release_dead()
+        counts: Counter[str] = Counter()
+        try:
+            while True:
+                jobs = self.queue.take(self.settings.batch, self.settings.lease_seconds,
+                                       self.settings.max_attempts)
+                if not jobs:
+                    return counts
+                for job in jobs:
+                    outcome = self.process(job)
+                    counts[outcome] += 1
+                    if on_job:
+                        on_job(outcome)
+        finally:
+            self.filter.save()
+
+    def step(self) -> int:
+        """Takes one batch of due jobs and processes them; returns how many there were."""
+        jobs = self.queue.take(self.settings.batch, self.settings.lease_seconds,
+                               self.settings.max_attempts)
+        for job in jobs:
+            self.process(job)
+        return len(jobs)
+
+    def process(self, job: Job) -> str:
+        """Processes one taken job. Returns the instance's new state, 'retry' when the job
+        was given back to try later, or 'superseded' when it was taken again meanwhile."""
+        catalog = self.services.catalog
+        rec = catalog.get_instance(job.sop_uid)
+        if rec is None:  # removed since it was queued
+            self.queue.finish(job, State.FAILED, None, None)
+            return "superseded"
+        try:
+            recipe = Recipe.from_mapping(json.loads(job.recipe)) if job.recipe else self.default
+            result = derive(self.services.fs, rec.object_key, recipe, self.filter)
+        except (NodeError, OSError, ValueError, MemoryError) as exc:
+            # MemoryError: an image too large for this worker; others may be fine.
+            why = f"{type(exc).__name__}: {exc}"
+            final = self.queue.fail(job, why, self.settings.max_attempts)
+            log.error("processing %s failed (attempt %d%s): %s", job.sop_uid, job.attempts,
+                      ", giving up" if final else ", will retry", why)
+            return State.FAILED if final else "retry"
+        if not self.queue.finish(job, result.state, result.blank, result.recipe_id):
+            log.info("%s was queued again meanwhile; this result is not recorded", job.sop_uid)
+            return "superseded"
+        if result.learn is not None:
+            self.filter.learnt(result.learn)
+        log.info("processed %s: %s%s", job.sop_uid, result.state,
+                 " (blank)" if result.blank else "")
+        return result.state
