@@ -299,7 +299,8 @@ def test_ls_json_lines_carry_what_scripts_rely_on(two_hospitals: dict[str, Any])
     sent = {ds.SOPInstanceUID for ds in two_hospitals["a"] + two_hospitals["b"]}
     assert {d["sop_instance_uid"] for d in docs} == sent
     for d in docs:
-        assert d["state"] == "stored"
+        assert d["state"] == "queued"  # no worker has run yet
+        assert d["blank"] is False
         assert d["sop_instance_uid"] == d["sop_uid"]
         assert d["object_key"].endswith("/" + d["sop_instance_uid"])
         assert re.fullmatch(r"[0-9a-f]{64}", d["sha256"])

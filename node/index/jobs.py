@@ -211,15 +211,13 @@ class JobQueue:
     def counts(self) -> Counts:
         """Jobs by state, instances by processing state, flagged images. Raises CatalogError."""
         def read(conn: Connection) -> Counts:
-            jobs: dict[str, int] = dict(conn.execute(
-                select(s.jobs.c.state, func.count()).group_by(s.jobs.c.state)).tuples().all())
-            states: dict[str, int] = dict(conn.execute(
-                select(s.instances.c.state, func.count())
-                .group_by(s.instances.c.state)).tuples().all())
+            jobs = {str(r[0]): int(r[1]) for r in conn.execute(
+                select(s.jobs.c.state, func.count()).group_by(s.jobs.c.state))}
+            states = {str(r[0]): int(r[1]) for r in conn.execute(
+                select(s.instances.c.state, func.count()).group_by(s.instances.c.state))}
             blank = conn.scalar(select(func.count()).select_from(s.instances)
                                 .where(s.instances.c.blank.is_(True))) or 0
-            return Counts({k: int(v) for k, v in jobs.items()},
-                          {k: int(v) for k, v in states.items()}, int(blank))
+            return Counts(jobs, states, int(blank))
 
         return self.catalog.reading("counting jobs", read)
 
