@@ -97,6 +97,13 @@ def test_command_line_overrides_win_over_the_environment(tmp_path: Path) -> None
         ({"dimse": {"callers": {"CT1": {"hospitl": "a"}}}}, {}, "dimse.callers.CT1"),
         ({"dimse": {"callers": {"CT1": {"hospital": "St Mary's"}}}}, {},
          "dimse.callers.CT1.hospital"),
+        ({"processing": {"workers": -1}}, {}, "processing.workers"),
+        ({}, {"SUPPORT_NODE_PROCESSING_FILTER_VARIANCE": "1.5"}, "processing.filter_variance"),
+        ({}, {"SUPPORT_NODE_PROCESSING_FILTER_VARIANCE": "most"}, "processing.filter_variance"),
+        ({"processing": {"recipe": "ct-soft"}}, {}, "no recipe called 'ct-soft'"),
+        ({"recipes": {"ct": {"sise": 256}}}, {}, "recipes.ct: recipe: unknown key 'sise'"),
+        ({"recipes": {"ct": {"size": 4}}}, {}, "recipes.ct"),
+        ({"recipes": {"ct": {"window": [40]}}}, {}, "recipes.ct"),
     ],
 )
 def test_bad_configuration_names_the_key(settings_factory: Factory, config: dict[str, object],
@@ -248,3 +255,16 @@ def test_shipped_config_documents_every_key() -> None:
     assert any(name.startswith("dimse.callers.") for name in sections)
     assert re.search(r"^\s*#?\s*hospital\s*=", sections[next(
         n for n in sections if n.startswith("dimse.callers."))], re.M)
+
+
+def test_recipes_are_named_sections_with_a_default(settings_factory: Factory) -> None:
+    settings = settings_factory({"recipes": {"ct-soft": {"version": 3, "size": 256,
+                                                         "window": [40, 400]}},
+                                 "processing": {"recipe": "ct-soft", "workers": 0}},
+                                env={"SUPPORT_NODE_PROCESSING_BATCH": "16"})
+    chosen = settings.recipe()
+    assert (chosen.name, chosen.version, chosen.size, chosen.window) == (
+        "ct-soft", "3", 256, (40.0, 400.0))
+    assert chosen.recipe_id.startswith("ct-soft@3#")
+    assert settings.recipe("default").size == 512  # the built-in stays available
+    assert (settings.processing.workers, settings.processing.batch) == (0, 16)
