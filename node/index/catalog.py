@@ -655,7 +655,7 @@ class Catalog:
         # NO KEY): the rows may be deleted, and adds must not insert children meanwhile.
         for table, pk in ((s.patients, patient_pk), (s.studies, study_pk)):
             conn.execute(select(table.c.pk).where(table.c.pk == pk).with_for_update())
-        conn.execute(delete(s.jobs).where(s.jobs.c.sop_uid == sop_uid))
+        conn.execute(delete(s.jobs).where(s.jobs.c.target == sop_uid))
         if conn.execute(delete(s.instances).where(s.instances.c.pk == instance_pk)).rowcount != 1:
             # Changed by someone else meanwhile (removed, perhaps added again): look again.
             raise _Retry()

@@ -32,11 +32,12 @@ _ERROR_MAX = 500
 
 @dataclass(frozen=True)
 class Job:
-    """A taken job: ``recipe`` is the recipe's parameters as JSON, or None for the default."""
+    """A taken job: ``target`` is what it works on (a SOP Instance UID for processing);
+    ``params`` its parameters as JSON (for processing, the recipe; None: the default)."""
 
     pk: int
-    sop_uid: str
-    recipe: str | None
+    target: str
+    params: str | None
     attempts: int
     token: str
 
@@ -61,7 +62,7 @@ def worker_name() -> str:
 
 
 def enqueue(conn: Connection, sop_uids: Sequence[str], now: datetime,
-            recipe: str | None = None) -> None:
+            recipe: str | None = None, kind: str = PROCESS) -> None:
     """Queues a processing job for each instance, inside the caller's transaction.
 
     A job already there is queued again with ``recipe`` and a clean slate; if a worker is
@@ -72,11 +73,11 @@ def enqueue(conn: Connection, sop_uids: Sequence[str], now: datetime,
     dialect = postgresql if conn.dialect.name == "postgresql" else sqlite
     stmt = dialect.insert(s.jobs)
     stmt = stmt.on_conflict_do_update(
-        index_elements=["kind", "sop_uid"],
-        set_={"recipe": stmt.excluded.recipe, "state": QUEUED, "attempts": 0,
+        index_elements=["kind", "target"],
+        set_={"params": stmt.excluded.params, "state": QUEUED, "attempts": 0,
               "lease_until": None, "worker": None, "token": None, "error": None},
     )
-    conn.execute(stmt, [{"kind": PROCESS, "sop_uid": uid, "recipe": recipe, "state": QUEUED,
+    conn.execute(stmt, [{"kind": kind, "target": uid, "params": recipe, "state": QUEUED,
                          "attempts": 0, "created_at": now} for uid in sop_uids])
 
 
@@ -100,7 +101,7 @@ class JobQueue:
             now = datetime.now(UTC)
             due = and_(s.jobs.c.kind == PROCESS, s.jobs.c.state.in_((QUEUED, RUNNING)),
                        or_(s.jobs.c.lease_until.is_(None), s.jobs.c.lease_until <= now))
-            worn = list(conn.scalars(select(s.jobs.c.sop_uid).where(
+            worn = list(conn.scalars(select(s.jobs.c.target).where(
                 due, s.jobs.c.state == RUNNING, s.jobs.c.attempts >= max_attempts)))
             if worn:
                 self._settle_failed(conn, worn, "the worker stopped during every attempt")
@@ -113,9 +114,9 @@ class JobQueue:
                 .values(state=RUNNING, worker=self.worker, token=token,
                         lease_until=now + timedelta(seconds=lease_seconds),
                         attempts=s.jobs.c.attempts + 1)
-                .returning(s.jobs.c.pk, s.jobs.c.sop_uid, s.jobs.c.recipe, s.jobs.c.attempts)
+                .returning(s.jobs.c.pk, s.jobs.c.target, s.jobs.c.params, s.jobs.c.attempts)
             ).all()
-            return sorted((Job(r.pk, r.sop_uid, r.recipe, r.attempts, token) for r in rows),
+            return sorted((Job(r.pk, r.target, r.params, r.attempts, token) for r in rows),
                           key=lambda j: j.pk)
 
         return self.catalog.transaction("taking jobs", work)
@@ -131,11 +132,11 @@ class JobQueue:
                 s.jobs.c.pk == job.pk, s.jobs.c.token == job.token)).rowcount
             if gone != 1:
                 return False
-            conn.execute(update(s.instances).where(s.instances.c.sop_uid == job.sop_uid)
+            conn.execute(update(s.instances).where(s.instances.c.sop_uid == job.target)
                          .values(state=state, blank=blank, recipe_id=recipe_id))
             return True
 
-        return self.catalog.transaction(f"recording the result for {job.sop_uid}", work)
+        return self.catalog.transaction(f"recording the result for {job.target}", work)
 
     def fail(self, job: Job, error: str, max_attempts: int, retry_after: float = 5.0) -> bool:
         """Gives a job back after an error: queued again after ``retry_after`` seconds, or
@@ -150,19 +151,19 @@ class JobQueue:
             if job.attempts >= max_attempts:
                 if conn.scalar(select(s.jobs.c.pk).where(mine)) is None:
                     return False
-                self._settle_failed(conn, [job.sop_uid], error)
+                self._settle_failed(conn, [job.target], error)
                 return True
             conn.execute(update(s.jobs).where(mine).values(
                 state=QUEUED, worker=None, token=None, error=error,
                 lease_until=datetime.now(UTC) + timedelta(seconds=retry_after)))
             return False
 
-        return self.catalog.transaction(f"giving back the job of {job.sop_uid}", work)
+        return self.catalog.transaction(f"giving back the job of {job.target}", work)
 
     @staticmethod
     def _settle_failed(conn: Connection, sop_uids: list[str], error: str) -> None:
         conn.execute(update(s.jobs).where(s.jobs.c.kind == PROCESS,
-                                          s.jobs.c.sop_uid.in_(sop_uids))
+                                          s.jobs.c.target.in_(sop_uids))
                      .values(state=FAILED, token=None, lease_until=None, error=error))
         conn.execute(update(s.instances).where(s.instances.c.sop_uid.in_(sop_uids))
                      .values(state=State.FAILED))
@@ -223,11 +224,11 @@ class JobQueue:
 
     def failures(self, limit: int = 20) -> list[tuple[str, str]]:
         """(sop_uid, error) of jobs failed for good, newest first. Raises CatalogError."""
-        stmt = (select(s.jobs.c.sop_uid, s.jobs.c.error).where(s.jobs.c.state == FAILED)
+        stmt = (select(s.jobs.c.target, s.jobs.c.error).where(s.jobs.c.state == FAILED)
                 .order_by(s.jobs.c.pk.desc()).limit(limit))
         return self.catalog.reading(
             "listing failed jobs",
-            lambda conn: [(r.sop_uid, r.error or "") for r in conn.execute(stmt)])
+            lambda conn: [(r.target, r.error or "") for r in conn.execute(stmt)])
 
 
 def _alive(pid: int) -> bool:

@@ -171,9 +171,9 @@ jobs = Table(
     "jobs",
     metadata,
     _pk(),
-    Column("kind", String, nullable=False),  # "process"
-    Column("sop_uid", Ident, nullable=False),
-    Column("recipe", String),  # the recipe's parameters as JSON; NULL: the worker's default
+    Column("kind", String, nullable=False),  # "process" (later: "segment", "pretrain")
+    Column("target", Ident, nullable=False),  # what it works on: a SOP Instance UID for "process"
+    Column("params", String),  # JSON: for "process" the recipe; NULL: the worker's default
     Column("state", String, nullable=False),  # queued | running | failed
     Column("attempts", Integer, nullable=False, default=0),
     Column("created_at", UTCDateTime, nullable=False),
@@ -181,7 +181,7 @@ jobs = Table(
     Column("worker", String),  # host:pid of the worker that took it
     Column("token", String),  # changes with every take, so a late finish is not recorded
     Column("error", String),
-    UniqueConstraint("kind", "sop_uid"),
+    UniqueConstraint("kind", "target"),
     Index("ix_jobs_state_pk", "state", "pk"),
 )
 

@@ -83,25 +83,25 @@ class Worker:
         """Processes one taken job. Returns the instance's new state, 'retry' when the job
         was given back to try later, or 'superseded' when it was taken again meanwhile."""
         catalog = self.services.catalog
-        rec = catalog.get_instance(job.sop_uid)
+        rec = catalog.get_instance(job.target)
         if rec is None:  # removed since it was queued
             self.queue.finish(job, State.FAILED, None, None)
             return "superseded"
         try:
-            recipe = Recipe.from_mapping(json.loads(job.recipe)) if job.recipe else self.default
+            recipe = Recipe.from_mapping(json.loads(job.params)) if job.params else self.default
             result = derive(self.services.fs, rec.object_key, recipe, self.filter)
         except (NodeError, OSError, ValueError, MemoryError) as exc:
             # MemoryError: an image too large for this worker; others may be fine.
             why = f"{type(exc).__name__}: {exc}"
             final = self.queue.fail(job, why, self.settings.max_attempts)
-            log.error("processing %s failed (attempt %d%s): %s", job.sop_uid, job.attempts,
+            log.error("processing %s failed (attempt %d%s): %s", job.target, job.attempts,
                       ", giving up" if final else ", will retry", why)
             return State.FAILED if final else "retry"
         if not self.queue.finish(job, result.state, result.blank, result.recipe_id):
-            log.info("%s was queued again meanwhile; this result is not recorded", job.sop_uid)
+            log.info("%s was queued again meanwhile; this result is not recorded", job.target)
             return "superseded"
         if result.learn is not None:
             self.filter.learnt(result.learn)
-        log.info("processed %s: %s%s", job.sop_uid, result.state,
+        log.info("processed %s: %s%s", job.target, result.state,
                  " (blank)" if result.blank else "")
         return result.state

@@ -25,7 +25,7 @@ def test_an_indexed_instance_comes_with_its_job(catalog: Catalog, db: sa.Engine)
     catalog.add_instance(record(1))
     catalog.add_instance(record(2))  # the cached-series path
     catalog.add_instance(record(3, state=State.PROCESSED))  # reindexed, already done
-    assert [(r.sop_uid, r.state) for r in job_rows(db)] == [
+    assert [(r.target, r.state) for r in job_rows(db)] == [
         ("1.2.1.1.1", QUEUED), ("1.2.1.1.2", QUEUED)]
     assert catalog.get_instance("1.2.1.1.1").state == State.QUEUED  # type: ignore[union-attr]
 
@@ -41,9 +41,9 @@ def test_take_leases_oldest_first_and_finish_records_once(catalog: Catalog) -> N
         catalog.add_instance(record(n))
     queue = JobQueue(catalog, "host:1")
     first = queue.take(3, LEASE, 3)
-    assert [j.sop_uid for j in first] == ["1.2.1.1.1", "1.2.1.1.2", "1.2.1.1.3"]
+    assert [j.target for j in first] == ["1.2.1.1.1", "1.2.1.1.2", "1.2.1.1.3"]
     assert {j.attempts for j in first} == {1}
-    assert [j.sop_uid for j in queue.take(10, LEASE, 3)] == ["1.2.1.1.4", "1.2.1.1.5"]
+    assert [j.target for j in queue.take(10, LEASE, 3)] == ["1.2.1.1.4", "1.2.1.1.5"]
     assert queue.take(10, LEASE, 3) == []  # all leased
     assert queue.finish(first[0], State.PROCESSED, True, "r@1#x")
     assert not queue.finish(first[0], State.PROCESSED, True, "r@1#x")  # already recorded
@@ -61,7 +61,7 @@ def test_an_expired_lease_is_taken_again_and_the_late_result_is_dropped(
     slow, fast = JobQueue(catalog, "host:1"), JobQueue(catalog, "host:2")
     [job] = slow.take(1, 0.0, 3)  # lease already over: its worker is as good as dead
     [again] = fast.take(1, LEASE, 3)
-    assert again.sop_uid == job.sop_uid and again.attempts == 2
+    assert again.target == job.target and again.attempts == 2
     assert not slow.finish(job, State.PROCESSED, False, "late")
     assert fast.finish(again, State.PROCESSED, False, "fresh")
     assert catalog.get_instance("1.2.1.1.1").recipe_id == "fresh"  # type: ignore[union-attr]
@@ -74,7 +74,7 @@ def test_requeue_while_running_supersedes_the_running_result(catalog: Catalog) -
     assert queue.requeue(["1.2.1.1.1"], '{"size": 64}') == 1
     assert not queue.finish(job, State.PROCESSED, False, "old recipe")
     [again] = queue.take(1, LEASE, 3)
-    assert again.recipe == '{"size": 64}' and again.attempts == 1
+    assert again.params == '{"size": 64}' and again.attempts == 1
 
 
 def test_errors_retry_later_then_fail_for_good(catalog: Catalog, db: sa.Engine) -> None:  # noqa: F811
@@ -84,10 +84,10 @@ def test_errors_retry_later_then_fail_for_good(catalog: Catalog, db: sa.Engine) 
         [job] = queue.take(1, LEASE, 3)
         assert job.attempts == attempt
         assert queue.fail(job, "StoreError: down", 3, retry_after=0.0) is False
-        assert catalog.get_instance(job.sop_uid).state == State.QUEUED  # type: ignore[union-attr]
+        assert catalog.get_instance(job.target).state == State.QUEUED  # type: ignore[union-attr]
     [job] = queue.take(1, LEASE, 3)
     assert queue.fail(job, "StoreError: still down", 3) is True
-    assert catalog.get_instance(job.sop_uid).state == State.FAILED  # type: ignore[union-attr]
+    assert catalog.get_instance(job.target).state == State.FAILED  # type: ignore[union-attr]
     assert queue.take(1, LEASE, 3) == []
     assert queue.failures() == [("1.2.1.1.1", "StoreError: still down")]
     assert [r.state for r in job_rows(db)] == [FAILED]
@@ -132,7 +132,7 @@ def test_jobs_of_a_dead_worker_on_this_host_are_released_at_once(
     assert alive.take(5, LEASE, 3) == []
     assert alive.release_dead() == 1
     [job] = alive.take(5, LEASE, 3)
-    assert job.sop_uid == "1.2.1.1.1"
+    assert job.target == "1.2.1.1.1"
 
 
 def test_removing_an_instance_removes_its_job(catalog: Catalog, db: sa.Engine) -> None:  # noqa: F811
@@ -151,7 +151,7 @@ def test_concurrent_workers_never_take_the_same_job(catalog: Catalog) -> None:  
         while jobs := queue.take(3, LEASE, 3):
             for job in jobs:
                 assert queue.finish(job, State.PROCESSED, False, "r")
-                taken[i].append(job.sop_uid)
+                taken[i].append(job.target)
 
     threads = [threading.Thread(target=work, args=(i,)) for i in range(4)]
     for t in threads:
@@ -194,4 +194,4 @@ def test_an_index_from_before_processing_is_upgraded_and_queued(tmp_path) -> Non
         rec = upgraded.get_instance("1.2.3.4")
         assert rec is not None and rec.state == State.QUEUED and rec.blank is None
         [job] = JobQueue(upgraded).take(5, LEASE, 3)
-        assert job.sop_uid == "1.2.3.4"
+        assert job.target == "1.2.3.4"
