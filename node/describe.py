@@ -83,6 +83,7 @@ _TEXT_TAGS = {
 _INT_TAGS = {
     "series_number": "00200011", "instance_number": "00200013",
     "number_of_frames": "00280008", "rows": "00280010", "columns": "00280011",
+    "images_in_acquisition": "00201002",
 }
 
 

@@ -80,6 +80,7 @@ _SERIES_FIELDS = {
     "series_date": "series_date",
     "series_time": "series_time",
     "body_part_examined": "body_part_examined",
+    "images_in_acquisition": "expected_instances",
 }
 _INSTANCE_FIELDS = {
     name: name
@@ -525,7 +526,7 @@ class Catalog:
         _update_row(conn, s.patients, patient_pk, fill=_present(rec, _PATIENT_FIELDS))
         self._bump_study(conn, study_pk, rec.modality, _present(rec, _STUDY_FIELDS), False)
         _update_row(conn, s.series, series_pk, fill=_present(rec, _SERIES_FIELDS),
-                    increment=("number_of_instances",))
+                    increment=("number_of_instances",), assign=_arrival(rec))
         return True
 
     def _add_instance(self, conn: Connection, rec: InstanceRecord,
@@ -568,7 +569,8 @@ class Catalog:
             raise _Rollback(False)
         _queue_if_needed(conn, rec)
         self._bump_study(conn, study_pk, rec.modality, study, new_series)
-        _update_row(conn, s.series, series_pk, fill=series, increment=("number_of_instances",))
+        _update_row(conn, s.series, series_pk, fill=series, increment=("number_of_instances",),
+                    assign=_arrival(rec))
         made[rec.series_uid] = (series_pk, study_pk, patient_pk)
         return True
 
@@ -790,6 +792,12 @@ def _merge_modalities(current: str | None, *modalities: str | None) -> str | Non
     known = set(current.split("\\")) if current else set()
     known.update(m for m in modalities if m)
     return "\\".join(sorted(known)) or None
+
+
+def _arrival(rec: InstanceRecord) -> dict[str, Any]:
+    """A new instance: the series was last added to now, and is open again if it was
+    complete (a late instance makes it complete again, later)."""
+    return {"last_received_at": rec.received_at, "complete_at": None}
 
 
 def _queue_if_needed(conn: Connection, rec: InstanceRecord) -> None:

@@ -58,6 +58,7 @@ class InstanceRecord:
     series_date: str | None = None
     series_time: str | None = None
     body_part_examined: str | None = None
+    images_in_acquisition: int | None = None  # (0020,1002): the series' expected count
     # instance level
     instance_number: int | None = None
     number_of_frames: int | None = None

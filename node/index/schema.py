@@ -127,6 +127,11 @@ series = Table(
     Column("series_time", String),
     Column("body_part_examined", String),
     Column("number_of_instances", Integer, nullable=False, default=0),
+    # Series completion (node.index.series_watch): when its last instance arrived, how
+    # many the header says to expect (Images in Acquisition), when it was found complete.
+    Column("last_received_at", UTCDateTime),
+    Column("expected_instances", Integer),
+    Column("complete_at", UTCDateTime),
 )
 
 instances = Table(

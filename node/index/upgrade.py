@@ -15,18 +15,22 @@ from node.index import schema as s
 from node.index.jobs import enqueue
 from node.index.records import State
 
-# table -> columns added after the first release, with their SQL types.
-_ADDED = {"instances": (("blank", "BOOLEAN"), ("recipe_id", "VARCHAR"))}
+# table -> columns added after the first release (nullable; types from the schema).
+_ADDED = {
+    s.instances: ("blank", "recipe_id"),
+    s.series: ("last_received_at", "expected_instances", "complete_at"),
+}
 
 
 def upgrade(conn: Connection) -> None:
     """Adds the columns an older index lacks; queues its never-processed instances."""
     inspector = inspect(conn)
     for table, columns in _ADDED.items():
-        present = {c["name"] for c in inspector.get_columns(table)}
-        for name, sql_type in columns:
+        present = {c["name"] for c in inspector.get_columns(table.name)}
+        for name in columns:
             if name not in present:
-                conn.execute(text(f"ALTER TABLE {table} ADD COLUMN {name} {sql_type}"))
+                sql_type = table.c[name].type.compile(dialect=conn.dialect)
+                conn.execute(text(f"ALTER TABLE {table.name} ADD COLUMN {name} {sql_type}"))
     legacy = list(conn.scalars(select(s.instances.c.sop_uid)
                                .where(s.instances.c.state == "stored")))
     if legacy:

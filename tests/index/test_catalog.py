@@ -90,6 +90,7 @@ def full_record() -> InstanceRecord:
         series_date="20250301",
         series_time="101500",
         body_part_examined="CHEST",
+        images_in_acquisition=40,
         instance_number=7,
         number_of_frames=2,
         rows=512,

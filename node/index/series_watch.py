@@ -1,0 +1,61 @@
+"""Series completion: a series is complete when no instance arrived for a while, or when it
+holds as many instances as its header says to expect (Images in Acquisition).
+
+The state is columns of the series row (``last_received_at``, ``complete_at``), so it
+survives restarts; a late instance opens the series again. Marking a series complete and
+queueing its segmentation job happen in one transaction guarded by ``complete_at IS NULL``,
+so however many workers watch, each completion queues exactly one job.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime, timedelta
+
+from sqlalchemy import Connection, and_, or_, select, update
+
+from node.index import schema as s
+from node.index.jobs import enqueue
+
+SEGMENT = "segment"
+# Series of these modalities hold no images to segment (results, reports, annotations).
+NOT_SEGMENTED = ("SEG", "SR", "PR", "KO", "RTSTRUCT", "RTPLAN", "RTDOSE", "DOC", "OT")
+
+
+def complete_series(catalog: object, now: datetime, quiet_seconds: float,
+                    model: str | None) -> list[str]:
+    """Marks every open series that is complete by ``now``; with ``model``, queues one
+    ``segment`` job per newly complete image series (params: the model id).
+
+    Returns the series UIDs newly marked complete. Raises CatalogError.
+    """
+    quiet_since = now - timedelta(seconds=quiet_seconds)
+    due = select(s.series.c.pk, s.series.c.series_uid, s.series.c.modality).where(
+        s.series.c.complete_at.is_(None),
+        or_(s.series.c.last_received_at <= quiet_since,
+            and_(s.series.c.expected_instances.is_not(None),
+                 s.series.c.number_of_instances >= s.series.c.expected_instances)))
+    found = catalog.reading(  # type: ignore[attr-defined]
+        "looking for complete series", lambda conn: list(conn.execute(due)))
+    done = []
+    for pk, series_uid, modality in found:
+        def work(conn: Connection, pk: int = pk, uid: str = series_uid,
+                 modality: str | None = modality) -> bool:
+            marked = conn.execute(update(s.series).where(
+                s.series.c.pk == pk, s.series.c.complete_at.is_(None))
+                .values(complete_at=now)).rowcount == 1
+            if marked and model and (modality or "").upper() not in NOT_SEGMENTED:
+                enqueue(conn, [uid], now, model, kind=SEGMENT)
+            return marked
+
+        if catalog.transaction(f"completing series {series_uid}", work):  # type: ignore[attr-defined]
+            done.append(series_uid)
+    return done
+
+
+def mark_all_complete(catalog: object, now: datetime) -> int:
+    """Marks every series complete without queueing anything (after ``reindex``: the
+    series were complete before). Returns how many. Raises CatalogError."""
+    return catalog.transaction(  # type: ignore[attr-defined, no-any-return]
+        "marking series complete",
+        lambda conn: conn.execute(update(s.series).where(s.series.c.complete_at.is_(None))
+                                  .values(complete_at=now)).rowcount)
