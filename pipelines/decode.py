@@ -53,7 +53,8 @@ class DecodeFacts:
 
 @dataclass(frozen=True)
 class Decoded:
-    """``frames``: float32, (frames, rows, cols) for monochrome or (frames, rows, cols, 3) RGB."""
+    """``frames``: (frames, rows, cols) for monochrome or (frames, rows, cols, 3) RGB; float32,
+    or float64 for pixels wider than 16 bits (or a modality LUT that float32 cannot hold)."""
 
     frames: np.ndarray
     facts: DecodeFacts
@@ -98,13 +99,18 @@ def _decode_pixels(ds: Dataset) -> Decoded:
         arr = arr[np.newaxis]
     inverted = False
     window = _header_window(ds)
+    # float32 holds every value of up to 24 bits exactly; wider pixels (32-bit integers,
+    # float and double pixel data) keep float64, so nearby large values stay apart.
+    wide = np.float64 if arr.dtype.itemsize >= 4 else np.float32
     if photometric == "PALETTE COLOR":
         frames = apply_color_lut(arr, ds).astype(np.float32)
     elif spp > 1:
         # pydicom hands back RGB for YBR_* (it converts by default)
-        frames = arr.astype(np.float32)
+        frames = arr.astype(wide)
     else:
-        frames = np.asarray(apply_modality_lut(arr, ds), dtype=np.float32)
+        frames = np.asarray(apply_modality_lut(arr, ds))
+        frames = frames.astype(np.float64 if wide is np.float64 or _beyond_float32(frames)
+                               else np.float32, copy=False)
         if photometric == "MONOCHROME1":
             pivot = float(frames.min()) + float(frames.max())
             frames = pivot - frames
@@ -121,6 +127,13 @@ def _decode_pixels(ds: Dataset) -> Decoded:
         inverted=inverted, header_window=window,
     )
     return Decoded(np.ascontiguousarray(frames), facts)
+
+
+def _beyond_float32(values: np.ndarray) -> bool:
+    """True when float32 (24-bit mantissa) would merge distinct values: large magnitudes."""
+    if values.size == 0 or values.dtype.kind not in "iuf":
+        return False
+    return bool(max(abs(float(values.min())), abs(float(values.max()))) >= 2.0 ** 24)
 
 
 def _first_lines(exc: BaseException, limit: int = 300) -> str:

@@ -57,18 +57,20 @@ def normalised(decoded: Decoded, recipe: Recipe) -> tuple[np.ndarray, tuple[floa
     window = decoded.facts.header_window if recipe.window == "header" else recipe.window
     if isinstance(window, tuple):
         low = window[0] - window[1] / 2.0
-        out = (frames - np.float32(low)) / np.float32(window[1])
+        out = (frames - frames.dtype.type(low)) / frames.dtype.type(window[1])
         return np.clip(out, 0.0, 1.0, out=out).astype(np.float32, copy=False), window
     return np.stack([minmax(f) for f in frames]), None
 
 
 def minmax(frame: np.ndarray) -> np.ndarray:
     """The paper's eq. 1, (x - min) / (max - min), as float32; a constant frame gives zeros."""
-    frame = frame.astype(np.float32, copy=False)
+    if frame.dtype != np.float64:  # float64 (wide pixels) is normalised before narrowing
+        frame = frame.astype(np.float32, copy=False)
     low, high = float(frame.min()), float(frame.max())
     if not high > low:
-        return np.zeros_like(frame)
-    return (frame - np.float32(low)) * np.float32(1.0 / (high - low))
+        return np.zeros(frame.shape, dtype=np.float32)
+    kind = frame.dtype.type
+    return ((frame - kind(low)) * kind(1.0 / (high - low))).astype(np.float32, copy=False)
 
 
 def resize(frame: np.ndarray, size: int, keep_aspect: bool = True) -> np.ndarray:
@@ -102,8 +104,10 @@ def _scale(frame: np.ndarray, rows: int, cols: int) -> np.ndarray:
 def stats(decoded: Decoded) -> PixelStats:
     """min, max, mean and std of the modality-LUT (grey) values over all frames."""
     values = grey(decoded)
-    return PixelStats(float(values.min()), float(values.max()), float(values.mean()),
-                      float(values.std()))
+    low, high, mean = float(values.min()), float(values.max()), float(values.mean())
+    if decoded.facts.inverted:  # MONOCHROME1 frames are (min + max) - stored: undo it
+        mean = low + high - mean
+    return PixelStats(low, high, mean, float(values.std()))
 
 
 def preprocess(decoded: Decoded, recipe: Recipe) -> Prepared:
