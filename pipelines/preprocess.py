@@ -78,20 +78,51 @@ def resize(frame: np.ndarray, size: int, keep_aspect: bool = True) -> np.ndarray
 
     Same size returns the frame itself; downscaling averages (Pillow's antialiasing bilinear).
     """
-    rows, cols = frame.shape
-    if keep_aspect:
-        scale = size / max(rows, cols)
-        new_rows = min(size, max(1, round(rows * scale)))
-        new_cols = min(size, max(1, round(cols * scale)))
-    else:
-        new_rows = new_cols = size
+    new_rows, new_cols, top, left = placement(frame.shape[0], frame.shape[1], size, keep_aspect)
     scaled = _scale(frame, new_rows, new_cols)
     if (new_rows, new_cols) == (size, size):
         return scaled
     out = np.zeros((size, size), dtype=np.float32)
-    top, left = (size - new_rows) // 2, (size - new_cols) // 2
     out[top:top + new_rows, left:left + new_cols] = scaled
     return out
+
+
+def placement(rows: int, cols: int, size: int, keep_aspect: bool) -> tuple[int, int, int, int]:
+    """Where ``resize`` puts a rows × cols frame in its size × size output:
+    (new_rows, new_cols, top, left)."""
+    if not keep_aspect:
+        return size, size, 0, 0
+    scale = size / max(rows, cols)
+    new_rows = min(size, max(1, round(rows * scale)))
+    new_cols = min(size, max(1, round(cols * scale)))
+    return new_rows, new_cols, (size - new_rows) // 2, (size - new_cols) // 2
+
+
+def resize_labels(labels: np.ndarray, size: int | None, keep_aspect: bool = True) -> np.ndarray:
+    """A label map (rows, cols) of small integers placed exactly as ``resize`` places its
+    image (nearest neighbour, zero padding): the mask of an output. ``size`` None: as is."""
+    labels = np.asarray(labels, dtype=np.uint8)
+    if size is None:
+        return labels
+    new_rows, new_cols, top, left = placement(labels.shape[0], labels.shape[1], size,
+                                              keep_aspect)
+    out = np.zeros((size, size), dtype=np.uint8)
+    scaled = Image.fromarray(labels).resize((new_cols, new_rows), Image.Resampling.NEAREST)
+    out[top:top + new_rows, left:left + new_cols] = np.asarray(scaled)
+    return out
+
+
+def restore_labels(labels: np.ndarray, rows: int, cols: int, keep_aspect: bool = True
+                   ) -> np.ndarray:
+    """The inverse of ``resize_labels``: a label map on an output brought back to the
+    original rows × cols (padding cropped, nearest neighbour), e.g. for a DICOM SEG."""
+    labels = np.asarray(labels, dtype=np.uint8)
+    size = labels.shape[0]
+    if labels.shape == (rows, cols):
+        return labels
+    new_rows, new_cols, top, left = placement(rows, cols, size, keep_aspect)
+    inner = labels[top:top + new_rows, left:left + new_cols]
+    return np.asarray(Image.fromarray(inner).resize((cols, rows), Image.Resampling.NEAREST))
 
 
 def _scale(frame: np.ndarray, rows: int, cols: int) -> np.ndarray:

@@ -87,3 +87,21 @@ def test_preview_is_a_small_grey_png() -> None:
     assert image.format == "PNG" and image.mode == "L" and image.size == (256, 256)
     with pytest.raises(IndexError):
         preview_png(prepared, frame=2)
+
+
+def test_labels_are_placed_where_the_image_is_and_come_back() -> None:
+    from pipelines.preprocess import resize, resize_labels, restore_labels
+
+    image = np.zeros((100, 200), dtype=np.float32)
+    labels = np.zeros((100, 200), dtype=np.uint8)
+    image[40:60, 120:160] = 1.0
+    labels[40:60, 120:160] = 1
+    out_image = resize(image, 64)
+    out_labels = resize_labels(labels, 64)
+    assert out_labels.shape == (64, 64) and out_labels.dtype == np.uint8
+    # the mask covers what the image shows (up to the edge pixels bilinear blurs)
+    assert np.array_equal(out_labels == 1, out_image > 0.5)
+    back = restore_labels(out_labels, 100, 200)
+    assert back.shape == (100, 200)
+    assert (back == labels).mean() > 0.98
+    assert np.array_equal(restore_labels(labels, 100, 200), labels)

@@ -1,0 +1,168 @@
+"""The model parameter library: weights and a model card per entry, in the store.
+
+    _library/{arch}/{version}/weights.pt    torch state dicts (encrypted like every object)
+                             /card.json     what it is and how it was made
+
+An entry id is ``{arch}/{version}`` (``unet/3``); versions count up per architecture, moved
+forward by compare-and-set in the index so two runs finishing at once get two versions.
+``kind`` is ``pretrain`` (an encoder from DeepCluster) or ``segment`` (a whole network).
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import platform
+import re
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from importlib import metadata
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from node.errors import NodeError
+from node.index import versions
+
+ROOT = "_library"
+WEIGHTS = "weights.pt"
+CARD = "card.json"
+KINDS = ("pretrain", "segment")
+_ID = re.compile(r"([a-z0-9_]+)/([0-9]+)")
+
+
+class LibraryError(NodeError):
+    """An unknown or unreadable library entry, or a folder that is not an exported one."""
+
+
+@dataclass(frozen=True)
+class Entry:
+    """One library entry: its id and its model card."""
+
+    id: str
+    card: dict[str, Any]
+
+    @property
+    def arch(self) -> str:
+        return str(self.card["arch"])
+
+    @property
+    def kind(self) -> str:
+        return str(self.card["kind"])
+
+
+def code_version() -> str:
+    """The installed support-node version."""
+    try:
+        return metadata.version("support-node")
+    except metadata.PackageNotFoundError:
+        return "unknown"
+
+
+class Library:
+    """Save, list, read, export and import entries of the model library in ``fs``."""
+
+    def __init__(self, fs: Any, catalog: Any) -> None:
+        self.fs = fs
+        self.catalog = catalog
+
+    def save(self, arch: str, kind: str, weights: dict[str, dict[str, torch.Tensor]],
+             card: dict[str, Any]) -> Entry:
+        """Stores ``weights`` (``{"encoder": state_dict}`` or ``{"model": state_dict}``)
+        and the card as the next version of ``arch``. Returns the entry.
+
+        The card gains id, arch, kind, created_at, code and torch versions, parameter count.
+        Raises ValueError for an unknown kind, StoreError / CatalogError.
+        """
+        if kind not in KINDS:
+            raise ValueError(f"kind must be one of {', '.join(KINDS)}")
+        if not re.fullmatch(r"[a-z0-9_]+", arch):
+            raise ValueError(f"not an architecture name: {arch!r}")
+        buffer = io.BytesIO()
+        torch.save({k: {n: t.detach().cpu() for n, t in v.items()} for k, v in weights.items()},
+                   buffer)
+        for _ in range(10):
+            version = versions.current(self.catalog, f"library/{arch}") + 1
+            entry_id = f"{arch}/{version}"
+            full = {**card, "id": entry_id, "arch": arch, "kind": kind,
+                    "created_at": card.get("created_at") or datetime.now(UTC).isoformat(),
+                    "code_version": code_version(), "torch": torch.__version__,
+                    "python": platform.python_version(),
+                    "parameters": {k: int(sum(t.numel() for t in v.values()))
+                                   for k, v in weights.items()}}
+            folder = f"{ROOT}/{entry_id}"
+            if self.fs.exists(f"{folder}/{CARD}"):  # left by a save that lost its race
+                versions.advance(self.catalog, f"library/{arch}", version - 1, version)
+                continue
+            self.fs.pipe_files({f"{folder}/{WEIGHTS}": buffer.getvalue(),
+                                f"{folder}/{CARD}": json.dumps(full, indent=2).encode()})
+            if versions.advance(self.catalog, f"library/{arch}", version - 1, version):
+                return Entry(entry_id, full)
+        raise LibraryError(f"could not save a new version of {arch}: too many at once")
+
+    def entries(self) -> list[Entry]:
+        """Every entry, by architecture then version. Raises StoreError."""
+        out = []
+        try:
+            keys = self.fs.find(ROOT)
+        except FileNotFoundError:
+            return []
+        for key in keys:
+            parts = key.split("/")
+            if len(parts) == 4 and parts[3] == CARD and _ID.fullmatch("/".join(parts[1:3])):
+                out.append(self.get("/".join(parts[1:3])))
+        return sorted(out, key=lambda e: (e.arch, int(e.id.split("/")[1])))
+
+    def get(self, entry_id: str) -> Entry:
+        """The entry ``arch/version``. Raises LibraryError when there is none."""
+        folder = self._folder(entry_id)
+        try:
+            card = json.loads(self.fs.cat_file(f"{folder}/{CARD}"))
+        except FileNotFoundError:
+            raise LibraryError(f"no library entry {entry_id!r} "
+                               "(see `support-node library ls`)") from None
+        return Entry(entry_id, card)
+
+    def weights(self, entry_id: str) -> dict[str, dict[str, torch.Tensor]]:
+        """The state dicts of an entry. Raises LibraryError."""
+        folder = self._folder(entry_id)
+        try:
+            data = self.fs.cat_file(f"{folder}/{WEIGHTS}")
+        except FileNotFoundError:
+            raise LibraryError(f"no library entry {entry_id!r}") from None
+        loaded = torch.load(io.BytesIO(data), map_location="cpu", weights_only=True)
+        if not isinstance(loaded, dict):
+            raise LibraryError(f"library entry {entry_id!r} holds no state dicts")
+        return loaded
+
+    def export(self, entry_id: str, out_dir: Path) -> Path:
+        """Writes the entry, decrypted, to ``out_dir/{arch}-{version}/``. Returns the folder."""
+        entry = self.get(entry_id)
+        target = out_dir / entry_id.replace("/", "-")
+        target.mkdir(parents=True, exist_ok=True)
+        folder = self._folder(entry_id)
+        (target / WEIGHTS).write_bytes(self.fs.cat_file(f"{folder}/{WEIGHTS}"))
+        (target / CARD).write_text(json.dumps(entry.card, indent=2))
+        return target
+
+    def import_(self, folder: Path) -> Entry:
+        """Stores an exported entry (``card.json`` + ``weights.pt``) as a new version.
+
+        Raises LibraryError for a folder that does not hold an export.
+        """
+        try:
+            card = json.loads((folder / CARD).read_text())
+            weights = torch.load(folder / WEIGHTS, map_location="cpu", weights_only=True)
+            arch, kind = str(card["arch"]), str(card["kind"])
+        except (OSError, ValueError, KeyError, RuntimeError) as exc:
+            raise LibraryError(f"{folder} is not an exported library entry: {exc}") from None
+        card = {k: v for k, v in card.items() if k != "id"} | {"imported_from": card.get("id")}
+        return self.save(arch, kind, weights, card)
+
+    @staticmethod
+    def _folder(entry_id: str) -> str:
+        if not _ID.fullmatch(entry_id):
+            raise LibraryError(f"not a library entry id: {entry_id!r} (want arch/version, "
+                               "e.g. unet/3)")
+        return f"{ROOT}/{entry_id}"
