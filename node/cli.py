@@ -40,6 +40,8 @@ app = typer.Typer(help="support-node: a DICOM node that keeps images encrypted a
                   no_args_is_help=True, pretty_exceptions_enable=False)
 keys_app = typer.Typer(help="List and rotate the encryption keys.", no_args_is_help=True)
 app.add_typer(keys_app, name="keys")
+labels_app = typer.Typer(help="Label maps (masks) of stored images.", no_args_is_help=True)
+app.add_typer(labels_app, name="labels")
 out = Console(soft_wrap=True)
 err = Console(stderr=True, soft_wrap=True)
 
@@ -438,6 +440,7 @@ def status(home: HomeOpt = None, config: ConfigOpt = None,
                              ("  flagged blank (filtered)", counts.blank),
                              ("not images (described only)", states[State.NOT_IMAGE]),
                              ("undecodable", states[State.UNDECODABLE]),
+                             ("DICOM SEG matched as labels", states[State.LABELS]),
                              ("failed", states[State.FAILED])):
             table.add_row(label, str(value))
         out.print(table)
@@ -476,6 +479,29 @@ def reprocess(hospital: Annotated[str | None, typer.Argument()] = None,
                       highlight=False)
             if not queue_only:
                 _drain(node, "reprocessing")
+    run(body)
+
+
+@labels_app.command("import")
+def labels_import(folder: Annotated[Path, typer.Argument(
+                      help="A folder of {SOP Instance UID}.png / .npy masks.")],
+                  home: HomeOpt = None, config: ConfigOpt = None) -> None:
+    """Import masks named by SOP Instance UID as the label maps of stored images (PNG 0/255
+    is taken as 0/1; other values are class numbers). Exit 1 if any was refused."""
+    from node.ai import labels
+
+    def body() -> None:
+        ctx = Context(home, config)
+        if not folder.is_dir():
+            raise fail(f"no such folder: {folder}", 2)
+        with ctx.node() as node:
+            counts, problems = labels.import_folder(node.services, folder)
+        for problem in problems:
+            err.print(problem, highlight=False)
+        out.print("labels: " + (", ".join(f"{n} {k}" for k, n in sorted(counts.items()))
+                                or "no mask files"))
+        if problems:
+            raise typer.Exit(1)
     run(body)
 
 

@@ -111,7 +111,8 @@ def _int(dicom: dict[str, Any], tag: str) -> int | None:
 
 def record(dicom: dict[str, Any], path: InstancePath, receipt: Receipt,
            transfer_syntax: str, sop_class_uid: str,
-           processing: dict[str, Any] | None = None) -> InstanceRecord:
+           processing: dict[str, Any] | None = None,
+           labels: dict[str, Any] | None = None) -> InstanceRecord:
     """The index record of an instance from its DICOM JSON model and where it is stored.
 
     ``processing``: the description's processing section, when it has one; without it the
@@ -137,6 +138,7 @@ def record(dicom: dict[str, Any], path: InstancePath, receipt: Receipt,
         state=state,
         blank=(done.get("filter") or {}).get("blank"),
         recipe_id=done.get("recipe_id"),
+        labels=(labels or {}).get("source"),
         **fields,
     )
 
@@ -157,7 +159,7 @@ def record_from(doc: dict[str, Any]) -> InstanceRecord:
     path = InstancePath.parse(doc["object_key"])
     dicom = doc["dicom"]
     return record(dicom, path, receipt_of(doc), doc["original"]["transfer_syntax"],
-                  _text(dicom, "00080016") or "", doc.get("processing"))
+                  _text(dicom, "00080016") or "", doc.get("processing"), doc.get("labels"))
 
 
 def conflict_from(doc: dict[str, Any], folder: str) -> ConflictRecord:

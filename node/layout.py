@@ -20,6 +20,7 @@ ORIGINAL = "original.dcm"
 DESCRIPTION = "description.json"
 OUTPUT = "output.npy"  # the preprocessed image: (frames, size, size), float16 by default
 PREVIEW = "preview.png"  # an 8-bit preview of the first frame, for people
+LABELS = "labels.npy"  # a label map (frames, rows, cols) uint8 at the original's size
 CONFLICTS = "conflicts"
 STATE = "_state"  # {STATE}/{name}/{version}: versioned shared state (the filter's model)
 # A safe object-name part: what UIDs (PS3.5 9.1: digits and dots, plus real-world letters)

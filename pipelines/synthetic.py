@@ -54,6 +54,7 @@ def ct_instance(
     accession: str = "ACC-0001",
     rng: np.random.Generator | None = None,
     z: float = 0.5,
+    frame_of_reference: str | None = None,
 ) -> Dataset:
     """One CT Image Storage instance, explicit VR little endian, with a file meta header."""
     sop_uid = generate_uid()
@@ -89,7 +90,8 @@ def ct_instance(
     ds.InstanceNumber = number
     ds.ImagePositionPatient = [-250.0, -250.0, float(number)]
     ds.ImageOrientationPatient = [1, 0, 0, 0, 1, 0]
-    ds.FrameOfReferenceUID = generate_uid()
+    # one frame of reference per series, as a scanner writes it (DICOM SEG relies on it)
+    ds.FrameOfReferenceUID = frame_of_reference or generate_uid(entropy_srcs=[series_uid])
     ds.SamplesPerPixel = 1
     ds.PhotometricInterpretation = "MONOCHROME2"
     ds.Rows = ds.Columns = size

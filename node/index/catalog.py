@@ -100,6 +100,7 @@ _INSTANCE_FIELDS = {
         "state",
         "blank",
         "recipe_id",
+        "labels",
     )
 }
 _CONFLICT_FIELDS = ("sop_uid", "sha256", "size", "object_key", "calling_ae", "received_at")
@@ -297,6 +298,16 @@ class Catalog:
         elif blank is False:
             stmt = stmt.where(or_(s.instances.c.blank.is_(None), s.instances.c.blank.is_(False)))
         return self._stream("listing instances", stmt)
+
+    def set_labels(self, sop_uid: str, source: str | None) -> bool:
+        """Records that an instance has a label map from ``source`` (None: no longer).
+
+        Returns False when the instance is not indexed. Raises CatalogError.
+        """
+        stmt = update(s.instances).where(s.instances.c.sop_uid == sop_uid).values(
+            labels=source)
+        return self._write(f"recording labels of {sop_uid}",
+                           lambda conn: conn.execute(stmt).rowcount == 1)
 
     def remove_instance(self, sop_uid: str) -> bool:
         """Removes one instance, fixes the counts and removes emptied series, study, patient.

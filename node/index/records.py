@@ -14,7 +14,8 @@ class State:
     NOT_IMAGE = "not_image"  # no pixel data (SR, presentation state, ...): described only
     UNDECODABLE = "undecodable"  # pixel data that cannot be decoded; the description says why
     FAILED = "failed"  # processing failed every attempt; ``support-node reprocess`` retries
-    ALL = (QUEUED, PROCESSED, NOT_IMAGE, UNDECODABLE, FAILED)
+    LABELS = "labels"  # a DICOM SEG: its segments became label maps of its source images
+    ALL = (QUEUED, PROCESSED, NOT_IMAGE, UNDECODABLE, FAILED, LABELS)
 
 
 @dataclass(frozen=True)
@@ -67,6 +68,7 @@ class InstanceRecord:
     state: str = State.QUEUED
     blank: bool | None = None
     recipe_id: str | None = None
+    labels: str | None = None  # the source of its label map, if it has one
 
 
 @dataclass(frozen=True)

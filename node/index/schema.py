@@ -154,6 +154,7 @@ instances = Table(
     Column("state", String, nullable=False),  # node.index.records.State
     Column("blank", Boolean),  # the blank filter's verdict; NULL until processed
     Column("recipe_id", String),  # the recipe of output.npy; NULL until processed
+    Column("labels", String),  # where labels.npy came from ("seg:<uid>", "import"); NULL: none
 )
 
 conflicts = Table(

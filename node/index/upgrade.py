@@ -17,7 +17,7 @@ from node.index.records import State
 
 # table -> columns added after the first release (nullable; types from the schema).
 _ADDED = {
-    s.instances: ("blank", "recipe_id"),
+    s.instances: ("blank", "recipe_id", "labels"),
     s.series: ("last_received_at", "expected_instances", "complete_at"),
 }
 

@@ -94,3 +94,25 @@ def _describe_only(fs: Any, folder: str, doc: dict[str, Any],
         except FileNotFoundError:
             pass
     return Derived(section["state"], None, None)
+
+
+def derive_labels(services: Any, rec: Any) -> Derived:
+    """A received DICOM SEG: its segments become label maps of the source images stored
+    here (``node.ai.labels``); the SEG itself is described, not preprocessed.
+
+    A SEG that cannot be read or does not fit its images is a result (undecodable).
+    Raises StoreError / CatalogError.
+    """
+    from node.ai import labels
+
+    fs = services.fs
+    data = fs.cat_file(f"{rec.object_key}/{ORIGINAL}")
+    at = datetime.now(UTC).isoformat()
+    try:
+        found = labels.from_seg(services, data, rec.sop_uid)
+    except ValueError as exc:  # LabelError included
+        doc = describe.decode(fs.cat_file(f"{rec.object_key}/{DESCRIPTION}"))
+        return _describe_only(fs, rec.object_key, doc, {
+            "state": State.UNDECODABLE, "at": at, "reason": str(exc)})
+    doc = describe.decode(fs.cat_file(f"{rec.object_key}/{DESCRIPTION}"))
+    return _describe_only(fs, rec.object_key, doc, {"state": State.LABELS, "at": at, **found})

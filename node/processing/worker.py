@@ -17,9 +17,10 @@ from collections.abc import Callable
 from node.errors import NodeError
 from node.index.jobs import Job, JobQueue
 from node.index.records import State
-from node.processing.derive import derive
+from node.processing.derive import derive, derive_labels
 from node.processing.shared_filter import SharedFilter
 from node.services import Services
+from pipelines.dicom_seg import SEG_STORAGE
 from pipelines.recipe import Recipe
 
 log = logging.getLogger("support_node.processing")
@@ -88,8 +89,12 @@ class Worker:
             self.queue.finish(job, State.FAILED, None, None)
             return "superseded"
         try:
-            recipe = Recipe.from_mapping(json.loads(job.params)) if job.params else self.default
-            result = derive(self.services.fs, rec.object_key, recipe, self.filter)
+            if rec.sop_class_uid == SEG_STORAGE:
+                result = derive_labels(self.services, rec)
+            else:
+                recipe = (Recipe.from_mapping(json.loads(job.params)) if job.params
+                          else self.default)
+                result = derive(self.services.fs, rec.object_key, recipe, self.filter)
         except (NodeError, OSError, ValueError, MemoryError) as exc:
             # MemoryError: an image too large for this worker; others may be fine.
             why = f"{type(exc).__name__}: {exc}"

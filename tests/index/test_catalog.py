@@ -98,6 +98,7 @@ def full_record() -> InstanceRecord:
         state="processed",
         blank=True,
         recipe_id="default@1#0123456789ab",
+        labels="import",
         size=2**40,  # beyond 32 bits
     )
 
