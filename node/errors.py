@@ -7,6 +7,7 @@
     │   └── IntegrityError         an object failed authentication: wrong key, flipped
     │                              byte, truncation, or moved to another path
     ├── CatalogError               the index failed (database unavailable, locked); retryable
+    ├── LibraryError               an unknown model library entry, or not an exported one
     └── IngestError                an instance was refused; the message says why
         ├── MalformedError         not parseable DICOM, or cut short in transit
         └── InconsistentError      header disagrees with the command (SOP Class, pixels)
@@ -33,6 +34,10 @@ class KeyringError(NodeError):
 
 class StoreError(NodeError):
     """The object store could not complete an operation. The caller may retry."""
+
+
+class LibraryError(NodeError):
+    """An unknown or unreadable model library entry, or a folder that is not an export."""
 
 
 class IntegrityError(StoreError):

@@ -22,7 +22,7 @@ from typing import Any
 
 import torch
 
-from node.errors import NodeError
+from node.errors import LibraryError
 from node.index import versions
 
 ROOT = "_library"
@@ -30,10 +30,6 @@ WEIGHTS = "weights.pt"
 CARD = "card.json"
 KINDS = ("pretrain", "segment")
 _ID = re.compile(r"([a-z0-9_]+)/([0-9]+)")
-
-
-class LibraryError(NodeError):
-    """An unknown or unreadable library entry, or a folder that is not an exported one."""
 
 
 @dataclass(frozen=True)
@@ -135,6 +131,38 @@ class Library:
         if not isinstance(loaded, dict):
             raise LibraryError(f"library entry {entry_id!r} holds no state dicts")
         return loaded
+
+    def load_into(self, model: torch.nn.Module, entry_id: str) -> Entry:
+        """Loads an entry into ``model``: a pretrain entry into ``model.encoder`` (any of
+        the three architectures with the same encoder settings), a segment entry into the
+        whole network. Returns the entry. Raises LibraryError when the weights do not fit.
+        """
+        entry = self.get(entry_id)
+        weights = self.weights(entry_id)
+        try:
+            if entry.kind == "pretrain":
+                model.encoder.load_state_dict(weights["encoder"])  # type: ignore[union-attr]
+            else:
+                model.load_state_dict(weights["model"])
+        except (KeyError, RuntimeError, AttributeError) as exc:
+            first = " ".join(str(exc).split())[:300]
+            raise LibraryError(f"library entry {entry_id} does not fit this network: "
+                               f"{first}") from None
+        return entry
+
+    def build(self, entry_id: str) -> Any:
+        """The network an entry was made for (from its card's ``net`` settings), with the
+        entry's weights loaded. Raises LibraryError."""
+        from pipelines.models import NetConfig, build_from
+
+        entry = self.get(entry_id)
+        try:
+            model = build_from(NetConfig.from_dict(entry.card["net"]))
+        except (KeyError, TypeError, ValueError) as exc:
+            raise LibraryError(f"library entry {entry_id} has no usable network settings: "
+                               f"{exc}") from None
+        self.load_into(model, entry_id)
+        return model
 
     def export(self, entry_id: str, out_dir: Path) -> Path:
         """Writes the entry, decrypted, to ``out_dir/{arch}-{version}/``. Returns the folder."""
