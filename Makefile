@@ -38,6 +38,7 @@ bench: $(VENV)/.installed-test system-deps
 	$(BIN)/python bench/run.py || rc=1; \
 	$(BIN)/python bench/query_bench.py || rc=1; \
 	$(BIN)/python bench/retrieve_bench.py || rc=1; \
+	$(BIN)/python bench/preprocess_bench.py || rc=1; \
 	exit $$rc
 
 lint: $(VENV)/.installed-test
