@@ -393,9 +393,11 @@ def worker(home: HomeOpt = None, config: ConfigOpt = None,
                 return
             from node import service
             from node.processing.worker import Worker
+            from threadpoolctl import threadpool_limits
             out.print("support-node worker ready", highlight=False)
             sys.stdout.flush()
-            Worker(node.services).run(service.stop_event())
+            with threadpool_limits(limits=1):  # one worker, one core (see service.py)
+                Worker(node.services).run(service.stop_event())
         out.print("stopped")
     run(body)
 

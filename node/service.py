@@ -19,6 +19,8 @@ import time
 from collections.abc import Callable
 from typing import Any
 
+from threadpoolctl import threadpool_limits
+
 from node import logs
 from node.settings import Settings
 
@@ -140,7 +142,10 @@ def _process_jobs(settings: Settings, parent: int) -> None:
     threading.Thread(target=_orphan_watch, args=(stop, parent), daemon=True).start()
     node = Node.from_settings(settings)
     try:
-        Worker(node.services).run(stop)
+        # One worker, one core: BLAS's own threads (the filter's PCA updates) only fight
+        # the receiver and the other workers for the same cores (measured: 2 s stalls).
+        with threadpool_limits(limits=1):
+            Worker(node.services).run(stop)
     finally:
         node.close()
 

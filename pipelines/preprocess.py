@@ -165,5 +165,6 @@ def preview_png(prepared: Prepared, frame: int = 0, max_size: int = 256) -> byte
         image = _scale(image, max(1, round(rows * scale)), max(1, round(cols * scale)))
     pixels = np.clip(np.rint(image * 255.0), 0, 255).astype(np.uint8)
     buffer = io.BytesIO()
-    Image.fromarray(pixels).save(buffer, format="PNG")  # uint8 gives mode "L"
+    # uint8 gives mode "L"; light compression: a preview is made for every image, read rarely
+    Image.fromarray(pixels).save(buffer, format="PNG", compress_level=1)
     return buffer.getvalue()
