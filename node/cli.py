@@ -391,9 +391,10 @@ def worker(home: HomeOpt = None, config: ConfigOpt = None,
             if once:
                 _drain(node, "processing")
                 return
+            from threadpoolctl import threadpool_limits
+
             from node import service
             from node.processing.worker import Worker
-            from threadpoolctl import threadpool_limits
             out.print("support-node worker ready", highlight=False)
             sys.stdout.flush()
             with threadpool_limits(limits=1):  # one worker, one core (see service.py)

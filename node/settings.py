@@ -160,6 +160,17 @@ class ProcessingSettings:
 
 
 @dataclass(frozen=True)
+class SegmentSettings:
+    """Segmentation of arriving series: a series is complete after ``quiet_seconds`` without a
+    new instance (or at the count its header gives); then, with ``model`` (a library id
+    such as ``unet/3``; empty: none), one segmentation job runs on it."""
+
+    model: str = ""
+    quiet_seconds: int = 60
+    device: str = "cpu"
+
+
+@dataclass(frozen=True)
 class Settings:
     home: Path
     dimse: DimseSettings
@@ -170,6 +181,7 @@ class Settings:
     destinations: tuple[Destination, ...] = ()
     processing: ProcessingSettings = ProcessingSettings()
     recipes: tuple[Recipe, ...] = (Recipe(),)
+    segment: SegmentSettings = SegmentSettings()
 
     def recipe(self, name: str | None = None) -> Recipe:
         """The recipe called ``name`` (default: ``processing.recipe``).
@@ -221,6 +233,11 @@ _SCHEMA: dict[str, dict[str, tuple[type, Any]]] = {
         "filter_downsample": (int, 64),
         "filter_variance": (float, 0.95),
         "filter_min_images": (int, 64),
+    },
+    "segment": {
+        "model": (str, ""),
+        "quiet_seconds": (int, 60),
+        "device": (str, "cpu"),
     },
 }
 
@@ -433,6 +450,10 @@ def _validate(s: Settings) -> None:
     if p.filter_downsample < 8 or p.filter_min_images < 32:
         raise ConfigError("processing.filter_downsample >= 8 and filter_min_images >= 32")
     s.recipe()  # the default recipe must exist
+    if s.segment.model and not re.fullmatch(r"[a-z0-9_]+/[0-9]+", s.segment.model):
+        raise ConfigError("segment.model: a library id such as 'unet/3', or empty")
+    if s.segment.quiet_seconds < 1:
+        raise ConfigError("segment.quiet_seconds: must be at least 1")
     if s.log.level.upper() not in ("DEBUG", "INFO", "WARNING", "ERROR"):
         raise ConfigError("log.level: DEBUG, INFO, WARNING or ERROR")
 
@@ -496,6 +517,7 @@ def load(
         destinations=_destinations(file_data, home_path),
         processing=ProcessingSettings(**v["processing"]),
         recipes=_recipes(file_data),
+        segment=SegmentSettings(**v["segment"]),
     )
     _validate(settings)
     return settings

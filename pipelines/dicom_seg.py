@@ -22,9 +22,11 @@ SEG_STORAGE = "1.2.840.10008.5.1.4.1.1.66.4"
 
 def make(sources: Sequence[Dataset], labels: Sequence[np.ndarray], names: Sequence[str],
          *, series_number: int = 900, algorithm: str = "support-node", version: str = "0",
-         series_description: str = "AI segmentation") -> Dataset:
+         series_description: str = "AI segmentation",
+         manufacturer: str = "support-node") -> Dataset:
     """A binary DICOM SEG of ``labels`` (one map per source, same rows × cols), one segment
     per name (segment k is label value k), as a new series of the sources' study.
+    ``manufacturer``: this software's name marks the SEG as a prediction (``made_here``).
 
     Raises ValueError for mismatched shapes or multi-frame sources.
     """
@@ -53,11 +55,25 @@ def make(sources: Sequence[Dataset], labels: Sequence[np.ndarray], names: Sequen
         segmentation_type=hd.seg.SegmentationTypeValues.BINARY,
         segment_descriptions=descriptions, series_instance_uid=generate_uid(),
         series_number=series_number, sop_instance_uid=generate_uid(), instance_number=1,
-        manufacturer="support-node", manufacturer_model_name=algorithm,
+        manufacturer=manufacturer, manufacturer_model_name=algorithm,
         software_versions=version, device_serial_number="0",
         series_description=series_description, omit_empty_frames=False,
         transfer_syntax_uid=ExplicitVRLittleEndian)
     return seg
+
+
+MANUFACTURER = "support-node"
+
+
+def made_here(data: bytes) -> bool:
+    """True for a SEG this software made (its Manufacturer): a prediction, not a label."""
+    from pydicom import dcmread
+
+    try:
+        ds = dcmread(io.BytesIO(data), stop_before_pixels=True, force=True)
+    except Exception:  # unreadable: not ours; reading it as labels will say why
+        return False
+    return str(ds.get("Manufacturer", "")) == MANUFACTURER
 
 
 def encode(ds: Dataset) -> bytes:
@@ -81,11 +97,14 @@ def read(data: bytes) -> dict[str, np.ndarray]:
         for uid in sources:
             pixels = seg.get_pixels_by_source_instance(
                 [uid], segment_numbers=numbers, combine_segments=False,
-                skip_overlap_checks=True)[0]  # (rows, cols, segments)
+                skip_overlap_checks=True,
+                # many SEGs leave SpatialLocationsPreserved out; the frames still map 1:1
+                ignore_spatial_locations=True)[0]  # (rows, cols, segments)
             lab = np.zeros(pixels.shape[:2], dtype=np.uint8)
             for i, number in enumerate(numbers):
                 lab[pixels[..., i] > 0] = number
             out[uid] = lab
         return out
-    except (AttributeError, KeyError, IndexError, TypeError, ValueError) as exc:
-        raise ValueError(f"not a readable DICOM SEG: {exc}") from exc
+    except (AttributeError, KeyError, IndexError, TypeError, ValueError, RuntimeError) as exc:
+        raise ValueError(f"not a readable DICOM SEG: {' '.join(str(exc).split())[:300]}"
+                         ) from exc

@@ -21,6 +21,7 @@ from typing import Any
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 from torch.utils.data import Dataset
 
 from node import describe
@@ -89,13 +90,16 @@ class OutputDataset(Dataset[Any]):
 
     ``labels``: items are (image, mask); records without a label map raise
     FileNotFoundError when read (``select(..., labelled=True)`` avoids them).
+    ``size``: items scaled to size × size on the fly (area for images, nearest for masks),
+    e.g. 128² for experiments on a CPU from 512² outputs; None keeps the output's size.
     """
 
     def __init__(self, services: Any, records: Sequence[InstanceRecord],
-                 labels: bool = False) -> None:
+                 labels: bool = False, size: int | None = None) -> None:
         self.fs = services.fs
         self.records = list(records)
         self.labels = labels
+        self.size = size
         self.index = [(i, f) for i, r in enumerate(self.records)
                       for f in range(r.number_of_frames or 1)]
         self._cached: tuple[int, np.ndarray, np.ndarray | None] | None = None
@@ -108,10 +112,16 @@ class OutputDataset(Dataset[Any]):
         i, frame = self.index[item]
         image, mask = self._load(i)
         x = torch.from_numpy(np.asarray(image[frame], dtype=np.float32)).unsqueeze(0)
+        if self.size is not None and x.shape[-1] != self.size:
+            x = F.interpolate(x.unsqueeze(0), size=(self.size, self.size), mode="area")[0]
         if not self.labels:
             return x
         assert mask is not None
-        return x, torch.from_numpy(mask[frame].astype(np.int64))
+        y = torch.from_numpy(mask[frame].astype(np.int64))
+        if self.size is not None and y.shape[-1] != self.size:
+            y = F.interpolate(y[None, None].float(), size=(self.size, self.size),
+                              mode="nearest")[0, 0].long()
+        return x, y
 
     def _load(self, i: int) -> tuple[np.ndarray, np.ndarray | None]:
         if self._cached is not None and self._cached[0] == i:

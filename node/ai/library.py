@@ -64,9 +64,10 @@ class Library:
         self.catalog = catalog
 
     def save(self, arch: str, kind: str, weights: dict[str, dict[str, torch.Tensor]],
-             card: dict[str, Any]) -> Entry:
+             card: dict[str, Any], files: dict[str, bytes] | None = None) -> Entry:
         """Stores ``weights`` (``{"encoder": state_dict}`` or ``{"model": state_dict}``)
-        and the card as the next version of ``arch``. Returns the entry.
+        and the card as the next version of ``arch`` (``files``: more objects for the entry's
+        folder, e.g. ``manifest.json``). Returns the entry.
 
         The card gains id, arch, kind, created_at, code and torch versions, parameter count.
         Raises ValueError for an unknown kind, StoreError / CatalogError.
@@ -91,7 +92,8 @@ class Library:
             if self.fs.exists(f"{folder}/{CARD}"):  # left by a save that lost its race
                 versions.advance(self.catalog, f"library/{arch}", version - 1, version)
                 continue
-            self.fs.pipe_files({f"{folder}/{WEIGHTS}": buffer.getvalue(),
+            extra = {f"{folder}/{name}": data for name, data in (files or {}).items()}
+            self.fs.pipe_files({**extra, f"{folder}/{WEIGHTS}": buffer.getvalue(),
                                 f"{folder}/{CARD}": json.dumps(full, indent=2).encode()})
             if versions.advance(self.catalog, f"library/{arch}", version - 1, version):
                 return Entry(entry_id, full)
@@ -165,13 +167,14 @@ class Library:
         return model
 
     def export(self, entry_id: str, out_dir: Path) -> Path:
-        """Writes the entry, decrypted, to ``out_dir/{arch}-{version}/``. Returns the folder."""
-        entry = self.get(entry_id)
+        """Writes the entry's objects, decrypted, to ``out_dir/{arch}-{version}/``.
+        Returns the folder."""
+        self.get(entry_id)
         target = out_dir / entry_id.replace("/", "-")
         target.mkdir(parents=True, exist_ok=True)
         folder = self._folder(entry_id)
-        (target / WEIGHTS).write_bytes(self.fs.cat_file(f"{folder}/{WEIGHTS}"))
-        (target / CARD).write_text(json.dumps(entry.card, indent=2))
+        for key in self.fs.find(folder):
+            (target / key.rsplit("/", 1)[1]).write_bytes(self.fs.cat_file(key))
         return target
 
     def import_(self, folder: Path) -> Entry:
@@ -186,7 +189,9 @@ class Library:
         except (OSError, ValueError, KeyError, RuntimeError) as exc:
             raise LibraryError(f"{folder} is not an exported library entry: {exc}") from None
         card = {k: v for k, v in card.items() if k != "id"} | {"imported_from": card.get("id")}
-        return self.save(arch, kind, weights, card)
+        files = {p.name: p.read_bytes() for p in folder.iterdir()
+                 if p.is_file() and p.name not in (CARD, WEIGHTS)}
+        return self.save(arch, kind, weights, card, files)
 
     @staticmethod
     def _folder(entry_id: str) -> str:

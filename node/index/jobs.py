@@ -40,6 +40,7 @@ class Job:
     params: str | None
     attempts: int
     token: str
+    kind: str = "process"
 
 
 @dataclass(frozen=True)
@@ -91,20 +92,22 @@ class JobQueue:
         self.catalog = catalog
         self.worker = worker or worker_name()
 
-    def take(self, n: int, lease_seconds: float, max_attempts: int) -> list[Job]:
-        """Leases up to ``n`` jobs, oldest first, to this worker.
+    def take(self, n: int, lease_seconds: float, max_attempts: int,
+             kinds: tuple[str, ...] = (PROCESS,)) -> list[Job]:
+        """Leases up to ``n`` jobs of ``kinds``, oldest first, to this worker.
 
         Jobs whose lease ran out ``max_attempts`` times (their worker died on them each
         time) are marked failed instead. Raises CatalogError.
         """
         def work(conn: Connection) -> list[Job]:
             now = datetime.now(UTC)
-            due = and_(s.jobs.c.kind == PROCESS, s.jobs.c.state.in_((QUEUED, RUNNING)),
+            due = and_(s.jobs.c.kind.in_(kinds), s.jobs.c.state.in_((QUEUED, RUNNING)),
                        or_(s.jobs.c.lease_until.is_(None), s.jobs.c.lease_until <= now))
-            worn = list(conn.scalars(select(s.jobs.c.target).where(
-                due, s.jobs.c.state == RUNNING, s.jobs.c.attempts >= max_attempts)))
-            if worn:
-                self._settle_failed(conn, worn, "the worker stopped during every attempt")
+            worn = conn.execute(select(s.jobs.c.kind, s.jobs.c.target).where(
+                due, s.jobs.c.state == RUNNING, s.jobs.c.attempts >= max_attempts)).all()
+            for kind in {k for k, _ in worn}:
+                self._settle_failed(conn, [t for k, t in worn if k == kind],
+                                    "the worker stopped during every attempt", kind)
             pick = select(s.jobs.c.pk).where(due).order_by(s.jobs.c.pk).limit(n)
             if conn.dialect.name == "postgresql":
                 pick = pick.with_for_update(skip_locked=True)
@@ -114,9 +117,11 @@ class JobQueue:
                 .values(state=RUNNING, worker=self.worker, token=token,
                         lease_until=now + timedelta(seconds=lease_seconds),
                         attempts=s.jobs.c.attempts + 1)
-                .returning(s.jobs.c.pk, s.jobs.c.target, s.jobs.c.params, s.jobs.c.attempts)
+                .returning(s.jobs.c.pk, s.jobs.c.target, s.jobs.c.params, s.jobs.c.attempts,
+                           s.jobs.c.kind)
             ).all()
-            return sorted((Job(r.pk, r.target, r.params, r.attempts, token) for r in rows),
+            return sorted((Job(r.pk, r.target, r.params, r.attempts, token, r.kind)
+                           for r in rows),
                           key=lambda j: j.pk)
 
         return self.catalog.transaction("taking jobs", work)
@@ -151,7 +156,7 @@ class JobQueue:
             if job.attempts >= max_attempts:
                 if conn.scalar(select(s.jobs.c.pk).where(mine)) is None:
                     return False
-                self._settle_failed(conn, [job.target], error)
+                self._settle_failed(conn, [job.target], error, job.kind)
                 return True
             conn.execute(update(s.jobs).where(mine).values(
                 state=QUEUED, worker=None, token=None, error=error,
@@ -161,12 +166,31 @@ class JobQueue:
         return self.catalog.transaction(f"giving back the job of {job.target}", work)
 
     @staticmethod
-    def _settle_failed(conn: Connection, sop_uids: list[str], error: str) -> None:
-        conn.execute(update(s.jobs).where(s.jobs.c.kind == PROCESS,
-                                          s.jobs.c.target.in_(sop_uids))
+    def _settle_failed(conn: Connection, targets: list[str], error: str,
+                       kind: str = PROCESS) -> None:
+        conn.execute(update(s.jobs).where(s.jobs.c.kind == kind, s.jobs.c.target.in_(targets))
                      .values(state=FAILED, token=None, lease_until=None, error=error))
-        conn.execute(update(s.instances).where(s.instances.c.sop_uid.in_(sop_uids))
-                     .values(state=State.FAILED))
+        if kind == PROCESS:
+            conn.execute(update(s.instances).where(s.instances.c.sop_uid.in_(targets))
+                         .values(state=State.FAILED))
+
+    def done(self, job: Job) -> bool:
+        """Deletes a finished job that records nothing on an instance (segment, pretrain).
+        Returns False when it was taken again or requeued meanwhile. Raises CatalogError."""
+        return self.catalog.transaction(
+            f"finishing the {job.kind} job of {job.target}",
+            lambda conn: conn.execute(delete(s.jobs).where(
+                s.jobs.c.pk == job.pk, s.jobs.c.token == job.token)).rowcount == 1)
+
+    def postpone(self, job: Job, seconds: float) -> None:
+        """Gives a job back, untried, to be taken again after ``seconds`` (it waits for
+        something else, e.g. the processing of its series). Raises CatalogError."""
+        self.catalog.transaction(
+            f"postponing the {job.kind} job of {job.target}",
+            lambda conn: conn.execute(update(s.jobs).where(
+                s.jobs.c.pk == job.pk, s.jobs.c.token == job.token).values(
+                state=QUEUED, worker=None, token=None, attempts=s.jobs.c.attempts - 1,
+                lease_until=datetime.now(UTC) + timedelta(seconds=seconds))))
 
     def requeue(self, sop_uids: Iterable[str], recipe: str | None = None,
                 batch: int = 500) -> int:
@@ -224,7 +248,8 @@ class JobQueue:
 
     def failures(self, limit: int = 20) -> list[tuple[str, str]]:
         """(sop_uid, error) of jobs failed for good, newest first. Raises CatalogError."""
-        stmt = (select(s.jobs.c.target, s.jobs.c.error).where(s.jobs.c.state == FAILED)
+        stmt = (select(s.jobs.c.target, s.jobs.c.error).where(s.jobs.c.state == FAILED,
+                                                                s.jobs.c.kind == PROCESS)
                 .order_by(s.jobs.c.pk.desc()).limit(limit))
         return self.catalog.reading(
             "listing failed jobs",

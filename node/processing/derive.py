@@ -23,6 +23,7 @@ import numpy as np
 from node import describe
 from node.index.records import State
 from node.layout import DESCRIPTION, ORIGINAL, OUTPUT, PREVIEW
+from pipelines import dicom_seg
 from pipelines.blank_filter import Verdict
 from pipelines.decode import decode
 from pipelines.errors import NotAnImage, UndecodableError
@@ -108,6 +109,11 @@ def derive_labels(services: Any, rec: Any) -> Derived:
     fs = services.fs
     data = fs.cat_file(f"{rec.object_key}/{ORIGINAL}")
     at = datetime.now(UTC).isoformat()
+    if dicom_seg.made_here(data):  # a prediction, not a label: never train on it
+        doc = describe.decode(fs.cat_file(f"{rec.object_key}/{DESCRIPTION}"))
+        return _describe_only(fs, rec.object_key, doc, {
+            "state": State.NOT_IMAGE, "at": at,
+            "note": "a segmentation made by this node: not taken as labels"})
     try:
         found = labels.from_seg(services, data, rec.sop_uid)
     except ValueError as exc:  # LabelError included

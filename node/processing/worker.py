@@ -11,12 +11,15 @@ from __future__ import annotations
 import json
 import logging
 import threading
+import time
 from collections import Counter
 from collections.abc import Callable
+from datetime import UTC, datetime
 
 from node.errors import NodeError
-from node.index.jobs import Job, JobQueue
+from node.index.jobs import PROCESS, Job, JobQueue
 from node.index.records import State
+from node.index.series_watch import SEGMENT, complete_series
 from node.processing.derive import derive, derive_labels
 from node.processing.shared_filter import SharedFilter
 from node.services import Services
@@ -24,17 +27,36 @@ from pipelines.dicom_seg import SEG_STORAGE
 from pipelines.recipe import Recipe
 
 log = logging.getLogger("support_node.processing")
+KINDS = (PROCESS, SEGMENT)
 
 
 class Worker:
     """Takes jobs and processes them, one at a time, with the node's shared filter."""
 
-    def __init__(self, services: Services, name: str | None = None) -> None:
+    def __init__(self, services: Services, name: str | None = None,
+                 watch_every: float = 5.0) -> None:
         self.services = services
         self.settings = services.settings.processing
+        self.segment = services.settings.segment
         self.default = services.settings.recipe()
         self.queue = JobQueue(services.catalog, name)
         self.filter = SharedFilter(services.fs, services.catalog, self.settings)
+        self.watch_every = watch_every
+        self._watched = 0.0
+
+    def watch_series(self) -> list[str]:
+        """Marks complete series (queueing their segmentation with ``segment.model``), at
+        most every ``watch_every`` seconds. Returns the series newly complete."""
+        now = time.monotonic()
+        if now - self._watched < self.watch_every:
+            return []
+        self._watched = now
+        done = complete_series(self.services.catalog, datetime.now(UTC),
+                               self.segment.quiet_seconds, self.segment.model or None)
+        if done:
+            log.info("%d series complete%s", len(done),
+                     f"; segmenting with {self.segment.model}" if self.segment.model else "")
+        return done
 
     def run(self, stop: threading.Event) -> None:
         """Works until ``stop`` is set, polling when the queue is empty."""
@@ -44,6 +66,7 @@ class Worker:
         log.info("processing worker %s ready", self.queue.worker)
         while not stop.is_set():
             try:
+                self.watch_series()
                 if self.step():
                     continue
                 self.filter.save()
@@ -61,7 +84,7 @@ class Worker:
         try:
             while True:
                 jobs = self.queue.take(self.settings.batch, self.settings.lease_seconds,
-                                       self.settings.max_attempts)
+                                       self.settings.max_attempts, KINDS)
                 if not jobs:
                     return counts
                 for job in jobs:
@@ -75,7 +98,7 @@ class Worker:
     def step(self) -> int:
         """Takes one batch of due jobs and processes them; returns how many there were."""
         jobs = self.queue.take(self.settings.batch, self.settings.lease_seconds,
-                               self.settings.max_attempts)
+                               self.settings.max_attempts, KINDS)
         for job in jobs:
             self.process(job)
         return len(jobs)
@@ -83,6 +106,8 @@ class Worker:
     def process(self, job: Job) -> str:
         """Processes one taken job. Returns the instance's new state, 'retry' when the job
         was given back to try later, or 'superseded' when it was taken again meanwhile."""
+        if job.kind == SEGMENT:
+            return self.segment_job(job)
         catalog = self.services.catalog
         rec = catalog.get_instance(job.target)
         if rec is None:  # removed since it was queued
@@ -110,3 +135,28 @@ class Worker:
         log.info("processed %s: %s%s", job.target, result.state,
                  " (blank)" if result.blank else "")
         return result.state
+
+    def segment_job(self, job: Job) -> str:
+        """Segments a complete series with the job's model, once its images are processed.
+        Returns 'segmented', 'waiting' (images still queued), 'retry' or 'failed'."""
+        from node.ai import runs  # torch: imported by the workers that segment only
+        from node.api import Node
+
+        records = list(self.services.catalog.instances(series_uid=job.target))
+        if any(r.state == State.QUEUED for r in records):
+            self.queue.postpone(job, 10.0)
+            return "waiting"
+        try:
+            result = runs.segment_series(Node(self.services), job.params or "", records,
+                                         device=self.segment.device)
+        except (NodeError, OSError, ValueError, RuntimeError) as exc:
+            why = f"{type(exc).__name__}: {exc}"
+            final = self.queue.fail(job, why, self.settings.max_attempts)
+            log.error("segmenting series %s failed (attempt %d%s): %s", job.target,
+                      job.attempts, ", giving up" if final else ", will retry", why)
+            return "failed" if final else "retry"
+        self.queue.done(job)
+        log.info("segmented series %s with %s: %d images%s%s", job.target, job.params,
+                 result.images, f", DICOM SEG {result.seg_uid}" if result.seg_uid else "",
+                 f" ({result.note})" if result.note else "")
+        return "segmented"

@@ -50,7 +50,7 @@ def test_a_received_seg_labels_its_source_images(node: Node) -> None:
     for ds in series:
         node.write(encode(ds))
     masks = [lesion((64, 64), 5 + 10 * i) for i in range(3)]
-    seg = dicom_seg.make(series, masks, ["lesion"])
+    seg = dicom_seg.make(series, masks, ["lesion"], manufacturer="Radiology annotations")
     node.write(dicom_seg.encode(seg))
     counts = Worker(node.services).drain()
     assert counts == {State.PROCESSED: 3, State.LABELS: 1}
@@ -135,3 +135,13 @@ def test_labelled_items_pair_each_frame_with_its_mask(node: Node) -> None:
     assert image.shape == (1, 32, 32) and mask.shape == (32, 32) and mask.dtype.is_signed
     assert np.array_equal(mask.numpy(), resize_labels(lesion((64, 64), 12), 32))
     assert 0 < int(mask.sum()) < 32 * 32
+
+
+def test_a_seg_made_by_this_node_is_a_prediction_not_labels(node: Node) -> None:
+    series = list(synthetic.ct_series(2, size=64, seed=5))
+    for ds in series:
+        node.write(encode(ds))
+    seg = dicom_seg.make(series, [lesion((64, 64), 5)] * 2, ["lesion"])  # ours
+    node.write(dicom_seg.encode(seg))
+    assert Worker(node.services).drain() == {State.PROCESSED: 2, State.NOT_IMAGE: 1}
+    assert all(r.labels is None for r in node.ls())
