@@ -42,9 +42,6 @@ keys_app = typer.Typer(help="List and rotate the encryption keys.", no_args_is_h
 app.add_typer(keys_app, name="keys")
 labels_app = typer.Typer(help="Label maps (masks) of stored images.", no_args_is_help=True)
 app.add_typer(labels_app, name="labels")
-library_app = typer.Typer(help="The model parameter library (pretrained encoders, trained "
-                               "segmentation networks).", no_args_is_help=True)
-app.add_typer(library_app, name="library")
 out = Console(soft_wrap=True)
 err = Console(stderr=True, soft_wrap=True)
 
@@ -513,73 +510,6 @@ def labels_import(folder: Annotated[Path, typer.Argument(
     run(body)
 
 
-def _library(node: Node) -> Any:
-    from node.ai.library import Library
-    return Library(node.services.fs, node.services.catalog)
-
-
-@library_app.command("ls")
-def library_ls(home: HomeOpt = None, config: ConfigOpt = None,
-               as_json: Annotated[bool, typer.Option("--json", help="One card per line.")] = False,
-               ) -> None:
-    """List library entries: id, kind, data, metrics, when."""
-    def body() -> None:
-        ctx = Context(home, config)
-        with ctx.node() as node:
-            entries = _library(node).entries()
-        if as_json:
-            for entry in entries:
-                print(json.dumps(entry.card))
-            return
-        table = Table("id", "kind", "init", "images", "metric", "created", box=None)
-        for e in entries:
-            metrics = e.card.get("metrics", {})
-            metric = next((f"{k} {v:.4f}" for k, v in metrics.items()
-                           if isinstance(v, float)), "")
-            table.add_row(e.id, e.kind, str(e.card.get("init") or ""),
-                          str(e.card.get("data", {}).get("count", "")), metric,
-                          str(e.card.get("created_at", ""))[:19])
-        print_table(table)
-        out.print(f"{len(entries)} entries")
-    run(body)
-
-
-@library_app.command("show")
-def library_show(entry_id: Annotated[str, typer.Argument(help="arch/version, e.g. unet/3")],
-                 home: HomeOpt = None, config: ConfigOpt = None) -> None:
-    """Print an entry's model card (JSON)."""
-    def body() -> None:
-        ctx = Context(home, config)
-        with ctx.node() as node:
-            print(json.dumps(_library(node).get(entry_id).card, indent=2))
-    run(body)
-
-
-@library_app.command("export")
-def library_export(entry_id: Annotated[str, typer.Argument(help="arch/version")],
-                   out_dir: Annotated[Path, typer.Option("--out", help="Folder.")] = Path("."),
-                   home: HomeOpt = None, config: ConfigOpt = None) -> None:
-    """Write an entry, decrypted (weights.pt + card.json), to --out/{arch}-{version}/."""
-    def body() -> None:
-        ctx = Context(home, config)
-        with ctx.node() as node:
-            target = _library(node).export(entry_id, out_dir)
-        out.print(f"wrote {target}", highlight=False)
-    run(body)
-
-
-@library_app.command("import")
-def library_import(folder: Annotated[Path, typer.Argument(help="An exported entry.")],
-                   home: HomeOpt = None, config: ConfigOpt = None) -> None:
-    """Add an exported entry (from this node or another) as a new version."""
-    def body() -> None:
-        ctx = Context(home, config)
-        with ctx.node() as node:
-            entry = _library(node).import_(folder)
-        out.print(f"imported as {entry.id}", highlight=False)
-    run(body)
-
-
 @keys_app.command("list")
 def keys_list(home: HomeOpt = None, config: ConfigOpt = None) -> None:
     """List key ids, sizes, creation times and which one is active (never the keys)."""
@@ -626,6 +556,9 @@ def _load_keyring(settings: Settings) -> Any:
 def main() -> None:
     app()
 
+
+# The model commands (library, pretrain, train, evaluate, segment) register on ``app``.
+from node import cli_models  # noqa: E402, F401
 
 if __name__ == "__main__":
     main()

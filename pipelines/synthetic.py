@@ -55,6 +55,7 @@ def ct_instance(
     rng: np.random.Generator | None = None,
     z: float = 0.5,
     frame_of_reference: str | None = None,
+    hu: np.ndarray | None = None,
 ) -> Dataset:
     """One CT Image Storage instance, explicit VR little endian, with a file meta header."""
     sop_uid = generate_uid()
@@ -94,6 +95,8 @@ def ct_instance(
     ds.FrameOfReferenceUID = frame_of_reference or generate_uid(entropy_srcs=[series_uid])
     ds.SamplesPerPixel = 1
     ds.PhotometricInterpretation = "MONOCHROME2"
+    if hu is not None:
+        size = int(hu.shape[0])
     ds.Rows = ds.Columns = size
     ds.PixelSpacing = [round(500.0 / size, 4)] * 2
     ds.BitsAllocated = 16
@@ -104,7 +107,9 @@ def ct_instance(
     ds.RescaleSlope = "1"
     ds.WindowCenter = "40"
     ds.WindowWidth = "400"
-    ds.PixelData = ct_phantom(size, z, rng).tobytes()
+    pixels = (ct_phantom(size, z, rng) if hu is None
+              else np.clip(np.rint(hu) + 1024.0, 0, 4095).astype(np.int16))
+    ds.PixelData = pixels.tobytes()
     return ds
 
 
@@ -145,3 +150,21 @@ def write(ds: Dataset, folder: Path, name: str | None = None) -> Path:
     path = folder / (name or f"{UID(ds.SOPInstanceUID)}.dcm")
     ds.save_as(path, enforce_file_format=True)
     return path
+
+
+def labelled_series(hu: np.ndarray, masks: np.ndarray, patient: Patient | None = None,
+                    study_uid: str | None = None, names: tuple[str, ...] = ("lesion",)
+                    ) -> tuple[list[Dataset], Dataset]:
+    """A CT series of the HU slices ``hu`` (N, size, size) and the DICOM SEG of ``masks``
+    (N, size, size; value k = segment k), as a hospital's annotation tool would send it."""
+    from pipelines import dicom_seg
+
+    patient = patient or Patient()
+    study_uid = study_uid or generate_uid()
+    series_uid = generate_uid()
+    frame_of_reference = generate_uid()
+    images = [ct_instance(patient, study_uid, series_uid, i + 1, frame_of_reference=
+                          frame_of_reference, hu=slice_) for i, slice_ in enumerate(hu)]
+    seg = dicom_seg.make(images, list(masks), list(names), manufacturer="Annotation station",
+                         algorithm="manual", series_description="Lesion annotations")
+    return images, seg

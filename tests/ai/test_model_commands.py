@@ -1,0 +1,152 @@
+"""The model library end to end through the CLI on a tiny labelled phantom set: pretrain,
+train from the library, evaluate, segment (masks + a DICOM SEG back in the study), and the
+series-complete trigger that segments exactly once."""
+
+from __future__ import annotations
+
+import io
+import json
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import highdicom as hd
+import numpy as np
+import pydicom
+import pytest
+from typer.testing import CliRunner
+
+from node.ai.runs import PREDICTION
+from node.api import Node
+from node.cli import app
+from node.index.records import State
+from node.processing.worker import Worker
+from node.settings import Settings
+from pipelines import dicom_seg, phantoms, synthetic
+
+runner = CliRunner()
+TINY = ["--features", "4,8,16", "--batch-size", "8"]
+
+
+def encode(ds) -> bytes:  # type: ignore[no-untyped-def]
+    buffer = io.BytesIO()
+    ds.save_as(buffer, enforce_file_format=True)
+    return buffer.getvalue()
+
+
+@pytest.fixture(scope="module")
+def labelled(tmp_path_factory: pytest.TempPathFactory) -> dict[str, object]:
+    """A node with 4 patients x 6 labelled 32² phantom slices, processed, each patient's
+    annotations sent as a DICOM SEG; pretrained (unet/1) and trained (fcn/1) by the CLI."""
+    from tests.fixtures.node import make_settings
+
+    home = tmp_path_factory.mktemp("models") / "home"
+    settings = make_settings(home, {"recipes": {"small": {"size": 32}},
+                                    "processing": {"recipe": "small"}})
+    config = str(home.parent / "home.toml")
+    data = phantoms.phantoms(24, size=32, seed=3)
+    series = []
+    with Node.from_settings(settings, create_keys=True) as node:
+        for p in range(4):
+            patient = synthetic.Patient(patient_id=f"LES-{p}", name=f"Lesion^{p}")
+            part = slice(6 * p, 6 * p + 6)
+            images, seg = synthetic.labelled_series(data.hu[part], data.lesion[part], patient)
+            for ds in images:
+                node.write(encode(ds))
+            node.write(dicom_seg.encode(seg))
+            series.append(images)
+        counts = Worker(node.services).drain()
+    assert counts == {State.PROCESSED: 24, State.LABELS: 4}
+    common = ["--home", str(home), "--config", config]
+    pre = runner.invoke(app, ["pretrain", "--arch", "unet", "--clusters", "4", "--epochs", "2",
+                              "--pca-dim", "8", *TINY, *common])
+    assert pre.exit_code == 0, pre.output
+    trained = runner.invoke(app, ["train", "--arch", "fcn", "--init", "library:unet/1",
+                                  "--epochs", "2", "--val-fraction", "0.25", *TINY, *common])
+    assert trained.exit_code == 0, trained.output
+    return {"home": home, "common": common, "series": series, "settings": settings,
+            "pretrain": pre.output, "train": trained.output}
+
+
+def test_pretraining_saves_an_encoder_with_a_card(labelled: dict) -> None:  # type: ignore[type-arg]
+    assert "saved as unet/1" in labelled["pretrain"]
+    assert "round 2: NMI to the previous" in labelled["pretrain"]
+    shown = runner.invoke(app, ["library", "show", "unet/1", *labelled["common"]])
+    card = json.loads(shown.stdout)
+    assert card["kind"] == "pretrain" and card["data"]["count"] == 24
+    assert card["pretrain"]["clusters"] == 4 and len(card["history"]) == 2
+    assert card["net"]["features"] == [4, 8, 16] and not card["stopped"]
+
+
+def test_training_starts_from_the_library_and_records_its_data(labelled: dict) -> None:  # type: ignore[type-arg]
+    assert "saved as fcn/1" in labelled["train"]
+    card = json.loads(runner.invoke(app, ["library", "show", "fcn/1",
+                                          *labelled["common"]]).stdout)
+    assert card["init"] == "unet/1" and card["kind"] == "segment"
+    assert card["data"]["train"]["count"] == 18 and card["data"]["validation"]["count"] == 6
+    assert 0.0 <= card["metrics"]["val_dice"] <= 1.0 and len(card["history"]) == 2
+    out = runner.invoke(app, ["evaluate", "--model", "fcn/1", "--json", *labelled["common"]])
+    result = json.loads(out.stdout)
+    assert result["images"] == 24 and 0.0 <= result["dice"] <= 1.0
+
+
+def test_segment_writes_masks_and_a_seg_the_pacs_can_pull(labelled: dict) -> None:  # type: ignore[type-arg]
+    images = labelled["series"][0]
+    study = images[0].StudyInstanceUID
+    out = runner.invoke(app, ["segment", "default", "LES-0", "--model", "fcn/1",
+                              *labelled["common"]])
+    assert out.exit_code == 0, out.output
+    assert "segmented 6 images in 1 series; 1 DICOM SEG stored" in out.output
+    with Node.from_settings(labelled["settings"]) as node:
+        in_study = list(node.ls(None, None, study))
+        [seg_rec] = [r for r in in_study if r.modality == "SEG"
+                     and r.series_uid != images[0].SeriesInstanceUID
+                     and r.sop_class_uid == dicom_seg.SEG_STORAGE and r.calling_ae == ""
+                     and node.read_description(r)["received"]["via"] == "segment"]
+        seg = hd.seg.segread(io.BytesIO(node.read_original(seg_rec)))
+        refs = {str(uid) for _, _, uid in seg.get_source_image_uids()}
+        assert refs == {ds.SOPInstanceUID for ds in images}
+        assert pydicom.dcmread(io.BytesIO(node.read_original(seg_rec))).Modality == "SEG"
+        for rec in in_study:
+            if rec.sop_uid in refs:
+                mask = node.services.fs.cat_file(
+                    f"{rec.object_key}/{PREDICTION.format(arch='fcn', version=1)}")
+                assert np.load(io.BytesIO(mask)).shape == (1, 32, 32)
+        Worker(node.services).drain()  # the SEG is processed like any instance...
+        again = node.services.catalog.get_instance(seg_rec.sop_uid)
+        assert again is not None and again.state == State.NOT_IMAGE  # ...never as labels
+
+
+def test_a_complete_series_is_segmented_exactly_once(
+        labelled: dict, settings_factory: Callable[..., Settings], tmp_path: Path) -> None:  # type: ignore[type-arg]
+    from node.ai.library import Library
+
+    settings = settings_factory({"recipes": {"small": {"size": 32}},
+                                 "processing": {"recipe": "small"},
+                                 "segment": {"model": "fcn/2", "quiet_seconds": 1}})
+    with Node.from_settings(labelled["settings"]) as source:
+        exported = Library(source.services.fs, source.services.catalog).export("fcn/1",
+                                                                              tmp_path)
+    data = phantoms.phantoms(5, size=32, seed=11)
+    images, _ = synthetic.labelled_series(data.hu, data.lesion)
+    with Node.from_settings(settings, create_keys=True) as node:
+        library = Library(node.services.fs, node.services.catalog)
+        library.import_(exported)  # fcn/1
+        library.import_(exported)  # fcn/2: the configured model
+        for ds in images:
+            node.write(encode(ds))
+        worker = Worker(node.services, watch_every=0.0)
+        assert worker.watch_series() == []  # still arriving
+        worker.drain()
+        time.sleep(1.2)
+        assert worker.watch_series() == [images[0].SeriesInstanceUID]
+        # the series is segmented; its SEG, stored through ingest, is processed in turn
+        assert worker.drain() == {"segmented": 1, State.NOT_IMAGE: 1}
+        assert worker.watch_series() == []
+        restarted = Worker(node.services, watch_every=0.0)
+        time.sleep(1.2)
+        segs = [r for r in node.ls() if r.modality == "SEG"]
+        # the SEG's own series completes too, but results are never segmented
+        assert restarted.watch_series() == [segs[0].series_uid]
+        assert restarted.drain() == {}
+        assert len(segs) == 1
