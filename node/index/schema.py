@@ -131,7 +131,7 @@ series = Table(
     # many the header says to expect (Images in Acquisition), when it was found complete.
     Column("last_received_at", UTCDateTime),
     Column("expected_instances", Integer),
-    Column("complete_at", UTCDateTime),
+    Column("complete_at", UTCDateTime, index=True),  # the watch looks for NULLs often
 )
 
 instances = Table(

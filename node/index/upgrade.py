@@ -31,6 +31,8 @@ def upgrade(conn: Connection) -> None:
             if name not in present:
                 sql_type = table.c[name].type.compile(dialect=conn.dialect)
                 conn.execute(text(f"ALTER TABLE {table.name} ADD COLUMN {name} {sql_type}"))
+    for index in s.series.indexes:  # indexes on columns added later
+        index.create(conn, checkfirst=True)
     legacy = list(conn.scalars(select(s.instances.c.sop_uid)
                                .where(s.instances.c.state == "stored")))
     if legacy:
