@@ -26,6 +26,7 @@ from node.settings import Settings
 
 log = logging.getLogger("support_node")
 _STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM)
+PROCESSING_NICE = 10
 
 
 def stop_event() -> threading.Event:
@@ -138,6 +139,9 @@ def _process_jobs(settings: Settings, parent: int) -> None:
     from node.processing.worker import Worker
 
     logs.configure(settings.log.level)
+    # Receiving comes first: a sender waits on every C-STORE, a queued job waits on no one.
+    # Below the receiver's priority, a burst fills the queue and the workers catch up after.
+    os.nice(PROCESSING_NICE)
     stop = stop_event()
     threading.Thread(target=_orphan_watch, args=(stop, parent), daemon=True).start()
     node = Node.from_settings(settings)
