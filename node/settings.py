@@ -171,6 +171,20 @@ class SegmentSettings:
 
 
 @dataclass(frozen=True)
+class PretrainSettings:
+    """Pretraining triggered by arriving images: every ``every`` new processed, unlabelled
+    images (0: never) a DeepCluster job pretrains ``arch``'s encoder on everything stored
+    (``clusters``, ``epochs``, at ``size``² — 0: the outputs' size) into the library."""
+
+    every: int = 0
+    arch: str = "unet"
+    clusters: int = 50
+    epochs: int = 10
+    size: int = 128
+    device: str = "cpu"
+
+
+@dataclass(frozen=True)
 class Settings:
     home: Path
     dimse: DimseSettings
@@ -182,6 +196,7 @@ class Settings:
     processing: ProcessingSettings = ProcessingSettings()
     recipes: tuple[Recipe, ...] = (Recipe(),)
     segment: SegmentSettings = SegmentSettings()
+    pretrain: PretrainSettings = PretrainSettings()
 
     def recipe(self, name: str | None = None) -> Recipe:
         """The recipe called ``name`` (default: ``processing.recipe``).
@@ -237,6 +252,14 @@ _SCHEMA: dict[str, dict[str, tuple[type, Any]]] = {
     "segment": {
         "model": (str, ""),
         "quiet_seconds": (int, 60),
+        "device": (str, "cpu"),
+    },
+    "pretrain": {
+        "every": (int, 0),
+        "arch": (str, "unet"),
+        "clusters": (int, 50),
+        "epochs": (int, 10),
+        "size": (int, 128),
         "device": (str, "cpu"),
     },
 }
@@ -454,6 +477,11 @@ def _validate(s: Settings) -> None:
         raise ConfigError("segment.model: a library id such as 'unet/3', or empty")
     if s.segment.quiet_seconds < 1:
         raise ConfigError("segment.quiet_seconds: must be at least 1")
+    t = s.pretrain
+    if t.every < 0 or t.clusters < 2 or t.epochs < 1 or t.size < 0:
+        raise ConfigError("pretrain: every >= 0, clusters >= 2, epochs >= 1, size >= 0")
+    if t.arch not in ("fcn", "unet", "unetpp"):
+        raise ConfigError("pretrain.arch: fcn, unet or unetpp")
     if s.log.level.upper() not in ("DEBUG", "INFO", "WARNING", "ERROR"):
         raise ConfigError("log.level: DEBUG, INFO, WARNING or ERROR")
 
@@ -518,6 +546,7 @@ def load(
         processing=ProcessingSettings(**v["processing"]),
         recipes=_recipes(file_data),
         segment=SegmentSettings(**v["segment"]),
+        pretrain=PretrainSettings(**v["pretrain"]),
     )
     _validate(settings)
     return settings

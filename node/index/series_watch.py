@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from datetime import datetime, timedelta
 
-from sqlalchemy import Connection, and_, or_, select, update
+from sqlalchemy import Connection, and_, func, or_, select, update
 
 from node.index import schema as s
 from node.index.jobs import enqueue
@@ -59,3 +59,43 @@ def mark_all_complete(catalog: object, now: datetime) -> int:
         "marking series complete",
         lambda conn: conn.execute(update(s.series).where(s.series.c.complete_at.is_(None))
                                   .values(complete_at=now)).rowcount)
+
+
+PRETRAIN = "pretrain"
+_COUNTER = "pretrain-images"
+
+
+def pretrain_due(catalog: object, every: int, params: str, now: datetime) -> bool:
+    """Queues one ``pretrain`` job when ``every`` processed, unlabelled images arrived since
+    the last one (the count at the last job is kept in the index, moved by compare-and-set,
+    so several watchers queue it once). Returns True when it queued one. Raises CatalogError.
+    """
+    from node.index import versions
+    from node.index.records import State
+
+    if every <= 0:
+        return False
+    count_stmt = select(func.count()).select_from(s.instances).where(
+        s.instances.c.state == State.PROCESSED, s.instances.c.labels.is_(None))
+    count = int(catalog.reading(  # type: ignore[attr-defined]
+        "counting unlabelled images", lambda conn: conn.scalar(count_stmt) or 0))
+    last = versions.current(catalog, _COUNTER)
+    if count - last < every:
+        return False
+
+    def work(conn: Connection) -> bool:
+        if last == 0:
+            exists = conn.scalar(select(s.node_state.c.version)
+                                 .where(s.node_state.c.name == _COUNTER))
+            if exists is not None:
+                return False
+            conn.execute(s.node_state.insert().values(name=_COUNTER, version=count,
+                                                      updated_at=now))
+        elif conn.execute(update(s.node_state).where(
+                s.node_state.c.name == _COUNTER, s.node_state.c.version == last)
+                .values(version=count, updated_at=now)).rowcount != 1:
+            return False  # another watcher queued it
+        enqueue(conn, [f"after-{count}-images"], now, params, kind=PRETRAIN)
+        return True
+
+    return bool(catalog.transaction("queueing pretraining", work))  # type: ignore[attr-defined]

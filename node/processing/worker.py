@@ -14,12 +14,13 @@ import threading
 import time
 from collections import Counter
 from collections.abc import Callable
+from dataclasses import asdict
 from datetime import UTC, datetime
 
 from node.errors import NodeError
 from node.index.jobs import PROCESS, Job, JobQueue
 from node.index.records import State
-from node.index.series_watch import SEGMENT, complete_series
+from node.index.series_watch import PRETRAIN, SEGMENT, complete_series, pretrain_due
 from node.processing.derive import derive, derive_labels
 from node.processing.shared_filter import SharedFilter
 from node.services import Services
@@ -27,7 +28,7 @@ from pipelines.dicom_seg import SEG_STORAGE
 from pipelines.recipe import Recipe
 
 log = logging.getLogger("support_node.processing")
-KINDS = (PROCESS, SEGMENT)
+KINDS = (PROCESS, SEGMENT, PRETRAIN)
 
 
 class Worker:
@@ -51,8 +52,12 @@ class Worker:
         if now - self._watched < self.watch_every:
             return []
         self._watched = now
-        done = complete_series(self.services.catalog, datetime.now(UTC),
+        now_utc = datetime.now(UTC)
+        done = complete_series(self.services.catalog, now_utc,
                                self.segment.quiet_seconds, self.segment.model or None)
+        pre = self.services.settings.pretrain
+        if pretrain_due(self.services.catalog, pre.every, json.dumps(asdict(pre)), now_utc):
+            log.info("%d new images since the last pretraining: queued one", pre.every)
         if done:
             log.info("%d series complete%s", len(done),
                      f"; segmenting with {self.segment.model}" if self.segment.model else "")
@@ -108,6 +113,8 @@ class Worker:
         was given back to try later, or 'superseded' when it was taken again meanwhile."""
         if job.kind == SEGMENT:
             return self.segment_job(job)
+        if job.kind == PRETRAIN:
+            return self.pretrain_job(job)
         catalog = self.services.catalog
         rec = catalog.get_instance(job.target)
         if rec is None:  # removed since it was queued
@@ -160,3 +167,29 @@ class Worker:
                  result.images, f", DICOM SEG {result.seg_uid}" if result.seg_uid else "",
                  f" ({result.note})" if result.note else "")
         return "segmented"
+
+    def pretrain_job(self, job: Job) -> str:
+        """DeepCluster on every processed, non-blank image with the job's settings; the
+        encoder goes into the library. Returns 'pretrained', 'retry' or 'failed'."""
+        from node.ai import dataset, runs
+        from node.api import Node
+        from pipelines.models import NetConfig
+        from pipelines.pretrain.deepcluster import DeepClusterConfig
+
+        node = Node(self.services)
+        try:
+            p = json.loads(job.params or "{}")
+            records = dataset.select(node)
+            entry = runs.pretrain(node, NetConfig(p["arch"]), records, DeepClusterConfig(
+                clusters=min(int(p["clusters"]), max(2, len(records) // 2)),
+                epochs=int(p["epochs"]), device=p.get("device", "cpu"),
+                pca_dim=min(256, max(2, len(records) - 1))), size=int(p["size"]) or None)
+        except (NodeError, OSError, ValueError, KeyError, RuntimeError) as exc:
+            why = f"{type(exc).__name__}: {exc}"
+            final = self.queue.fail(job, why, self.settings.max_attempts)
+            log.error("pretraining failed (attempt %d%s): %s", job.attempts,
+                      ", giving up" if final else ", will retry", why)
+            return "failed" if final else "retry"
+        self.queue.done(job)
+        log.info("pretrained %s on %d images", entry.id, len(records))
+        return "pretrained"

@@ -150,3 +150,30 @@ def test_a_complete_series_is_segmented_exactly_once(
         assert restarted.watch_series() == [segs[0].series_uid]
         assert restarted.drain() == {}
         assert len(segs) == 1
+
+
+def test_every_n_new_images_start_one_pretraining(
+        settings_factory: Callable[..., Settings]) -> None:
+    from node.ai.library import Library
+
+    settings = settings_factory({"recipes": {"small": {"size": 32}},
+                                 "processing": {"recipe": "small"},
+                                 "pretrain": {"every": 4, "clusters": 2, "epochs": 1,
+                                              "size": 0, "arch": "fcn"}})
+    with Node.from_settings(settings, create_keys=True) as node:
+        worker = Worker(node.services, watch_every=0.0)
+        for ds in synthetic.ct_series(3, size=32, seed=21):
+            node.write(encode(ds))
+        worker.drain()
+        worker.watch_series()
+        assert worker.drain() == {}  # 3 < 4: nothing yet
+        node.write(encode(next(synthetic.ct_series(1, size=32, seed=22))))
+        worker.drain()
+        worker.watch_series()
+        worker.watch_series()  # a second look queues nothing more
+        assert worker.drain() == {"pretrained": 1}
+        entries = Library(node.services.fs, node.services.catalog).entries()
+        assert [(e.id, e.kind, e.card["data"]["count"]) for e in entries] == [
+            ("fcn/1", "pretrain", 4)]
+        worker.watch_series()
+        assert worker.drain() == {}
