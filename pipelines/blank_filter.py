@@ -7,8 +7,18 @@ native size, before the recipe's resize, so that pixel noise is still pixel nois
 * *flat*: what survives block-averaging to 16² is no larger than the pixel noise would leave
   (a flat field with a little noise), measured as a signal-to-noise ratio; or what survives
   downsampling to ``downsample``² is tiny whatever the noise (hot pixels).
-* *marks only*: once thin strokes are eroded away, almost nothing differs from the background
-  (a blank image but for burned-in text or a ruler); anatomy, even a small field, keeps a core.
+* *marks only* (a blank image but for burned-in text or a ruler). Thinness is judged on a
+  working frame: the image itself up to ``NATIVE_MAX`` a side (resampling a small matrix to
+  ``downsample``² would smear its one-pixel strokes into thick ones), the ``downsample``²
+  image above that. Flagged when, once thin strokes are eroded away, almost nothing differs
+  from the background (anatomy, even a small field, keeps a core); or, without a large
+  solid core, when the signal is at a fine scale: either downsampling to ``downsample``²
+  loses most of its variance (thin strokes on a large image), or no connected region of the
+  core is as large as a small field's (1 % of the frame) *and* halving the working frame
+  loses a fifth of the variance or more (text of one- or two-pixel strokes on a small
+  matrix, whose overlapping glyphs leave small blobs; bold words of a moderate size). Both
+  are needed: annotated small fields lose variance on halving too but keep a large core;
+  sparse real images (a 60x80 ultrasound) have small cores but keep their variance.
 
 These give a blankness score (0.5 on the decision boundary). Once ``min_images`` clearly
 non-blank images have been learnt, the PCA model (mean, components, the number ``k`` chosen by
@@ -18,6 +28,12 @@ energy on the k components), against the low quantile of real images it had not 
 It may flag an image that the statistics nearly flagged (the uncertain band below the
 boundary) and never clears one they flag: in the evaluation, letting it clear images let text
 on flat fields through (thin marks project a little on the components of annotated anatomy).
+
+Known limits (``python -m pipelines.evaluate_filter`` scores a harder set for them): words
+in a large bold font (each glyph a solid blob the size of a small field) are not caught by
+the statistics, only sometimes by the PCA band; fields of anatomy under about 24 pixels
+across (a quarter of a 64² matrix) are as small as a few overlapping glyphs and fall in the
+uncertain band, as do many annotated small fields, where the PCA may flag them.
 """
 
 from __future__ import annotations
@@ -28,6 +44,7 @@ from dataclasses import dataclass
 
 import numpy as np
 from PIL import Image
+from scipy import ndimage
 from sklearn.decomposition import IncrementalPCA
 
 FORMAT_VERSION = 1
@@ -35,10 +52,13 @@ FORMAT_VERSION = 1
 SNR_MIN = 2.5  # structure / (noise left after averaging to SNR_SIDE²) below this: a flat field
 SNR_SIDE = 16  # the SNR is measured on block means, so that even a 64² image averages its noise
 STRUCTURE_MIN = 0.01  # downsampled std below this (on a [0, 1] image): flat whatever the noise
-CORE_MIN = 0.004  # fraction of the downsampled image that survives erosion: 16 of 64² pixels
+CORE_MIN = 0.004  # fraction of the working frame that survives erosion: 16 of 64² pixels
 RETENTION_MIN = 0.55  # signal variance kept by downsampling; thin strokes lose most of theirs
 CORE_MARKS = 0.05  # ... but a large solid core is anatomy whatever the retention
 FOREGROUND_DELTA = 0.15  # how far from the background a pixel must be to count as foreground
+NATIVE_MAX = 128  # up to this side thinness is judged on the image itself, not the downsample
+BLOB_MIN = 0.01  # connected core (of the frame) of a small field; overlapping glyphs stay below
+LOST_MIN = 0.2  # variance lost by halving the frame: strokes of 1-2 pixels lose more
 SMALLEST = 24  # below this side, only constancy can be judged
 UNCERTAIN = (0.4, 0.6)  # scores the PCA decides, once trained
 ENERGY_QUANTILE = 0.01
@@ -58,7 +78,14 @@ class Verdict:
 
 @dataclass(frozen=True)
 class Features:
-    """The statistics an image is judged by."""
+    """The statistics an image is judged by.
+
+    ``core``: the fraction of the working frame (the image itself up to ``NATIVE_MAX`` a side,
+    else the downsample) that differs from the background and survives an erosion;
+    ``retention``: the signal variance kept by downsampling; ``largest_core``: the largest
+    connected region of the core, as a fraction of the frame; ``halving``: the signal
+    variance kept by halving the working frame.
+    """
 
     constant: bool
     snr: float
@@ -66,6 +93,8 @@ class Features:
     core: float
     retention: float
     small: bool
+    largest_core: float = 0.0
+    halving: float = 1.0
 
 
 def _box(image: np.ndarray, side: int) -> np.ndarray:
@@ -92,6 +121,13 @@ def _noise_sigma(x: np.ndarray) -> float:
     """Robust pixel noise: MAD of horizontal neighbour differences (flat regions dominate)."""
     diff = np.abs(np.diff(x, axis=1))
     return float(1.4826 * np.median(diff) / np.sqrt(2.0))
+
+
+def _halve(image: np.ndarray) -> np.ndarray:
+    h, w = image.shape
+    pil = Image.fromarray(np.ascontiguousarray(image, dtype=np.float32))
+    return np.asarray(pil.resize((max(1, w // 2), max(1, h // 2)), Image.Resampling.BOX),
+                      dtype=np.float32)
 
 
 def _erode(mask: np.ndarray) -> np.ndarray:
@@ -124,10 +160,24 @@ def features(image: np.ndarray, downsample: int = 64) -> tuple[Features, np.ndar
     snr = float(_box(x, SNR_SIDE).std()) / noise_left
     # variance of the downsampled image over the variance of the image less its pixel noise
     retention = float(d.var()) / max(float(x.var()) - sigma * sigma, 1e-9)
-    background = float(np.median(d))
-    foreground = np.abs(d - np.float32(background)) > FOREGROUND_DELTA
-    core = float(_erode(foreground).mean())
-    return Features(False, snr, structure, core, retention, small), d
+    frame, frame_sigma = (x, sigma) if max(x.shape) <= NATIVE_MAX else (d, _noise_sigma(d))
+    core, largest_core = _core(frame)
+    # white noise keeps a quarter of its variance when 2x2 blocks are averaged
+    halving = ((float(_halve(frame).var()) - frame_sigma ** 2 / 4)
+               / max(float(frame.var()) - frame_sigma ** 2, 1e-9))
+    return Features(False, snr, structure, core, retention, small, largest_core, halving), d
+
+
+def _core(frame: np.ndarray) -> tuple[float, float]:
+    """The fraction of ``frame`` that differs from its background and survives an erosion,
+    and the fraction in its largest connected (8-neighbour) region."""
+    background = float(np.median(frame))
+    core = _erode(np.abs(frame - np.float32(background)) > FOREGROUND_DELTA)
+    if not core.any():
+        return 0.0, 0.0
+    labels, _ = ndimage.label(core, structure=np.ones((3, 3), dtype=bool))
+    largest = int(np.bincount(labels.ravel())[1:].max())
+    return float(core.mean()), largest / core.size
 
 
 def statistics_verdict(f: Features) -> Verdict:
@@ -139,7 +189,10 @@ def statistics_verdict(f: Features) -> Verdict:
     flat = max(SNR_MIN / (f.snr + SNR_MIN), STRUCTURE_MIN / (f.structure + STRUCTURE_MIN))
     marks = CORE_MIN / (f.core + CORE_MIN)
     if f.core < CORE_MARKS:
-        marks = max(marks, RETENTION_MIN / (f.retention + RETENTION_MIN))
+        lost = min(max(1.0 - f.halving, 0.0), 1.0)
+        # both needed: annotated small fields lose variance too, but keep a large core
+        overlapping = min(BLOB_MIN / (f.largest_core + BLOB_MIN), lost / (lost + LOST_MIN))
+        marks = max(marks, RETENTION_MIN / (f.retention + RETENTION_MIN), overlapping)
     score = max(flat, marks)
     if score >= 0.5:
         reason = ("flat field: no structure above the noise" if flat >= marks
