@@ -61,7 +61,7 @@ class Scale:
 
 
 SCALES = {
-    "small": Scale(64, 24, 16, 12, (8, 16, 32, 64), 16, 6, 12, 16),
+    "small": Scale(64, 30, 30, 12, (8, 16, 32, 64, 128), 20, 10, 30, 8),
     "full": Scale(256, 120, 200, 24, (16, 32, 64, 128, 256), 100, 30, 60, 16),
 }
 
@@ -134,7 +134,7 @@ def main(argv: list[str] | None = None) -> int:
                     t1 = time.perf_counter()
                     trained = runs.train_segmentation(
                         node, net, init, train, val, epochs=scale.train_epochs,
-                        batch_size=scale.batch, lr=1e-3, seed=args.seed, device=args.device)
+                        batch_size=scale.batch, lr=3e-3, seed=args.seed, device=args.device)
                     score = runs.evaluate_model(node, trained.entry.id, test,
                                                 device=args.device)
                     dice[init is not None] = (score, time.perf_counter() - t1)
