@@ -117,9 +117,15 @@ def _as_unit(image: np.ndarray) -> np.ndarray | None:
     return (x - np.float32(low)) * np.float32(1.0 / (high - low))
 
 
+NOISE_ROWS = 128  # rows the noise is measured on: a median of >= 128 x 127 differences
+
+
 def _noise_sigma(x: np.ndarray) -> float:
-    """Robust pixel noise: MAD of horizontal neighbour differences (flat regions dominate)."""
-    diff = np.abs(np.diff(x, axis=1))
+    """Robust pixel noise: MAD of horizontal neighbour differences (flat regions dominate),
+    on at most ``NOISE_ROWS`` evenly spread rows: the median of that many differences is as
+    good an estimate, at a quarter of the cost on a 512² image (the filter's largest)."""
+    step = max(1, x.shape[0] // NOISE_ROWS)
+    diff = np.abs(np.diff(x[::step], axis=1))
     return float(1.4826 * np.median(diff) / np.sqrt(2.0))
 
 
