@@ -171,7 +171,8 @@ def serve(home: HomeOpt = None, config: ConfigOpt = None,
             d = settings.dimse
             extra = f" ({d.workers} workers)" if d.workers > 1 else ""
             out.print(f"support-node {d.ae_title} ready: DIMSE on {d.host}:{port}{extra}, "
-                      f"{settings.processing.workers} processing workers, "
+                      f"{settings.processing.workers} processing worker"
+                      f"{'' if settings.processing.workers == 1 else 's'}, "
                       f"store {settings.store.url}", highlight=False)
             sys.stdout.flush()
 
