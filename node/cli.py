@@ -380,32 +380,40 @@ def reindex(home: HomeOpt = None, config: ConfigOpt = None) -> None:
 @app.command()
 def worker(home: HomeOpt = None, config: ConfigOpt = None,
            once: Annotated[bool, typer.Option(
-               "--once", help="Process what is queued, then exit.")] = False) -> None:
-    """Take processing jobs (preprocessing, blank filter) until Ctrl-C or SIGTERM; any
-    number of workers, on any host sharing the index and store, can run at once."""
+               "--once", help="Process what is queued, then exit.")] = False,
+           kinds: Annotated[str, typer.Option(
+               help="Jobs to take: any of process, segment, pretrain (comma-separated).")
+           ] = "process,segment,pretrain") -> None:
+    """Take jobs (preprocessing and the blank filter; segmentation and pretraining) until
+    Ctrl-C or SIGTERM; any number of workers, on any host sharing the index and store, can
+    run at once."""
     def body() -> None:
+        from node.processing.worker import KINDS, Worker
+
+        chosen = tuple(k.strip() for k in kinds.split(",") if k.strip())
+        if not chosen or set(chosen) - set(KINDS):
+            raise fail(f"--kinds {kinds!r}: any of {', '.join(KINDS)}", 2)
         ctx = Context(home, config, service=not once)
         with ctx.node() as node:
             if once:
-                _drain(node, "processing")
+                _drain(node, "processing", chosen)
                 return
             from threadpoolctl import threadpool_limits
 
             from node import service
-            from node.processing.worker import Worker
-            out.print("support-node worker ready", highlight=False)
+            out.print(f"support-node worker ready ({', '.join(chosen)})", highlight=False)
             sys.stdout.flush()
             with threadpool_limits(limits=1):  # one worker, one core (see service.py)
-                Worker(node.services).run(service.stop_event())
+                Worker(node.services, kinds=chosen).run(service.stop_event())
         out.print("stopped")
     run(body)
 
 
-def _drain(node: Node, what: str) -> None:
+def _drain(node: Node, what: str, kinds: tuple[str, ...] | None = None) -> None:
     """Processes the queue in this process, with a progress bar; exit 1 if any failed."""
-    from node.processing.worker import Worker
+    from node.processing.worker import KINDS, Worker
 
-    work = Worker(node.services)
+    work = Worker(node.services, kinds=kinds or KINDS)
     with progress() as bar:
         task = bar.add_task(what, total=work.queue.counts().queue_depth)
         counts = work.drain(lambda _state: bar.advance(task))

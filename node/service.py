@@ -133,8 +133,8 @@ def serve_workers(settings: Settings, ready: Callable[[int], None],
                 proc.join()
 
 
-def _process_jobs(settings: Settings, parent: int) -> None:
-    """A processing worker process: takes jobs until told to stop or orphaned."""
+def _process_jobs(settings: Settings, parent: int, kinds: tuple[str, ...]) -> None:
+    """A worker process: takes jobs of ``kinds`` until told to stop or orphaned."""
     from node.api import Node
     from node.processing.worker import Worker
 
@@ -149,14 +149,15 @@ def _process_jobs(settings: Settings, parent: int) -> None:
         # One worker, one core: BLAS's own threads (the filter's PCA updates) only fight
         # the receiver and the other workers for the same cores (measured: 2 s stalls).
         with threadpool_limits(limits=1):
-            Worker(node.services).run(stop)
+            Worker(node.services, kinds=kinds).run(stop)
     finally:
         node.close()
 
 
 class ProcessingPool:
     """``processing.workers`` processes that preprocess and filter stored instances, apart
-    from the DIMSE receiver so that decoding never slows a C-STORE.
+    from the DIMSE receiver so that decoding never slows a C-STORE; and, when segmentation
+    or pretraining is configured, one more for those jobs.
 
     ``check()`` restarts one that died (at most once per ``restart_every`` seconds each):
     its jobs are taken again, and the receiver is not stopped for it.
@@ -168,15 +169,26 @@ class ProcessingPool:
         self._context = multiprocessing.get_context("spawn")
         self._procs: list[Any] = []
         self._started: list[float] = []
+        self._kinds: list[tuple[str, ...]] = []
 
     def __enter__(self) -> ProcessingPool:
-        for i in range(self.settings.processing.workers):
+        from node.index.jobs import PROCESS
+        from node.processing.worker import AI_KINDS
+
+        s = self.settings
+        self._kinds = [(PROCESS,)] * s.processing.workers
+        if s.processing.workers and (s.segment.model or s.pretrain.every):
+            # Segmenting and pretraining take minutes: in a worker of their own, so that
+            # arriving images never wait behind them.
+            self._kinds.append(AI_KINDS)
+        for i in range(len(self._kinds)):
             self._procs.append(self._spawn(i))
             self._started.append(time.monotonic())
         return self
 
     def _spawn(self, index: int) -> Any:
-        proc = self._context.Process(target=_process_jobs, args=(self.settings, os.getpid()),
+        proc = self._context.Process(target=_process_jobs,
+                                     args=(self.settings, os.getpid(), self._kinds[index]),
                                      name=f"support-node-processing-{index}", daemon=False)
         proc.start()
         return proc

@@ -29,13 +29,14 @@ from pipelines.recipe import Recipe
 
 log = logging.getLogger("support_node.processing")
 KINDS = (PROCESS, SEGMENT, PRETRAIN)
+AI_KINDS = (SEGMENT, PRETRAIN)  # minutes each: kept apart from processing in `serve`
 
 
 class Worker:
     """Takes jobs and processes them, one at a time, with the node's shared filter."""
 
     def __init__(self, services: Services, name: str | None = None,
-                 watch_every: float = 5.0) -> None:
+                 watch_every: float = 5.0, kinds: tuple[str, ...] = KINDS) -> None:
         self.services = services
         self.settings = services.settings.processing
         self.segment = services.settings.segment
@@ -43,6 +44,7 @@ class Worker:
         self.queue = JobQueue(services.catalog, name)
         self.filter = SharedFilter(services.fs, services.catalog, self.settings)
         self.watch_every = watch_every
+        self.kinds = kinds
         self._watched = 0.0
 
     def watch_series(self) -> list[str]:
@@ -89,7 +91,7 @@ class Worker:
         try:
             while True:
                 jobs = self.queue.take(self.settings.batch, self.settings.lease_seconds,
-                                       self.settings.max_attempts, KINDS)
+                                       self.settings.max_attempts, self.kinds)
                 if not jobs:
                     return counts
                 for job in jobs:
@@ -103,7 +105,7 @@ class Worker:
     def step(self) -> int:
         """Takes one batch of due jobs and processes them; returns how many there were."""
         jobs = self.queue.take(self.settings.batch, self.settings.lease_seconds,
-                               self.settings.max_attempts, KINDS)
+                               self.settings.max_attempts, self.kinds)
         for job in jobs:
             self.process(job)
         return len(jobs)

@@ -260,3 +260,29 @@ def test_status_counts_what_a_user_asks_about(node_api: Node) -> None:
             after["failed"]) == (0, 3, 1, 1, 0)
     table = runner.invoke(app, ["status", "--home", home])
     assert table.exit_code == 0 and "queue depth" in table.output
+
+
+def test_serve_keeps_segmentation_and_pretraining_apart_from_processing(
+        settings_factory: Callable[..., Settings]) -> None:
+    from node.service import ProcessingPool
+
+    plain = settings_factory({"processing": {"workers": 2}}, name="plain")
+    with ProcessingPool(plain) as pool:
+        assert pool._kinds == [("process",), ("process",)]
+    ai = settings_factory({"segment": {"model": "unet/1"}}, name="ai")
+    Node.from_settings(ai, create_keys=True).close()
+    with ProcessingPool(ai) as pool:
+        assert pool._kinds == [("process",), ("segment", "pretrain")]
+        assert all(p.is_alive() for p in pool._procs)
+    assert not any(p.is_alive() for p in pool._procs)
+
+
+def test_worker_kinds_are_checked(node_api: Node) -> None:
+    home = str(node_api.services.settings.home)
+    bad = runner.invoke(app, ["worker", "--once", "--kinds", "process,train", "--home", home])
+    assert bad.exit_code == 2 and "--kinds" in bad.output
+    node_api.write(encode(next(synthetic.ct_series(1, size=64, seed=30))))
+    only_ai = runner.invoke(app, ["worker", "--once", "--kinds", "segment", "--home", home])
+    assert only_ai.exit_code == 0 and "nothing queued" in only_ai.output
+    done = runner.invoke(app, ["worker", "--once", "--kinds", "process", "--home", home])
+    assert done.exit_code == 0 and "1 processed" in done.output
