@@ -527,18 +527,27 @@ class Catalog:
         if conn.scalar(_SERIES_STILL, {"k_pk": series_pk, "k_uid": rec.series_uid}) is None:
             self._series_cache.pop(rec.series_uid, None)
             raise _Retry()
+        self._insert_instance(conn, rec, series_pk)
+        _update_row(conn, s.patients, patient_pk, fill=_present(rec, _PATIENT_FIELDS))
+        self._bump_study(conn, study_pk, rec.modality, _present(rec, _STUDY_FIELDS), False)
+        _update_row(conn, s.series, series_pk, fill=_present(rec, _SERIES_FIELDS),
+                    increment=("number_of_instances",), assign=_arrival(rec))
+        return True
+
+    def _insert_instance(self, conn: Connection, rec: InstanceRecord, series_pk: int) -> None:
+        """Inserts the instance row and, for a queued instance, its processing job.
+
+        Raises _Rollback(False) when another transaction indexed it since our check (the
+        parents this transaction made are undone with it).
+        """
         row = {col: getattr(rec, f) for f, col in _INSTANCE_FIELDS.items()}
         inserted = conn.scalar(
             self._insert(s.instances, ("sop_uid",)), {"series_pk": series_pk, **row}
         )
         if inserted is None:
             raise _Rollback(False)
-        _queue_if_needed(conn, rec)
-        _update_row(conn, s.patients, patient_pk, fill=_present(rec, _PATIENT_FIELDS))
-        self._bump_study(conn, study_pk, rec.modality, _present(rec, _STUDY_FIELDS), False)
-        _update_row(conn, s.series, series_pk, fill=_present(rec, _SERIES_FIELDS),
-                    increment=("number_of_instances",), assign=_arrival(rec))
-        return True
+        if rec.state == State.QUEUED:
+            enqueue(conn, [rec.sop_uid], rec.received_at)
 
     def _add_instance(self, conn: Connection, rec: InstanceRecord,
                       made: dict[str, tuple[int, int, int]]) -> bool:
@@ -571,14 +580,7 @@ class Catalog:
         series_pk, new_series = self._get_or_create(
             conn, s.series, {"series_uid": rec.series_uid}, {"study_pk": study_pk, **series}
         )
-        row = {col: getattr(rec, f) for f, col in _INSTANCE_FIELDS.items()}
-        inserted = conn.scalar(
-            self._insert(s.instances, ("sop_uid",)), {"series_pk": series_pk, **row}
-        )
-        if inserted is None:
-            # Another transaction indexed it since our check; undo the parents we made.
-            raise _Rollback(False)
-        _queue_if_needed(conn, rec)
+        self._insert_instance(conn, rec, series_pk)
         self._bump_study(conn, study_pk, rec.modality, study, new_series)
         _update_row(conn, s.series, series_pk, fill=series, increment=("number_of_instances",),
                     assign=_arrival(rec))
@@ -809,12 +811,6 @@ def _arrival(rec: InstanceRecord) -> dict[str, Any]:
     """A new instance: the series was last added to now, and is open again if it was
     complete (a late instance makes it complete again, later)."""
     return {"last_received_at": rec.received_at, "complete_at": None}
-
-
-def _queue_if_needed(conn: Connection, rec: InstanceRecord) -> None:
-    """Queues the processing job of an instance indexed as queued, in its transaction."""
-    if rec.state == State.QUEUED:
-        enqueue(conn, [rec.sop_uid], rec.received_at)
 
 
 def _require_aware(value: datetime, name: str) -> None:
