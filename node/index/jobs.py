@@ -19,7 +19,7 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 
-from sqlalchemy import Connection, and_, delete, func, or_, select, update
+from sqlalchemy import ColumnElement, Connection, and_, delete, func, or_, select, update
 from sqlalchemy.dialects import postgresql, sqlite
 
 from node.index import schema as s
@@ -133,9 +133,7 @@ class JobQueue:
         since this worker took it. Raises CatalogError.
         """
         def work(conn: Connection) -> bool:
-            gone = conn.execute(delete(s.jobs).where(
-                s.jobs.c.pk == job.pk, s.jobs.c.token == job.token)).rowcount
-            if gone != 1:
+            if conn.execute(delete(s.jobs).where(_mine(job))).rowcount != 1:
                 return False
             conn.execute(update(s.instances).where(s.instances.c.sop_uid == job.target)
                          .values(state=state, blank=blank, recipe_id=recipe_id))
@@ -152,13 +150,12 @@ class JobQueue:
         error = error[:_ERROR_MAX]
 
         def work(conn: Connection) -> bool:
-            mine = and_(s.jobs.c.pk == job.pk, s.jobs.c.token == job.token)
             if job.attempts >= max_attempts:
-                if conn.scalar(select(s.jobs.c.pk).where(mine)) is None:
+                if conn.scalar(select(s.jobs.c.pk).where(_mine(job))) is None:
                     return False
                 self._settle_failed(conn, [job.target], error, job.kind)
                 return True
-            conn.execute(update(s.jobs).where(mine).values(
+            conn.execute(update(s.jobs).where(_mine(job)).values(
                 state=QUEUED, worker=None, token=None, error=error,
                 lease_until=datetime.now(UTC) + timedelta(seconds=retry_after)))
             return False
@@ -179,16 +176,14 @@ class JobQueue:
         Returns False when it was taken again or requeued meanwhile. Raises CatalogError."""
         return self.catalog.transaction(
             f"finishing the {job.kind} job of {job.target}",
-            lambda conn: conn.execute(delete(s.jobs).where(
-                s.jobs.c.pk == job.pk, s.jobs.c.token == job.token)).rowcount == 1)
+            lambda conn: conn.execute(delete(s.jobs).where(_mine(job))).rowcount == 1)
 
     def postpone(self, job: Job, seconds: float) -> None:
         """Gives a job back, untried, to be taken again after ``seconds`` (it waits for
         something else, e.g. the processing of its series). Raises CatalogError."""
         self.catalog.transaction(
             f"postponing the {job.kind} job of {job.target}",
-            lambda conn: conn.execute(update(s.jobs).where(
-                s.jobs.c.pk == job.pk, s.jobs.c.token == job.token).values(
+            lambda conn: conn.execute(update(s.jobs).where(_mine(job)).values(
                 state=QUEUED, worker=None, token=None, attempts=s.jobs.c.attempts - 1,
                 lease_until=datetime.now(UTC) + timedelta(seconds=seconds))))
 
@@ -254,6 +249,11 @@ class JobQueue:
         return self.catalog.reading(
             "listing failed jobs",
             lambda conn: [(r.target, r.error or "") for r in conn.execute(stmt)])
+
+
+def _mine(job: Job) -> ColumnElement[bool]:
+    """The job's row, as long as it is still the take that ``job`` holds (same token)."""
+    return and_(s.jobs.c.pk == job.pk, s.jobs.c.token == job.token)
 
 
 def _alive(pid: int) -> bool:
