@@ -120,7 +120,7 @@ class Worker:
         catalog = self.services.catalog
         rec = catalog.get_instance(job.target)
         if rec is None:  # removed since it was queued
-            self.queue.finish(job, State.FAILED, None, None)
+            self.queue.done(job)
             return "superseded"
         try:
             if rec.sop_class_uid == SEG_STORAGE:
@@ -131,11 +131,7 @@ class Worker:
                 result = derive(self.services.fs, rec.object_key, recipe, self.filter)
         except (NodeError, OSError, ValueError, MemoryError) as exc:
             # MemoryError: an image too large for this worker; others may be fine.
-            why = f"{type(exc).__name__}: {exc}"
-            final = self.queue.fail(job, why, self.settings.max_attempts)
-            log.error("processing %s failed (attempt %d%s): %s", job.target, job.attempts,
-                      ", giving up" if final else ", will retry", why)
-            return State.FAILED if final else "retry"
+            return self._failed(job, exc, f"processing {job.target}")
         if not self.queue.finish(job, result.state, result.blank, result.recipe_id):
             log.info("%s was queued again meanwhile; this result is not recorded", job.target)
             return "superseded"
@@ -159,11 +155,7 @@ class Worker:
             result = runs.segment_series(Node(self.services), job.params or "", records,
                                          device=self.segment.device)
         except (NodeError, OSError, ValueError, RuntimeError) as exc:
-            why = f"{type(exc).__name__}: {exc}"
-            final = self.queue.fail(job, why, self.settings.max_attempts)
-            log.error("segmenting series %s failed (attempt %d%s): %s", job.target,
-                      job.attempts, ", giving up" if final else ", will retry", why)
-            return "failed" if final else "retry"
+            return self._failed(job, exc, f"segmenting series {job.target}")
         self.queue.done(job)
         log.info("segmented series %s with %s: %d images%s%s", job.target, job.params,
                  result.images, f", DICOM SEG {result.seg_uid}" if result.seg_uid else "",
@@ -187,11 +179,16 @@ class Worker:
                 epochs=int(p["epochs"]), device=p.get("device", "cpu"),
                 pca_dim=min(256, max(2, len(records) - 1))), size=int(p["size"]) or None)
         except (NodeError, OSError, ValueError, KeyError, RuntimeError) as exc:
-            why = f"{type(exc).__name__}: {exc}"
-            final = self.queue.fail(job, why, self.settings.max_attempts)
-            log.error("pretraining failed (attempt %d%s): %s", job.attempts,
-                      ", giving up" if final else ", will retry", why)
-            return "failed" if final else "retry"
+            return self._failed(job, exc, "pretraining")
         self.queue.done(job)
         log.info("pretrained %s on %d images", entry.id, len(records))
         return "pretrained"
+
+    def _failed(self, job: Job, exc: BaseException, what: str) -> str:
+        """Gives a job back after ``exc``: retried later, or failed for good after
+        ``max_attempts``. Returns 'retry' or 'failed' (State.FAILED)."""
+        why = f"{type(exc).__name__}: {exc}"
+        final = self.queue.fail(job, why, self.settings.max_attempts)
+        log.error("%s failed (attempt %d%s): %s", what, job.attempts,
+                  ", giving up" if final else ", will retry", why)
+        return State.FAILED if final else "retry"
