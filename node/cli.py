@@ -10,7 +10,7 @@ import enum
 import json
 import sys
 from collections import Counter
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from dataclasses import asdict
 from pathlib import Path
 from typing import Annotated, Any
@@ -112,6 +112,11 @@ def run(fn: Any) -> Any:
         raise fail(f"library: {exc}", 2) from None
     except NodeError as exc:
         raise fail(str(exc), 3) from None
+
+
+def counted(counts: Mapping[str, int], empty: str) -> str:
+    """``3 processed, 1 refused``: counts by name, sorted by name; ``empty`` for none."""
+    return ", ".join(f"{n} {name}" for name, n in sorted(counts.items())) or empty
 
 
 def print_table(table: Table) -> None:
@@ -227,8 +232,7 @@ def import_(paths: Annotated[list[Path], typer.Argument(help="Files or folders o
                 bar.advance(task)
         for path, why in refused:
             err.print(f"refused {path}: {why}", highlight=False)
-        summary = ", ".join(f"{n} {k}" for k, n in sorted(counts.items())) or "nothing"
-        out.print(f"imported {len(files)} files: {summary}")
+        out.print(f"imported {len(files)} files: {counted(counts, 'nothing')}")
         if refused:
             raise typer.Exit(1)
     run(body)
@@ -321,7 +325,7 @@ def get(hospital: Annotated[str, typer.Argument()],
         note = f" and {copies} conflict copies" if copies else ""
         out.print(f"wrote {written} files{note} under {out_dir}", highlight=False)
         if missing:
-            states = ", ".join(f"{n} {state}" for state, n in sorted(missing.items()))
+            states = counted(missing, "")
             err.print(f"{sum(missing.values())} instances have no {kind.value} ({states})",
                       highlight=False)
             raise typer.Exit(1)
@@ -370,8 +374,7 @@ def reindex(home: HomeOpt = None, config: ConfigOpt = None) -> None:
                         counts["failed"] += 1
                         err.print(f"could not index {key}: {exc}", highlight=False)
                     bar.advance(task)
-        out.print("reindexed: " + (", ".join(f"{n} {k}" for k, n in sorted(counts.items()))
-                                   or "nothing stored"))
+        out.print(f"reindexed: {counted(counts, 'nothing stored')}")
         if counts["failed"]:
             raise typer.Exit(1)
     run(body)
@@ -417,8 +420,7 @@ def _drain(node: Node, what: str, kinds: tuple[str, ...] | None = None) -> None:
     with progress() as bar:
         task = bar.add_task(what, total=work.queue.counts().queue_depth)
         counts = work.drain(lambda _state: bar.advance(task))
-    summary = ", ".join(f"{n} {k}" for k, n in sorted(counts.items())) or "nothing queued"
-    out.print(f"{what}: {summary}", highlight=False)
+    out.print(f"{what}: {counted(counts, 'nothing queued')}", highlight=False)
     if counts["failed"] or counts["retry"]:
         for sop_uid, error in work.queue.failures():
             err.print(f"failed {sop_uid}: {error}", highlight=False)
@@ -512,8 +514,7 @@ def labels_import(folder: Annotated[Path, typer.Argument(
             counts, problems = labels.import_folder(node.services, folder)
         for problem in problems:
             err.print(problem, highlight=False)
-        out.print("labels: " + (", ".join(f"{n} {k}" for k, n in sorted(counts.items()))
-                                or "no mask files"))
+        out.print(f"labels: {counted(counts, 'no mask files')}")
         if problems:
             raise typer.Exit(1)
     run(body)
