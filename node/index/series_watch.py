@@ -84,16 +84,7 @@ def pretrain_due(catalog: object, every: int, params: str, now: datetime) -> boo
         return False
 
     def work(conn: Connection) -> bool:
-        if last == 0:
-            exists = conn.scalar(select(s.node_state.c.version)
-                                 .where(s.node_state.c.name == _COUNTER))
-            if exists is not None:
-                return False
-            conn.execute(s.node_state.insert().values(name=_COUNTER, version=count,
-                                                      updated_at=now))
-        elif conn.execute(update(s.node_state).where(
-                s.node_state.c.name == _COUNTER, s.node_state.c.version == last)
-                .values(version=count, updated_at=now)).rowcount != 1:
+        if not versions.advance_in(conn, _COUNTER, last, count, now):
             return False  # another watcher queued it
         enqueue(conn, [f"after-{count}-images"], now, params, kind=PRETRAIN)
         return True

@@ -20,17 +20,20 @@ def current(catalog: object, name: str) -> int:
 def advance(catalog: object, name: str, old: int, new: int) -> bool:
     """Moves ``name`` from version ``old`` to ``new``; False when another writer moved it
     first (nothing changed). Raises CatalogError."""
-    def work(conn: Connection) -> bool:
-        now = datetime.now(UTC)
-        if old == 0:
-            if conn.scalar(select(s.node_state.c.version)
-                           .where(s.node_state.c.name == name)) is not None:
-                return False
-            conn.execute(insert(s.node_state).values(name=name, version=new, updated_at=now))
-            return True
-        return bool(conn.execute(update(s.node_state).where(
-            s.node_state.c.name == name, s.node_state.c.version == old)
-            .values(version=new, updated_at=now)).rowcount == 1)
-
     return catalog.transaction(  # type: ignore[attr-defined, no-any-return]
-        f"moving {name} to version {new}", work)
+        f"moving {name} to version {new}",
+        lambda conn: advance_in(conn, name, old, new, datetime.now(UTC)))
+
+
+def advance_in(conn: Connection, name: str, old: int, new: int, now: datetime) -> bool:
+    """``advance`` inside the caller's transaction, so that what the new version stands for
+    (a queued job) commits with it or not at all."""
+    if old == 0:
+        if conn.scalar(select(s.node_state.c.version)
+                       .where(s.node_state.c.name == name)) is not None:
+            return False
+        conn.execute(insert(s.node_state).values(name=name, version=new, updated_at=now))
+        return True
+    return bool(conn.execute(update(s.node_state).where(
+        s.node_state.c.name == name, s.node_state.c.version == old)
+        .values(version=new, updated_at=now)).rowcount == 1)
