@@ -50,6 +50,11 @@ FeaturesOpt = Annotated[str | None, typer.Option(
 DeviceOpt = Annotated[str, typer.Option(help="cpu, or cuda.")]
 
 
+def _library(node: Node) -> Any:
+    from node.ai.library import Library  # torch: imported by the model commands only
+    return Library.of(node)
+
+
 def _arch(arch: str) -> str:
     if arch not in ARCHS:
         raise fail(f"--arch {arch!r}: one of {', '.join(ARCHS)}", 2)
@@ -201,7 +206,7 @@ def train_(hospital: Hospital = None, patient: Patient = None, study: Study = No
         with ctx.node() as node:
             chosen = _features(features)
             if start is not None and chosen is None:  # the library entry's own encoder
-                chosen = tuple(runs.library(node).get(start).card["net"]["features"])
+                chosen = tuple(_library(node).get(start).card["net"]["features"])
             try:
                 net = NetConfig(_arch(arch), chosen or DEFAULT_FEATURES, n_classes=classes)
                 records = _records(node, (hospital, patient, study, series), where,
@@ -245,7 +250,7 @@ def evaluate_(hospital: Hospital = None, patient: Patient = None, study: Study =
         with ctx.node() as node:
             records = _records(node, (hospital, patient, study, series), Filters(),
                                labelled=True)
-            entry = runs.library(node).get(model)
+            entry = _library(node).get(model)
             dice = runs.evaluate_model(node, model, records,
                                        size=size or entry.card.get("size"), device=device)
         if as_json:
@@ -269,7 +274,7 @@ def segment(hospital: Hospital = None, patient: Patient = None, study: Study = N
             raise fail("--model: a library id such as unet/3", 2)
         ctx = Context(home, config)
         with ctx.node() as node:
-            runs.library(node).get(model)
+            _library(node).get(model)
             records = _records(node, (hospital, patient, study, series), Filters(),
                                include_blank=True)
             groups: dict[str, list[Any]] = {}
@@ -289,11 +294,6 @@ def segment(hospital: Hospital = None, patient: Patient = None, study: Study = N
                   f"{counts['DICOM SEG']} DICOM SEG stored", highlight=False)
         sys.stdout.flush()
     run(body)
-
-
-def _library(node: Node) -> Any:
-    from node.ai.library import Library
-    return Library(node.services.fs, node.services.catalog)
 
 
 @library_app.command("ls")

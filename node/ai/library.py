@@ -63,6 +63,11 @@ class Library:
         self.fs = fs
         self.catalog = catalog
 
+    @classmethod
+    def of(cls, node: Any) -> Library:
+        """The library of a ``node.api.Node``: its encrypted store and its index."""
+        return cls(node.services.fs, node.services.catalog)
+
     def save(self, arch: str, kind: str, weights: dict[str, dict[str, torch.Tensor]],
              card: dict[str, Any], files: dict[str, bytes] | None = None) -> Entry:
         """Stores ``weights`` (``{"encoder": state_dict}`` or ``{"model": state_dict}``)

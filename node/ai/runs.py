@@ -21,7 +21,6 @@ import pydicom
 from node.ai import dataset
 from node.ai.library import Entry, Library
 from node.index.records import InstanceRecord, State
-from node.layout import ORIGINAL, OUTPUT
 from pipelines import dicom_seg
 from pipelines.models import NetConfig, build_from
 from pipelines.preprocess import restore_labels
@@ -30,10 +29,6 @@ from pipelines.segment.train import evaluate, predict, train
 
 Callback = Callable[[dict[str, Any]], Any]
 PREDICTION = "prediction-{arch}-{version}.npy"  # per image, beside its output
-
-
-def library(node: Any) -> Library:
-    return Library(node.services.fs, node.services.catalog)
 
 
 def _manifest_files(**parts: dataset.Manifest) -> tuple[dict[str, Any], dict[str, bytes]]:
@@ -64,7 +59,7 @@ def pretrain(node: Any, net: NetConfig, records: Sequence[InstanceRecord],
             "epochs_completed": result.epochs_completed,
             "metrics": {k: float(last[k]) for k in ("nmi", "loss") if last.get(k) is not None},
             "seconds": round(time.perf_counter() - start, 2), "images": len(images)}
-    return library(node).save(net.arch, "pretrain", {"encoder": result.encoder_state}, card,
+    return Library.of(node).save(net.arch, "pretrain", {"encoder": result.encoder_state}, card,
                               files)
 
 
@@ -85,7 +80,7 @@ def train_segmentation(node: Any, net: NetConfig, init: str | None,
     epoch by validation Dice goes into the library. Raises LibraryError, StoreError."""
     model = build_from(net, seed=seed)
     if init is not None:
-        library(node).load_into(model, init)
+        Library.of(node).load_into(model, init)
     train_set = dataset.OutputDataset(node.services, train_records, labels=True, size=size)
     val_set = (dataset.OutputDataset(node.services, val_records, labels=True, size=size)
                if val_records else None)
@@ -103,14 +98,14 @@ def train_segmentation(node: Any, net: NetConfig, init: str | None,
             "metrics": {"val_dice": float(result.best_val_dice),
                         "best_epoch": result.best_epoch},
             "seconds": round(time.perf_counter() - start, 2)}
-    entry = library(node).save(net.arch, "segment", {"model": result.best_state}, card, files)
+    entry = Library.of(node).save(net.arch, "segment", {"model": result.best_state}, card, files)
     return Trained(entry, history)
 
 
 def evaluate_model(node: Any, entry_id: str, records: Sequence[InstanceRecord],
                    size: int | None = None, device: str = "cpu") -> float:
     """Mean foreground Dice of a library network on labelled outputs (NaN: no foreground)."""
-    model = library(node).build(entry_id)
+    model = Library.of(node).build(entry_id)
     data = dataset.OutputDataset(node.services, records, labels=True, size=size)
     return evaluate(model.to(device), data, device=device)
 
@@ -131,7 +126,7 @@ def segment_series(node: Any, entry_id: str, records: Sequence[InstanceRecord],
     Multi-frame images get their label maps but no SEG (noted). Raises LibraryError,
     StoreError, IngestError.
     """
-    lib = library(node)
+    lib = Library.of(node)
     entry = lib.get(entry_id)
     model = lib.build(entry_id).to(device)
     size = entry.card.get("size")
@@ -143,8 +138,7 @@ def segment_series(node: Any, entry_id: str, records: Sequence[InstanceRecord],
     for rec in records:
         if rec.state != State.PROCESSED:
             continue
-        output = np.load(io.BytesIO(fs.cat_file(f"{rec.object_key}/{OUTPUT}")),
-                         allow_pickle=False).astype(np.float32)
+        output = node.read_output(rec).astype(np.float32)
         doc = node.read_description(rec)
         keep = bool(doc["processing"]["recipe"].get("keep_aspect", True))
         labels = _predict(model, output, size, device)
@@ -160,8 +154,7 @@ def segment_series(node: Any, entry_id: str, records: Sequence[InstanceRecord],
         if any((r.number_of_frames or 1) > 1 for r, _ in items):
             notes.append("multi-frame images: label maps written, no DICOM SEG")
             continue
-        sources = [pydicom.dcmread(io.BytesIO(fs.cat_file(f"{r.object_key}/{ORIGINAL}")))
-                   for r, _ in items]
+        sources = [pydicom.dcmread(io.BytesIO(node.read_original(r))) for r, _ in items]
         seg = dicom_seg.make(sources, [lab[0] for _, lab in items], _segment_names(entry),
                              algorithm=f"support-node {entry_id}", version=entry_id)
         result = node.write(dicom_seg.encode(seg), hospital=items[0][0].hospital,
