@@ -108,17 +108,14 @@ def derive_labels(services: Any, rec: Any) -> Derived:
 
     fs = services.fs
     data = fs.cat_file(f"{rec.object_key}/{ORIGINAL}")
-    at = datetime.now(UTC).isoformat()
+    section: dict[str, Any] = {"at": datetime.now(UTC).isoformat()}
     if dicom_seg.made_here(data):  # a prediction, not a label: never train on it
-        doc = describe.decode(fs.cat_file(f"{rec.object_key}/{DESCRIPTION}"))
-        return _describe_only(fs, rec.object_key, doc, {
-            "state": State.NOT_IMAGE, "at": at,
-            "note": "a segmentation made by this node: not taken as labels"})
-    try:
-        found = labels.from_seg(services, data, rec.sop_uid)
-    except ValueError as exc:  # LabelError included
-        doc = describe.decode(fs.cat_file(f"{rec.object_key}/{DESCRIPTION}"))
-        return _describe_only(fs, rec.object_key, doc, {
-            "state": State.UNDECODABLE, "at": at, "reason": str(exc)})
+        section |= {"state": State.NOT_IMAGE,
+                    "note": "a segmentation made by this node: not taken as labels"}
+    else:
+        try:
+            section |= {"state": State.LABELS, **labels.from_seg(services, data, rec.sop_uid)}
+        except ValueError as exc:  # LabelError included
+            section |= {"state": State.UNDECODABLE, "reason": str(exc)}
     doc = describe.decode(fs.cat_file(f"{rec.object_key}/{DESCRIPTION}"))
-    return _describe_only(fs, rec.object_key, doc, {"state": State.LABELS, "at": at, **found})
+    return _describe_only(fs, rec.object_key, doc, section)
