@@ -23,7 +23,8 @@ _TINY = 1e-12
 class Assignment:
     """One clustering of N images into K clusters.
 
-    ``labels`` (N,) int64 in [0, K); ``centroids`` (K, d) in the whitened, normalised space;
+    ``labels`` (N,) int64 in [0, K) (or (N, h, w), one per place, from
+    :func:`cluster_places`); ``centroids`` (K, d) in the whitened, normalised space;
     ``reseeded`` counts the clusters k-means left empty and :func:`reseed_empty` filled.
     """
 
@@ -37,8 +38,8 @@ class Assignment:
 
     @property
     def sizes(self) -> np.ndarray:
-        """Images per cluster, (K,) int64."""
-        return np.bincount(self.labels, minlength=self.k)
+        """Images (places, for dense labels) per cluster, (K,) int64."""
+        return np.bincount(self.labels.ravel(), minlength=self.k)
 
 
 def pca_whiten(features: np.ndarray, dim: int) -> np.ndarray:
@@ -170,3 +171,44 @@ def _matrix(x: np.ndarray) -> np.ndarray:
     if m.ndim != 2 or m.shape[0] < 2:
         raise ValueError(f"expected an (N >= 2, C) feature matrix, got shape {m.shape}")
     return m
+
+
+def cluster_places(
+    features: np.ndarray,
+    k: int,
+    *,
+    pca_dim: int,
+    sample: int,
+    seed: int = 0,
+    max_iter: int = 20,
+) -> Assignment:
+    """DeepCluster's assignment for every place of (N, h, w, C) dense features.
+
+    The whitening and k-means are fitted on ``sample`` places drawn at random (all of them
+    when there are fewer), empty clusters re-seeded there; then every place goes to its
+    nearest centroid. Returns an :class:`Assignment` whose ``labels`` are (N, h, w).
+    Raises ValueError for fewer places than clusters.
+    """
+    f = np.asarray(features, dtype=np.float32)
+    flat = f.reshape(-1, f.shape[-1])
+    if len(flat) < k:
+        raise ValueError(f"cannot make {k} clusters of {len(flat)} places")
+    rng = np.random.default_rng(seed)
+    chosen = rng.choice(len(flat), size=min(sample, len(flat)), replace=False)
+    fit = flat[chosen].astype(np.float64)
+    mean = fit.mean(axis=0)
+    d = min(pca_dim, fit.shape[1], len(fit) - 1)
+    variances, vectors = np.linalg.eigh(np.cov(fit - mean, rowvar=False))
+    order = np.argsort(variances)[::-1][:d]
+    variances = np.clip(variances[order], 0.0, None)
+    project = vectors[:, order] / np.sqrt(variances + _VARIANCE_FLOOR * variances[0] + _TINY)
+    points = l2_normalise((fit - mean) @ project)
+    labels, centroids = kmeans(points, k, seed=seed, max_iter=max_iter)
+    _, centroids, reseeded = reseed_empty(points, labels, centroids, rng)
+    all_labels = np.empty(len(flat), dtype=np.int64)
+    for start in range(0, len(flat), 65536):
+        chunk = l2_normalise((flat[start : start + 65536] - mean) @ project)
+        all_labels[start : start + 65536] = np.argmax(
+            2.0 * chunk @ centroids.T - (centroids**2).sum(1), axis=1)
+    return Assignment(labels=all_labels.reshape(f.shape[:-1]), centroids=centroids,
+                      reseeded=reseeded)

@@ -22,7 +22,7 @@ Choices the paper leaves open, made here:
 from __future__ import annotations
 
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from contextlib import AbstractContextManager
 from dataclasses import dataclass, field
 from typing import Any
@@ -31,9 +31,11 @@ import numpy as np
 import torch
 from torch import nn
 
-from .clustering import Assignment, cluster_features, nmi
-from .features import extract_features, pooled
-from .images import ImageSource, check_images, load_batch, random_flips
+from .augment import equivariant, flips, intensity_jitter, random_resized_crops
+from .clustering import Assignment, cluster_features, cluster_places, nmi
+from .features import dense_features, extract_dense, extract_features, pooled
+from .images import ImageSource, check_images, load_batch
+from .probes import image_nuisances, probe
 from .sampler import UniformClusterSampler
 from .types import (
     Callback,
@@ -55,6 +57,7 @@ def pretrain_encoder(
     on_epoch: Callback | None = None,
     on_batch: Callback | None = None,
     should_stop: Callable[[], bool] | None = None,
+    probe_factors: Mapping[str, np.ndarray] | None = None,
 ) -> DeepClusterResult:
     """DeepCluster on ``model.encoder``, features of ``model.encoder_channels[-1]`` channels.
 
@@ -69,6 +72,7 @@ def pretrain_encoder(
         on_epoch=on_epoch,
         on_batch=on_batch,
         should_stop=should_stop,
+        probe_factors=probe_factors,
     )
 
 
@@ -82,6 +86,7 @@ def deepcluster(
     on_epoch: Callback | None = None,
     on_batch: Callback | None = None,
     should_stop: Callable[[], bool] | None = None,
+    probe_factors: Mapping[str, np.ndarray] | None = None,
 ) -> DeepClusterResult:
     """Pretrain ``encoder`` (in place, moved to ``config.device``) by DeepCluster.
 
@@ -90,6 +95,12 @@ def deepcluster(
     (also a partial one when stopped), ``on_epoch`` {round, epoch, loss, batches, seconds},
     ``on_batch`` {round, epoch, batch, batches, loss}. ``should_stop`` is polled between
     batches; when it returns True the run ends and returns what it has (``stopped=True``).
+
+    Every round's record carries nuisance probes (:func:`.probes.probe`) of its clusters
+    against the noise level and body size estimated from the images
+    (:func:`.probes.image_nuisances`) and against ``probe_factors``, per-image or per-pixel
+    truths known to the caller (e.g. ``{"lesion": presence}``, ``{"lesion": masks}``); these
+    are only measured, never trained on.
 
     Returns a :class:`DeepClusterResult`.
     Raises ValueError for fewer images than clusters, images that are not (1, H, W), or an
@@ -107,6 +118,7 @@ def deepcluster(
         encoder.to(device), feature_dim, images, config, device,
         on_round=on_round, on_epoch=on_epoch, on_batch=on_batch,
         should_stop=should_stop or _never,
+        factors={**_nuisances(images, config.batch_size), **dict(probe_factors or {})},
     )
     was_training = encoder.training
     try:
@@ -125,6 +137,13 @@ def deepcluster(
 
 def _never() -> bool:
     return False
+
+
+def _nuisances(images: ImageSource, batch_size: int) -> dict[str, np.ndarray]:
+    parts = [image_nuisances(load_batch(images, range(i, min(i + batch_size, len(images))),
+                                        torch.device("cpu")).numpy())
+             for i in range(0, len(images), batch_size)]
+    return {k: np.concatenate([p[k] for p in parts]) for k in parts[0]}
 
 
 def _forked_rng(device: torch.device) -> AbstractContextManager[None]:
@@ -147,52 +166,85 @@ class _Run:
     on_epoch: Callback | None = None
     on_batch: Callback | None = None
     should_stop: Callable[[], bool] = _never
+    factors: dict[str, np.ndarray] = field(default_factory=dict)
     history: list[RoundRecord] = field(default_factory=list)
     assignment: Assignment | None = None
     epochs_completed: int = 0
     stopped: bool = False
     optimiser: torch.optim.Optimizer = field(init=False)
     _open: dict[str, Any] | None = None  # the round being trained, until recorded
+    _features: np.ndarray = field(init=False)  # of the last clustering, for the head
+    _weights: torch.Tensor | None = None  # dense mode: per-cluster loss weights
 
     def __post_init__(self) -> None:
         params = [p for p in self.encoder.parameters() if p.requires_grad]
         if not params:
             raise ValueError("the encoder has no trainable parameters")
         self.optimiser = self._optimiser(params)
+        self.generator = torch.Generator().manual_seed(self.config.seed)
 
     def round(self, r: int) -> None:
         cfg = self.config
         began = time.perf_counter()
-        features = extract_features(
-            self.encoder, self.images, batch_size=cfg.batch_size, device=self.device,
-            should_stop=self.should_stop,
-        )
-        if features.shape[1] != self.feature_dim:
-            raise ValueError(
-                f"the encoder's deepest map has {features.shape[1]} channels, "
-                f"not the {self.feature_dim} given"
-            )
         previous = self.assignment
-        self.assignment = cluster_features(
-            features, cfg.clusters, pca_dim=cfg.pca_dim, seed=cfg.seed + r,
-            max_iter=cfg.kmeans_iter,
-        )
+        self.assignment = self._cluster(r)
+        labels = self.assignment.labels
+        changed = None
+        if previous is not None:
+            changed = nmi(previous.labels.ravel(), labels.ravel())
         self._open = {
             "round": r + 1,
             "epoch": r * cfg.reassign,
             "epochs": 0,
-            "nmi": None if previous is None else nmi(previous.labels, self.assignment.labels),
+            "nmi": changed,
             "losses": [],
             "began": began,
             "cluster_seconds": time.perf_counter() - began,
+            "probes": probe(labels, cfg.clusters, self.factors) if self.factors else {},
         }
         head = self._head()
-        head_optimiser = self._optimiser(list(head.parameters()))
-        targets = torch.as_tensor(self.assignment.labels, device=self.device)
-        sampler = UniformClusterSampler(self.assignment.labels, seed=cfg.seed + r)
+        trainable = [p for p in head.parameters() if p.requires_grad]
+        head_optimiser = torch.optim.SGD(trainable, lr=cfg.head_lr or cfg.lr) if trainable \
+            else None
+        targets = torch.as_tensor(labels, device=self.device)
+        if cfg.mode == "image":
+            sampler: Any = UniformClusterSampler(labels, seed=cfg.seed + r)
+            self._weights = None
+        else:  # uniform over clusters by weighting the places' loss
+            sampler = _Shuffle(len(self.images), cfg.seed + r)
+            sizes = np.maximum(self.assignment.sizes, 1).astype(np.float64)
+            w = 1.0 / sizes
+            self._weights = torch.as_tensor(w / w.mean(), dtype=torch.float32,
+                                            device=self.device)
         for epoch in range(r * cfg.reassign, min((r + 1) * cfg.reassign, cfg.epochs)):
             self._epoch(r + 1, epoch, head, head_optimiser, targets, list(sampler))
         self.close_round()
+
+    def _cluster(self, r: int) -> Assignment:
+        cfg = self.config
+        if cfg.mode == "dense":
+            dense = extract_dense(self.encoder, self.images, cfg.dense_level,
+                                  batch_size=cfg.batch_size, device=self.device,
+                                  should_stop=self.should_stop, prenorm=cfg.prenorm)
+            self._features = dense
+            return cluster_places(dense, cfg.clusters, pca_dim=cfg.pca_dim,
+                                  sample=cfg.dense_sample, seed=cfg.seed + r,
+                                  max_iter=cfg.kmeans_iter)
+        features = extract_features(
+            self.encoder, self.images, batch_size=cfg.batch_size, device=self.device,
+            should_stop=self.should_stop, prenorm=cfg.prenorm, pool=cfg.pool,
+        )
+        per_channel = 2 if cfg.pool == "meanstd" else 1
+        if features.shape[1] != self.feature_dim * per_channel:
+            raise ValueError(
+                f"the encoder's deepest map has {features.shape[1] // per_channel} channels, "
+                f"not the {self.feature_dim} given"
+            )
+        self._features = features
+        return cluster_features(
+            features, cfg.clusters, pca_dim=cfg.pca_dim, seed=cfg.seed + r,
+            max_iter=cfg.kmeans_iter,
+        )
 
     def close_round(self) -> None:
         """Record the open round (if any) and tell ``on_round``."""
@@ -210,6 +262,7 @@ class _Run:
             cluster_sizes=ClusterSizes.of(self.assignment.sizes),
             seconds=time.perf_counter() - o["began"],
             cluster_seconds=o["cluster_seconds"],
+            probes=o["probes"],
         )
         self.history.append(record)
         if self.on_round is not None:
@@ -230,8 +283,8 @@ class _Run:
         self,
         round_: int,
         epoch: int,
-        head: nn.Linear,
-        head_optimiser: torch.optim.Optimizer,
+        head: nn.Module,
+        head_optimiser: torch.optim.Optimizer | None,
         targets: torch.Tensor,
         order: list[int],
     ) -> None:
@@ -244,18 +297,18 @@ class _Run:
         assert self._open is not None
         losses: list[float] = []
         self.encoder.train()
+        head.train()
         for b, idx in enumerate(batches):
             if self.should_stop():
                 raise StopRequested
-            x = load_batch(self.images, idx, self.device)
-            if self.config.augment:
-                x = random_flips(x)
-            loss = nn.functional.cross_entropy(head(pooled(self.encoder, x)), targets[idx])
+            loss = self._loss(head, load_batch(self.images, idx, self.device), targets[idx])
             self.optimiser.zero_grad()
-            head_optimiser.zero_grad()
+            if head_optimiser is not None:
+                head_optimiser.zero_grad()
             loss.backward()
             self.optimiser.step()
-            head_optimiser.step()
+            if head_optimiser is not None:
+                head_optimiser.step()
             losses.append(float(loss.detach()))
             self._open["losses"].append(losses[-1])
             if self.on_batch is not None:
@@ -271,12 +324,43 @@ class _Run:
                 "batches": len(batches), "seconds": time.perf_counter() - began,
             })
 
-    def _head(self) -> nn.Linear:
-        # DeepCluster's initialisation of the top layer
-        head = nn.Linear(self.feature_dim, self.config.clusters)
-        nn.init.normal_(head.weight, 0.0, 0.01)
-        nn.init.zeros_(head.bias)
-        return head.to(self.device)
+    def _loss(self, head: nn.Module, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        cfg, gen = self.config, self.generator
+        if cfg.mode == "dense":
+            if cfg.crops or cfg.augment:
+                share = cfg.crop_scale ** 0.5 if cfg.crops else 1.0
+                x, y = equivariant(x, y, gen, min_share=share, turns=cfg.augment)
+            if cfg.intensity:
+                x = intensity_jitter(x, gen)
+            logits = head(dense_features(self.encoder, x, cfg.dense_level,
+                                         prenorm=cfg.prenorm))
+            return nn.functional.cross_entropy(logits, y, weight=self._weights)
+        if cfg.crops:
+            x = random_resized_crops(x, gen, scale=(cfg.crop_scale, 1.0))
+        if cfg.augment:
+            x = flips(x, gen)
+        if cfg.intensity:
+            x = intensity_jitter(x, gen)
+        return nn.functional.cross_entropy(
+            head(pooled(self.encoder, x, prenorm=cfg.prenorm, pool=cfg.pool)), y)
+
+    def _head(self) -> nn.Module:
+        cfg = self.config
+        assert self.assignment is not None
+        dim = self._features.shape[-1]
+        dense = cfg.mode == "dense"
+        if cfg.head == "centroid":
+            return _CentroidHead(self._features, self.assignment.labels, cfg.clusters,
+                                 dense).to(self.device)
+        # standardised features (no affine), then DeepCluster's initialisation of the top
+        # layer; pre-norm features have no fixed scale, so the head sees them standardised
+        norm: nn.Module = nn.BatchNorm2d(dim, affine=False) if dense else nn.BatchNorm1d(
+            dim, affine=False)
+        linear: nn.Module = nn.Conv2d(dim, cfg.clusters, 1) if dense else nn.Linear(
+            dim, cfg.clusters)
+        nn.init.normal_(linear.weight, 0.0, 0.01)
+        nn.init.zeros_(linear.bias)
+        return nn.Sequential(norm, linear).to(self.device)
 
     def _optimiser(self, params: list[nn.Parameter]) -> torch.optim.Optimizer:
         cfg = self.config
@@ -285,3 +369,41 @@ class _Run:
         return torch.optim.SGD(
             params, lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay
         )
+
+
+class _Shuffle:
+    """A fresh seeded permutation of range(n) per iteration (the dense mode's epochs)."""
+
+    def __init__(self, n: int, seed: int) -> None:
+        self.n, self._rng = n, np.random.default_rng(seed)
+
+    def __iter__(self) -> Any:
+        return iter(self._rng.permutation(self.n).tolist())
+
+
+class _CentroidHead(nn.Module):
+    """DeepCluster-v2's head: cosine similarity to the clusters' centroids, divided by a
+    temperature. The centroids are the means of the standardised features of each cluster
+    in this round's clustering and stay fixed, so there is no random head to learn first."""
+
+    def __init__(self, features: np.ndarray, labels: np.ndarray, k: int, dense: bool,
+                 temperature: float = 0.1) -> None:
+        super().__init__()
+        f = torch.as_tensor(features.reshape(-1, features.shape[-1]), dtype=torch.float32)
+        lab = torch.as_tensor(np.asarray(labels).ravel(), dtype=torch.long)
+        mean, std = f.mean(0), f.std(0) + 1e-6
+        z = nn.functional.normalize((f - mean) / std, dim=1)
+        sums = torch.zeros(k, f.shape[1]).index_add_(0, lab, z)
+        centroids = nn.functional.normalize(sums, dim=1)
+        self.register_buffer("mean", mean)
+        self.register_buffer("std", std)
+        self.register_buffer("centroids", centroids)
+        self.dense, self.temperature = dense, temperature
+
+    def forward(self, f: torch.Tensor) -> torch.Tensor:
+        if self.dense:
+            z = (f.movedim(1, -1) - self.mean) / self.std
+            z = nn.functional.normalize(z, dim=-1)
+            return (z @ self.centroids.T).movedim(-1, 1) / self.temperature
+        z = nn.functional.normalize((f - self.mean) / self.std, dim=1)
+        return z @ self.centroids.T / self.temperature

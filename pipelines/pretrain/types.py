@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from typing import Any, Literal, Protocol
 
 import numpy as np
@@ -47,13 +47,35 @@ class DeepClusterConfig:
     optimizer: Literal["sgd", "adam"] = "sgd"
     momentum: float = 0.9  # SGD only
     weight_decay: float = 1e-5
-    augment: bool = True  # random flips
+    augment: bool = True  # random flips (and quarter turns in the dense mode)
     kmeans_iter: int = 20
+    mode: Literal["image", "dense"] = "image"  # one pseudo-label per image, or per place
+    prenorm: bool = True  # features read before the last normalisation of each level
+    pool: Literal["meanstd", "mean"] = "meanstd"  # image mode: pooling over space
+    crops: bool = True  # random resized crops (dense mode: aligned to the label grid)
+    crop_scale: float = 0.35  # smallest crop, share of the area (dense: of the side, sqrt)
+    intensity: bool = True  # contrast, brightness, gamma and noise jitter
+    head: Literal["linear", "centroid"] = "linear"
+    head_lr: float | None = None  # plain SGD for a linear head; None: lr
+    dense_level: int = 2  # dense mode: the level whose grid carries the pseudo-labels
+    dense_sample: int = 20000  # dense mode: places the whitening and k-means are fitted on
 
     def __post_init__(self) -> None:
-        for name in ("epochs", "reassign", "pca_dim", "batch_size", "kmeans_iter"):
+        for name in ("epochs", "reassign", "pca_dim", "batch_size", "kmeans_iter",
+                     "dense_sample"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be at least 1, got {getattr(self, name)}")
+        choices = {"mode": ("image", "dense"), "pool": ("meanstd", "mean"),
+                   "head": ("linear", "centroid")}
+        for name, allowed in choices.items():
+            if getattr(self, name) not in allowed:
+                raise ValueError(f"{name} must be one of {allowed}, got {getattr(self, name)!r}")
+        if not 0.0 < self.crop_scale <= 1.0:
+            raise ValueError(f"crop_scale must be in (0, 1], got {self.crop_scale}")
+        if self.head_lr is not None and not self.head_lr > 0:
+            raise ValueError(f"head_lr must be positive, got {self.head_lr}")
+        if self.dense_level < 0:
+            raise ValueError(f"dense_level must not be negative, got {self.dense_level}")
         if self.clusters < 2:
             raise ValueError(f"clusters must be at least 2, got {self.clusters}")
         if not self.lr > 0:
@@ -90,7 +112,8 @@ class RoundRecord:
     many it trained (fewer when stopped). ``nmi`` compares this round's assignment with the
     previous one (None in the first round); ``loss`` is the mean cross-entropy of the round's
     batches (None if none ran); ``seconds`` covers the whole round, ``cluster_seconds`` the
-    features and k-means.
+    features and k-means; ``probes`` are the nuisance probes of this round's clusters
+    (:mod:`.probes`: R² of noise level and body size, NMI with lesions where known).
     """
 
     round: int
@@ -102,6 +125,7 @@ class RoundRecord:
     cluster_sizes: ClusterSizes
     seconds: float
     cluster_seconds: float
+    probes: dict[str, float] = field(default_factory=dict)
 
     def as_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -112,8 +136,9 @@ class DeepClusterResult:
     """What a run leaves: the encoder's weights, its history, its last assignment, settings.
 
     ``encoder_state`` is a CPU copy of the encoder's state_dict; ``labels`` the pseudo-labels
-    of the last round (None if stopped before the first clustering); ``stopped`` says the run
-    ended on ``should_stop`` after ``epochs_completed`` whole epochs.
+    of the last round ((N,) per image, or (N, h, w) per place in the dense mode; None if
+    stopped before the first clustering); ``stopped`` says the run ended on
+    ``should_stop`` after ``epochs_completed`` whole epochs.
     """
 
     encoder_state: dict[str, torch.Tensor]
@@ -122,6 +147,11 @@ class DeepClusterResult:
     config: DeepClusterConfig
     epochs_completed: int
     stopped: bool = False
+
+    @property
+    def probes(self) -> dict[str, float]:
+        """The last round's nuisance probes ({} before the first clustering)."""
+        return dict(self.history[-1].probes) if self.history else {}
 
 
 class StopRequested(Exception):
