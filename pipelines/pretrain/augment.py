@@ -104,7 +104,7 @@ def equivariant(x: torch.Tensor, labels: torch.Tensor, generator: torch.Generato
                 left * stride : (left + side) * stride]
         lab = labels[i : i + 1, None, top : top + side, left : left + side].float()
         img = F.interpolate(img, size=(hh, ww), mode="bilinear", align_corners=False)
-        lab = F.interpolate(lab, size=(lh, lw), mode="nearest")
+        lab = F.interpolate(lab, size=(lh, lw), mode="nearest-exact")  # at cell centres
         if turns:
             dims = [d for d, p in ((-1, u[i][3]), (-2, u[i][4])) if p < 0.5]
             if dims:

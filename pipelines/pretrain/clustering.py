@@ -173,6 +173,52 @@ def _matrix(x: np.ndarray) -> np.ndarray:
     return m
 
 
+@dataclass(frozen=True)
+class PlaceClusters:
+    """Clusters fitted on a sample of places: whitening (``mean``, ``project``), centroids
+    (K, d) in the whitened, normalised space, and how many were re-seeded."""
+
+    mean: np.ndarray
+    project: np.ndarray
+    centroids: np.ndarray
+    sample_labels: np.ndarray
+    reseeded: int
+
+    def assign(self, features: np.ndarray) -> np.ndarray:
+        """The nearest centroid of every place of (..., C) features: (...) int64 labels."""
+        f = np.asarray(features, dtype=np.float32)
+        flat = f.reshape(-1, f.shape[-1])
+        out = np.empty(len(flat), dtype=np.int64)
+        sq = (self.centroids.astype(np.float64) ** 2).sum(1)
+        for start in range(0, len(flat), 65536):
+            chunk = l2_normalise((flat[start : start + 65536] - self.mean) @ self.project)
+            out[start : start + 65536] = np.argmax(2.0 * chunk @ self.centroids.T - sq, axis=1)
+        return out.reshape(f.shape[:-1])
+
+
+def fit_places(sample: np.ndarray, k: int, *, pca_dim: int, seed: int = 0,
+               max_iter: int = 20) -> PlaceClusters:
+    """Whitening, k-means and re-seeding fitted on (S, C) sampled place features.
+
+    Raises ValueError for fewer places than clusters.
+    """
+    fit = _matrix(sample)
+    if len(fit) < k:
+        raise ValueError(f"cannot make {k} clusters of {len(fit)} places")
+    mean = fit.mean(axis=0)
+    d = min(pca_dim, fit.shape[1], len(fit) - 1)
+    variances, vectors = np.linalg.eigh(np.cov(fit - mean, rowvar=False))
+    order = np.argsort(variances)[::-1][:d]
+    variances = np.clip(variances[order], 0.0, None)
+    project = vectors[:, order] / np.sqrt(variances + _VARIANCE_FLOOR * variances[0] + _TINY)
+    points = l2_normalise((fit - mean) @ project)
+    labels, centroids = kmeans(points, k, seed=seed, max_iter=max_iter)
+    labels, centroids, reseeded = reseed_empty(points, labels, centroids,
+                                               np.random.default_rng(seed))
+    return PlaceClusters(mean.astype(np.float32), project.astype(np.float32), centroids,
+                         labels, reseeded)
+
+
 def cluster_places(
     features: np.ndarray,
     k: int,
@@ -185,30 +231,14 @@ def cluster_places(
     """DeepCluster's assignment for every place of (N, h, w, C) dense features.
 
     The whitening and k-means are fitted on ``sample`` places drawn at random (all of them
-    when there are fewer), empty clusters re-seeded there; then every place goes to its
-    nearest centroid. Returns an :class:`Assignment` whose ``labels`` are (N, h, w).
-    Raises ValueError for fewer places than clusters.
+    when there are fewer), empty clusters re-seeded there (:func:`fit_places`); then every
+    place goes to its nearest centroid. Returns an :class:`Assignment` whose ``labels`` are
+    (N, h, w). Raises ValueError for fewer places than clusters.
     """
     f = np.asarray(features, dtype=np.float32)
     flat = f.reshape(-1, f.shape[-1])
-    if len(flat) < k:
-        raise ValueError(f"cannot make {k} clusters of {len(flat)} places")
     rng = np.random.default_rng(seed)
     chosen = rng.choice(len(flat), size=min(sample, len(flat)), replace=False)
-    fit = flat[chosen].astype(np.float64)
-    mean = fit.mean(axis=0)
-    d = min(pca_dim, fit.shape[1], len(fit) - 1)
-    variances, vectors = np.linalg.eigh(np.cov(fit - mean, rowvar=False))
-    order = np.argsort(variances)[::-1][:d]
-    variances = np.clip(variances[order], 0.0, None)
-    project = vectors[:, order] / np.sqrt(variances + _VARIANCE_FLOOR * variances[0] + _TINY)
-    points = l2_normalise((fit - mean) @ project)
-    labels, centroids = kmeans(points, k, seed=seed, max_iter=max_iter)
-    _, centroids, reseeded = reseed_empty(points, labels, centroids, rng)
-    all_labels = np.empty(len(flat), dtype=np.int64)
-    for start in range(0, len(flat), 65536):
-        chunk = l2_normalise((flat[start : start + 65536] - mean) @ project)
-        all_labels[start : start + 65536] = np.argmax(
-            2.0 * chunk @ centroids.T - (centroids**2).sum(1), axis=1)
-    return Assignment(labels=all_labels.reshape(f.shape[:-1]), centroids=centroids,
-                      reseeded=reseeded)
+    fitted = fit_places(flat[chosen], k, pca_dim=pca_dim, seed=seed, max_iter=max_iter)
+    return Assignment(labels=fitted.assign(f), centroids=fitted.centroids,
+                      reseeded=fitted.reseeded)

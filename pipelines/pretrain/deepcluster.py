@@ -32,8 +32,8 @@ import torch
 from torch import nn
 
 from .augment import equivariant, flips, intensity_jitter, random_resized_crops
-from .clustering import Assignment, cluster_features, cluster_places, nmi
-from .features import dense_features, extract_dense, extract_features, pooled
+from .clustering import Assignment, cluster_features, fit_places, nmi
+from .features import dense_features, extract_features, iter_dense, pooled
 from .images import ImageSource, check_images, load_batch
 from .probes import image_nuisances, probe
 from .sampler import UniformClusterSampler
@@ -173,7 +173,10 @@ class _Run:
     stopped: bool = False
     optimiser: torch.optim.Optimizer = field(init=False)
     _open: dict[str, Any] | None = None  # the round being trained, until recorded
-    _features: np.ndarray = field(init=False)  # of the last clustering, for the head
+    # features of the last clustering (a sample of places in the dense mode) and their
+    # labels, for the centroid head
+    _features: np.ndarray = field(init=False)
+    _feature_labels: np.ndarray = field(init=False)
     _weights: torch.Tensor | None = None  # dense mode: per-cluster loss weights
 
     def __post_init__(self) -> None:
@@ -223,13 +226,7 @@ class _Run:
     def _cluster(self, r: int) -> Assignment:
         cfg = self.config
         if cfg.mode == "dense":
-            dense = extract_dense(self.encoder, self.images, cfg.dense_level,
-                                  batch_size=cfg.batch_size, device=self.device,
-                                  should_stop=self.should_stop, prenorm=cfg.prenorm)
-            self._features = dense
-            return cluster_places(dense, cfg.clusters, pca_dim=cfg.pca_dim,
-                                  sample=cfg.dense_sample, seed=cfg.seed + r,
-                                  max_iter=cfg.kmeans_iter)
+            return self._cluster_places(r)
         features = extract_features(
             self.encoder, self.images, batch_size=cfg.batch_size, device=self.device,
             should_stop=self.should_stop, prenorm=cfg.prenorm, pool=cfg.pool,
@@ -240,11 +237,12 @@ class _Run:
                 f"the encoder's deepest map has {features.shape[1] // per_channel} channels, "
                 f"not the {self.feature_dim} given"
             )
-        self._features = features
-        return cluster_features(
+        assignment = cluster_features(
             features, cfg.clusters, pca_dim=cfg.pca_dim, seed=cfg.seed + r,
             max_iter=cfg.kmeans_iter,
         )
+        self._features, self._feature_labels = features, assignment.labels
+        return assignment
 
     def close_round(self) -> None:
         """Record the open round (if any) and tell ``on_round``."""
@@ -324,6 +322,28 @@ class _Run:
                 "batches": len(batches), "seconds": time.perf_counter() - began,
             })
 
+    def _cluster_places(self, r: int) -> Assignment:
+        """Two passes, so that no more than a sample of places is ever held: fit on
+        ``dense_sample`` places drawn evenly over the images, then label every place."""
+        cfg = self.config
+        rng = np.random.default_rng(cfg.seed + r)
+        per_image = -(-cfg.dense_sample // len(self.images))
+        kwargs = {"batch_size": cfg.batch_size, "device": self.device,
+                  "should_stop": self.should_stop, "prenorm": cfg.prenorm}
+        sample = []
+        for f in iter_dense(self.encoder, self.images, cfg.dense_level, **kwargs):
+            places = f.reshape(len(f), -1, f.shape[-1])
+            take = min(per_image, places.shape[1])
+            for row in places:
+                sample.append(row[rng.choice(len(row), size=take, replace=False)])
+        fitted = fit_places(np.concatenate(sample), cfg.clusters, pca_dim=cfg.pca_dim,
+                            seed=cfg.seed + r, max_iter=cfg.kmeans_iter)
+        labels = np.concatenate([fitted.assign(f) for f in iter_dense(
+            self.encoder, self.images, cfg.dense_level, **kwargs)])
+        self._features = np.concatenate(sample)
+        self._feature_labels = fitted.sample_labels
+        return Assignment(labels=labels, centroids=fitted.centroids, reseeded=fitted.reseeded)
+
     def _loss(self, head: nn.Module, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
         cfg, gen = self.config, self.generator
         if cfg.mode == "dense":
@@ -350,7 +370,7 @@ class _Run:
         dim = self._features.shape[-1]
         dense = cfg.mode == "dense"
         if cfg.head == "centroid":
-            return _CentroidHead(self._features, self.assignment.labels, cfg.clusters,
+            return _CentroidHead(self._features, self._feature_labels, cfg.clusters,
                                  dense).to(self.device)
         # standardised features (no affine), then DeepCluster's initialisation of the top
         # layer; pre-norm features have no fixed scale, so the head sees them standardised

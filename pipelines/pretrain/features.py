@@ -124,16 +124,34 @@ def extract_dense(
     should_stop: Callable[[], bool] | None = None,
     prenorm: bool = True,
 ) -> np.ndarray:
-    """:func:`dense_features` of every image, channels last: (N, h, w, C) float32."""
+    """:func:`dense_features` of every image, channels last: (N, h, w, C) float32.
+
+    Holds them all in memory; :func:`iter_dense` gives them batch by batch.
+    """
+    return np.concatenate(list(iter_dense(encoder, images, level, batch_size=batch_size,
+                                          device=device, should_stop=should_stop,
+                                          prenorm=prenorm)))
+
+
+def iter_dense(
+    encoder: nn.Module,
+    images: ImageSource,
+    level: int,
+    *,
+    batch_size: int = 64,
+    device: str | torch.device = "cpu",
+    should_stop: Callable[[], bool] | None = None,
+    prenorm: bool = True,
+) -> Iterator[np.ndarray]:
+    """:func:`dense_features` batch by batch, channels last: (B, h, w, C) float32 arrays,
+    in eval mode, without grad (the encoder is left in eval mode)."""
     check_images(images)
     dev = torch.device(device)
     encoder.eval()
-    chunks = []
     with torch.no_grad():
         for idx in _chunks(len(images), batch_size, should_stop):
             f = dense_features(encoder, load_batch(images, idx, dev), level, prenorm=prenorm)
-            chunks.append(f.movedim(1, -1).cpu().numpy())
-    return np.concatenate(chunks).astype(np.float32)
+            yield f.movedim(1, -1).float().cpu().numpy()
 
 
 def _chunks(n: int, batch_size: int,
