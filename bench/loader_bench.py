@@ -79,14 +79,14 @@ def main(argv: list[str] | None = None) -> int:
             for ds in synthetic.ct_series(args.instances, size=args.size, seed=1):
                 path = synthetic.write(ds, dicom_dir)
                 node.write(path.read_bytes())
-            counts = Worker(node.services).drain()
+            counts = Worker(node.core).drain()
             records = dataset.select(node, include_blank=True)
             if len(records) != args.instances:
                 console.print(f"[red]only {len(records)} of {args.instances} processed: "
                               f"{dict(counts)}[/]")
                 return 1
-            data = dataset.OutputDataset(node.services, records)
-            data16 = dataset.OutputDataset(node.services, records, float32=False)
+            data = dataset.OutputDataset(node.core, records)
+            data16 = dataset.OutputDataset(node.core, records, float32=False)
             for i, rec in enumerate(records):
                 np.save(npy_dir / f"{i}.npy", node.read_output(rec))
             files = sorted(dicom_dir.glob("*.dcm"))

@@ -170,7 +170,7 @@ def _part10(ds: pydicom.Dataset) -> bytes:
 
 def step_costs(node: Node, judge: SharedFilter, size: int, reps: int, folder: Path) -> Costs:
     """The median ms of every step of ``derive`` at ``size``², each through the real function."""
-    fs, recipe = node.services.fs, node.services.settings.recipe()
+    fs, recipe = node.core.fs, node.core.settings.recipe()
     datas, keys = stage(node, size, folder)
     decoded = [decode(d) for d in datas]
     prepared = [preprocess(d, recipe) for d in decoded]
@@ -226,8 +226,8 @@ def measure_costs(reps: int, tmp: Path) -> list[Costs]:
     with Node.from_settings(load(home=home, environ={}), create_keys=True) as node, \
             progress_bar() as bar:
         task = bar.add_task("cost per step: training the blank filter", total=len(SIZES) + 1)
-        judge = SharedFilter(node.services.fs, node.services.catalog,
-                             node.services.settings.processing)
+        judge = SharedFilter(node.core.fs, node.core.catalog,
+                             node.core.settings.processing)
         train(judge, 512)
         bar.advance(task)
         for size in SIZES:

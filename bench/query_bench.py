@@ -38,9 +38,11 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from node import settings as node_settings  # noqa: E402
 from node.api import Node  # noqa: E402
-from node.dimse import server as dimse_server  # noqa: E402
+from node import wiring  # noqa: E402
 from node.index import Catalog, schema  # noqa: E402
-from node.index.query import Model, identifier, parse_identifier, run  # noqa: E402
+from node.dimse.identifier import find as run  # noqa: E402
+from node.dimse.identifier import identifier, parse_identifier  # noqa: E402
+from node.index.query import Model  # noqa: E402
 
 PATIENTS, STUDIES_PER_PATIENT, SERIES_PER_STUDY, INSTANCES_PER_SERIES = 1000, 2, 5, 10
 MODALITIES = ("CT", "MR", "PR", "SEG", "US")
@@ -256,8 +258,7 @@ def bench_dimse(url: str, reps: int) -> list[tuple[str, int, float, float]]:
         settings = node_settings.load(home=home, environ={"SUPPORT_NODE_INDEX_URL": url,
                                                           "SUPPORT_NODE_DIMSE_PORT": "0"})
         node = Node.from_settings(settings, create_keys=True)
-        scp = dimse_server.start(settings.dimse, node.services.ingest,
-                                 qr=node.services.qr_deps())
+        scp = wiring.start_dimse(node.core)
         try:
             ae = AE(ae_title="QBENCH")
             ae.add_requested_context(StudyRootQueryRetrieveInformationModelFind)

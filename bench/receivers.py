@@ -131,6 +131,7 @@ class SupportNode(Receiver):
         home = self.dir / "home"
         env = node_env() | {"SUPPORT_NODE_HOME": str(home)}
         return [*NODE_CLI, "serve", "--home", str(home), "--dimse-port", str(self.port),
+                "--http-port", "0",
                 "--workers", str(self.workers)], env
 
     def stored(self) -> int:

@@ -178,7 +178,7 @@ def read_costs(home: Path, config: Path, keys: list[str]) -> tuple[float, float,
     (pynetdicom). Over the first 50 objects."""
     node = Node.open(home=home, config=config)
     try:
-        fs = node.services.fs
+        fs = node.core.fs
         t_read = t_parse = t_encode = 0.0
         for key in keys:
             t0 = time.perf_counter()

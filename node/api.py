@@ -23,14 +23,15 @@ from typing import IO, Any
 import numpy as np
 
 from node import describe
+from node.core import Core
 from node.crypto import aead
 from node.errors import IntegrityError, NodeError
-from node.index.query import Level, Model, identifier, parse_identifier, run
+from node.index.query import Level, Model, build, run
 from node.index.records import ConflictRecord, InstanceRecord
 from node.ingest import Result, Source
 from node.layout import CONFLICTS, DESCRIPTION, ORIGINAL, OUTPUT, PREVIEW
-from node.services import Services, open_services
 from node.settings import Settings, load, valid_hospital
+from node.wiring import open_core
 
 _COPY_CHUNK = 1 << 20
 # kind -> (object, file suffix) for ``export`` / ``get --kind``
@@ -63,21 +64,26 @@ class Problem:
 class Node:
     """A handle on one node's store and index (no network services)."""
 
-    def __init__(self, services: Services) -> None:
-        self.services = services
+    def __init__(self, core: Core) -> None:
+        self.core = core
+
+    @property
+    def services(self) -> Core:
+        """The core (the name older callers use)."""
+        return self.core
 
     @classmethod
     def open(cls, home: str | os.PathLike[str] | None = None,
              config: str | os.PathLike[str] | None = None, create_keys: bool = False) -> Node:
         """Opens the node configured by ``config``/environment under ``home``."""
-        return cls(open_services(load(config=config, home=home), create_keys=create_keys))
+        return cls(open_core(load(config=config, home=home), create_keys=create_keys))
 
     @classmethod
     def from_settings(cls, settings: Settings, create_keys: bool = False) -> Node:
-        return cls(open_services(settings, create_keys=create_keys))
+        return cls(open_core(settings, create_keys=create_keys))
 
     def close(self) -> None:
-        self.services.close()
+        self.core.close()
 
     def __enter__(self) -> Node:
         return self
@@ -96,13 +102,13 @@ class Node:
         """
         if not valid_hospital(hospital):
             raise ValueError(f"not a valid hospital name: {hospital!r}")
-        return self.services.ingest.accept(data, Source(hospital=hospital, via=via))
+        return self.core.ingest.accept(data, Source(hospital=hospital, via=via))
 
     # -- read by hierarchy ---------------------------------------------------------------
 
     def resolve_patient(self, hospital: str | None, patient: str) -> list[str]:
         """Pseudonyms for ``patient``, given as a pseudonym or as a Patient ID."""
-        catalog = self.services.catalog
+        catalog = self.core.catalog
         if next(catalog.instances(hospital, patient), None) is not None:
             return [patient]
         return catalog.patient_keys_for_id(hospital, patient)
@@ -120,7 +126,7 @@ class Node:
         if where is not None and not where.empty:
             yield from self._ls_where(hospital, patient, study, series, sop, where, blank)
             return
-        catalog = self.services.catalog
+        catalog = self.core.catalog
         if patient is None:
             yield from catalog.instances(hospital, None, study, series, sop, blank)
             return
@@ -130,18 +136,15 @@ class Node:
     def _ls_where(self, hospital: str | None, patient: str | None, study: str | None,
                   series: str | None, sop: str | None, where: Filters, blank: bool | None
                   ) -> Iterator[InstanceRecord]:
-        catalog = self.services.catalog
-        keys: dict[str, str] = {"StudyInstanceUID": study or ""}
-        for keyword, value in (("PatientName", where.patient_name),
-                               ("StudyDate", where.study_date),
-                               ("AccessionNumber", where.accession),
-                               ("ModalitiesInStudy", where.modality)):
-            if value:
-                keys[keyword] = value
-        ask = parse_identifier(identifier(Level.STUDY, **keys), Model.STUDY_ROOT)
+        catalog = self.core.catalog
+        keys = [("StudyInstanceUID", [study or ""]), ("PatientName", [where.patient_name or ""]),
+                ("StudyDate", [where.study_date or ""]),
+                ("AccessionNumber", [where.accession or ""]),
+                ("ModalitiesInStudy", (where.modality or "").split("\\"))]
+        ask = build(Level.STUDY, keys, model=Model.STUDY_ROOT)
         if hospital is not None:
             ask = ask.restricted_to([hospital])
-        studies = [str(r.StudyInstanceUID) for r in run(catalog, ask)]
+        studies = [str(r["StudyInstanceUID"]) for r in run(catalog, ask)]
         patients = None if patient is None else set(self.resolve_patient(hospital, patient))
         for study_uid in studies:
             for rec in catalog.instances(hospital, None, study_uid, series, sop, blank):
@@ -152,25 +155,25 @@ class Node:
                 yield rec
 
     def conflicts(self, sop_uid: str | None = None) -> list[ConflictRecord]:
-        return self.services.catalog.conflicts(sop_uid)
+        return self.core.catalog.conflicts(sop_uid)
 
     def open_object(self, key: str) -> IO[bytes]:
         """A decrypting, seekable reader of one object (raises IntegrityError on tamper)."""
-        return self.services.fs.open(key, "rb")
+        return self.core.fs.open(key, "rb")
 
     def read_original(self, record: InstanceRecord) -> bytes:
         """The original bytes exactly as received."""
-        return self.services.fs.cat_file(f"{record.object_key}/{ORIGINAL}")
+        return self.core.fs.cat_file(f"{record.object_key}/{ORIGINAL}")
 
     def read_description(self, record: InstanceRecord) -> dict[str, Any]:
-        return describe.decode(self.services.fs.cat_file(f"{record.object_key}/{DESCRIPTION}"))
+        return describe.decode(self.core.fs.cat_file(f"{record.object_key}/{DESCRIPTION}"))
 
     def read_output(self, record: InstanceRecord) -> np.ndarray:
         """The preprocessed image, (frames, rows, cols) in [0, 1] (float16 by default).
 
         Raises FileNotFoundError when the instance has not been processed (see its state).
         """
-        data = self.services.fs.cat_file(f"{record.object_key}/{OUTPUT}")
+        data = self.core.fs.cat_file(f"{record.object_key}/{OUTPUT}")
         return np.load(io.BytesIO(data), allow_pickle=False)
 
     def export(self, record: InstanceRecord, out_dir: Path, kind: str = "original") -> Path:
@@ -222,22 +225,22 @@ class Node:
 
     def encrypt(self, data: bytes, path: str) -> bytes:
         """Encrypts ``data`` as the object at ``path`` would be (active key, path bound in)."""
-        return aead.encrypt(data, self.services.keyring.active, path,
-                            self.services.settings.store.chunk_size)
+        return aead.encrypt(data, self.core.keyring.active, path,
+                            self.core.settings.store.chunk_size)
 
     def decrypt(self, blob: bytes, path: str) -> bytes:
         """Decrypts an object's raw bytes; IntegrityError if it was not made for ``path``."""
-        return aead.decrypt(blob, self.services.keyring, path)
+        return aead.decrypt(blob, self.core.keyring, path)
 
     # -- maintenance ---------------------------------------------------------------------
 
     def objects(self) -> list[str]:
         """Every object key in the store."""
-        return sorted(self.services.fs.find(""))
+        return sorted(self.core.fs.find(""))
 
     def verify_object(self, key: str) -> Problem | None:
         """Decrypts one object fully; for originals, also checks the sha256 in its description."""
-        fs = self.services.fs
+        fs = self.core.fs
         try:
             digest = hashlib.sha256()
             with fs.open(key, "rb") as fh:
@@ -258,9 +261,9 @@ class Node:
 
     def reindex_entry(self, key: str) -> str:
         """Indexes one stored description. Returns 'instance', 'conflict' or 'skipped'."""
-        doc = describe.decode(self.services.fs.cat_file(key))
+        doc = describe.decode(self.core.fs.cat_file(key))
         folder = key[: -len(DESCRIPTION) - 1]
-        catalog = self.services.catalog
+        catalog = self.core.catalog
         if f"/{CONFLICTS}/" in key:
             return "conflict" if catalog.add_conflict(describe.conflict_from(doc, folder)) \
                 else "skipped"
@@ -280,7 +283,7 @@ class Node:
 
     def _received_at(self, key: str) -> datetime:
         try:
-            doc = describe.decode(self.services.fs.cat_file(key))
+            doc = describe.decode(self.core.fs.cat_file(key))
             return describe.receipt_of(doc).received_at.astimezone(UTC)
         except (NodeError, ValueError, KeyError, TypeError, OSError):
             return datetime.max.replace(tzinfo=UTC)

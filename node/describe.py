@@ -14,6 +14,7 @@ from typing import Any
 
 from node.dicom.header import Header
 from node.dicom.jsonmodel import to_json
+from node.index import attributes
 from node.index.records import ConflictRecord, InstanceRecord, State
 from node.layout import InstancePath
 
@@ -71,20 +72,9 @@ def decode(data: bytes) -> dict[str, Any]:
     return doc
 
 
-# Index attributes and their tags, read from the DICOM JSON model.
-_TEXT_TAGS = {
-    "patient_id": "00100020", "issuer_of_patient_id": "00100021", "patient_name": "00100010",
-    "patient_birth_date": "00100030", "patient_sex": "00100040", "study_date": "00080020",
-    "study_time": "00080030", "accession_number": "00080050", "study_id": "00200010",
-    "study_description": "00081030", "referring_physician_name": "00080090",
-    "modality": "00080060", "series_description": "0008103E", "series_date": "00080021",
-    "series_time": "00080031", "body_part_examined": "00180015",
-}
-_INT_TAGS = {
-    "series_number": "00200011", "instance_number": "00200013",
-    "number_of_frames": "00280008", "rows": "00280010", "columns": "00280011",
-    "images_in_acquisition": "00201002",
-}
+# Index attributes and their tags, read from the DICOM JSON model (node.index.attributes).
+_TEXT_TAGS = {a.field: a.tag for a in attributes.DESCRIBED if not a.integer}
+_INT_TAGS = {a.field: a.tag for a in attributes.DESCRIBED if a.integer}
 
 
 def _text(dicom: dict[str, Any], tag: str) -> str | None:

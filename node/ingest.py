@@ -25,7 +25,7 @@ from typing import Any
 
 from pydicom.uid import UID
 
-from node import describe
+from node import describe, metrics
 from node.dicom.header import Header, parse
 from node.dicom.jsonmodel import to_json
 from node.errors import CatalogError, InconsistentError, StoreError, UidMismatchError
@@ -44,11 +44,13 @@ class Outcome(enum.Enum):
 
 @dataclass(frozen=True)
 class Source:
-    """Who sent an instance: the calling AE (empty for import), its hospital, the entry point."""
+    """Where an instance comes from: the hospital it is filed under, the entry point
+    (``dimse``, ``web``, ``import``, ``api``), and who sent it (the calling AE title, the
+    web token's name; empty for a local import)."""
 
     hospital: str
-    calling_ae: str = ""
-    via: str = "dimse"
+    via: str
+    who: str = ""
 
 
 @dataclass(frozen=True)
@@ -76,18 +78,22 @@ class Ingest:
         self._locks = [threading.Lock() for _ in range(64)]
 
     def accept(self, data: bytes, source: Source, *, sop_class_uid: str | None = None,
-               sop_instance_uid: str | None = None) -> Result:
+               sop_instance_uid: str | None = None, study_uid: str | None = None) -> Result:
         """Stores one instance durably, or raises.
 
-        ``sop_class_uid`` / ``sop_instance_uid``: what the command said it carries (C-STORE).
+        ``sop_class_uid`` / ``sop_instance_uid``: what the command said it carries (C-STORE);
+        ``study_uid``: the study it must belong to (STOW-RS to ``/studies/{study}``).
         Returns the outcome (stored, duplicate, conflict) and where the instance lives.
         Raises:
             MalformedError: not DICOM or cut short.
             InconsistentError: the data set disagrees with the command.
             StoreError / CatalogError: the store or the index failed; nothing was kept.
         """
-        header = parse(data)
+        with metrics.timed(metrics.INGEST_SECONDS, "parse"):
+            header = parse(data)
         self._check(header, sop_class_uid, sop_instance_uid)
+        if study_uid is not None and study_uid.strip() != header.study_uid:
+            raise InconsistentError("Study Instance UID differs from the one requested")
         ds = header.dataset
         path = InstancePath(
             hospital=source.hospital,
@@ -99,7 +105,7 @@ class Ingest:
         receipt = describe.Receipt(
             sha256=hashlib.sha256(data).hexdigest(),
             size=len(data),
-            calling_ae=source.calling_ae,
+            calling_ae=source.who,
             via=source.via,
             received_at=self.clock(),
         )
@@ -109,11 +115,13 @@ class Ingest:
             if existing is not None:
                 return self._known(*existing, data, header, path, receipt)
             dicom = to_json(ds)
-            self._write(path.folder, data, describe.build(header, path, receipt, dicom))
+            with metrics.timed(metrics.INGEST_SECONDS, "encrypt_write"):
+                self._write(path.folder, data, describe.build(header, path, receipt, dicom))
             rec = describe.record(dicom, path, receipt, header.transfer_syntax,
                                   header.sop_class_uid)
             try:
-                inserted = self.catalog.add_instance(rec)
+                with metrics.timed(metrics.INGEST_SECONDS, "index"):
+                    inserted = self.catalog.add_instance(rec)
             except CatalogError:
                 self._remove(path.folder)
                 raise
@@ -125,7 +133,7 @@ class Ingest:
                     return self._known(*known, data, header, path, receipt)
         if header.derived:
             log.warning("stored %s with derived %s", path.sop, ", ".join(header.derived))
-        log.info("stored %s from %s via %s", path.sop, source.calling_ae or "-", source.via)
+        log.info("stored %s from %s via %s", path.sop, source.who or "-", source.via)
         return Result(Outcome.STORED, path.sop, path.folder, header.derived)
 
     def _check(self, header: Header, sop_class: str | None, sop_uid: str | None) -> None:

@@ -73,16 +73,6 @@ class Destination:
 
 
 @dataclass(frozen=True)
-class Access:
-    """What a calling AE may do; ``hospitals`` None means every hospital."""
-
-    store: str | None
-    query: bool
-    retrieve: bool
-    hospitals: tuple[str, ...] | None
-
-
-@dataclass(frozen=True)
 class DimseSettings:
     ae_title: str = "SUPPORT_NODE"
     host: str = "127.0.0.1"
@@ -94,24 +84,34 @@ class DimseSettings:
     workers: int = 1
     callers: tuple[Caller, ...] = ()
 
-    def access_for(self, ae_title: str) -> Access:
-        """What ``ae_title`` may do: listed callers see their own hospital; with any caller
-        accepted, unlisted ones (and everyone on a loopback-only node) see everything."""
-        for caller in self.callers:
-            if caller.ae_title == ae_title.strip():
-                return Access(caller.hospital, caller.query, caller.retrieve, (caller.hospital,))
-        if self.accepts_any_caller:
-            return Access("default", True, True, None)
-        return Access(None, False, False, ())
-
-    def hospital_for(self, ae_title: str) -> str | None:
-        """The hospital of a calling AE; None when the caller is not allowed."""
-        return self.access_for(ae_title).store
-
     @property
     def accepts_any_caller(self) -> bool:
         """Any caller is accepted on purpose, or by default when only loopback can reach us."""
         return self.allow_any_ae or (not self.callers and _is_loopback(self.host))
+
+
+@dataclass(frozen=True)
+class HttpSettings:
+    """The HTTP edge: DICOMweb under /dicom-web, /healthz, /metrics (node.web)."""
+
+    enabled: bool = True
+    host: str = "127.0.0.1"
+    port: int = 8042
+    allow_anonymous: bool = False
+    tls_cert: Path | None = None
+    tls_key: Path | None = None
+    cors_origins: tuple[str, ...] = ()
+    max_instance_bytes: int = 2 << 30
+
+    @property
+    def anonymous_allowed(self) -> bool:
+        """Requests without a token are served while no token exists: on purpose, or by
+        default when only loopback can reach the server."""
+        return self.allow_anonymous or _is_loopback(self.host)
+
+    @property
+    def scheme(self) -> str:
+        return "https" if self.tls_cert else "http"
 
 
 @dataclass(frozen=True)
@@ -193,6 +193,7 @@ class Settings:
     keys: KeysSettings
     log: LogSettings
     destinations: tuple[Destination, ...] = ()
+    http: HttpSettings = HttpSettings()
     processing: ProcessingSettings = ProcessingSettings()
     recipes: tuple[Recipe, ...] = (Recipe(),)
     segment: SegmentSettings = SegmentSettings()
@@ -229,6 +230,16 @@ _SCHEMA: dict[str, dict[str, tuple[type, Any]]] = {
         "max_pdu": (int, 1048576),
         "network_timeout": (int, 60),
         "workers": (int, 1),
+    },
+    "http": {
+        "enabled": (bool, True),
+        "host": (str, None),  # default: the DIMSE host
+        "port": (int, 8042),
+        "allow_anonymous": (bool, False),
+        "tls_cert": (str, ""),
+        "tls_key": (str, ""),
+        "cors_origins": (str, ""),  # comma-separated origins; empty: CORS off
+        "max_instance_bytes": (int, 2 << 30),
     },
     "store": {
         "url": (str, None),
@@ -439,6 +450,16 @@ def _recipes(file_data: dict[str, Any]) -> tuple[Recipe, ...]:
     return tuple(recipes.values())
 
 
+def _http(v: dict[str, Any], dimse_host: str, home: Path) -> HttpSettings:
+    origins = tuple(o.strip() for o in v["cors_origins"].split(",") if o.strip())
+    return HttpSettings(
+        enabled=v["enabled"], host=v["host"] or dimse_host, port=v["port"],
+        allow_anonymous=v["allow_anonymous"],
+        tls_cert=_under(home, v["tls_cert"]) if v["tls_cert"] else None,
+        tls_key=_under(home, v["tls_key"]) if v["tls_key"] else None,
+        cors_origins=origins, max_instance_bytes=v["max_instance_bytes"])
+
+
 def _validate(s: Settings) -> None:
     d = s.dimse
     if not _AE.fullmatch(d.ae_title) or d.ae_title != d.ae_title.strip():
@@ -458,6 +479,13 @@ def _validate(s: Settings) -> None:
             f"dimse.host: binding to {d.host} with no [dimse.callers] allow-list; "
             "list the callers or set dimse.allow_any_ae = true on purpose"
         )
+    h = s.http
+    if not 0 <= h.port <= 65535:
+        raise ConfigError(f"http.port: {h.port} is not a TCP port")
+    if bool(h.tls_cert) != bool(h.tls_key):
+        raise ConfigError("http.tls_cert and http.tls_key: give both or neither")
+    if h.max_instance_bytes < 1024:
+        raise ConfigError("http.max_instance_bytes: at least 1024")
     if s.keys.bits not in (128, 256):
         raise ConfigError("keys.bits: 128 or 256")
     if s.store.chunk_size < 4096:
@@ -543,6 +571,7 @@ def load(
                           bits=v["keys"]["bits"]),
         log=LogSettings(level=v["log"]["level"].upper()),
         destinations=_destinations(file_data, home_path),
+        http=_http(v["http"], v["dimse"]["host"], home_path),
         processing=ProcessingSettings(**v["processing"]),
         recipes=_recipes(file_data),
         segment=SegmentSettings(**v["segment"]),

@@ -412,7 +412,7 @@ def test_rotate_and_reencrypt_moves_every_object_to_the_new_key(copy_of_imported
         [(p.relative_to(second), p.read_bytes()) for p in files_under(second)]
     with Node.open(home=home) as node:
         objects = node.objects()
-        assert objects and all(node.services.fs.key_id(k) == 2 for k in objects)
+        assert objects and all(node.core.fs.key_id(k) == 2 for k in objects)
 
 
 def test_rotate_without_reencrypt_keeps_old_objects_readable(tmp_path: Path) -> None:
@@ -423,7 +423,7 @@ def test_rotate_without_reencrypt_keeps_old_objects_readable(tmp_path: Path) -> 
     more = generated_study(tmp_path / "ct2", PATIENT_A, series=1, per_series=1, seed=9)
     assert cli("import", *more, "--home", home).exit_code == 0
     with Node.open(home=home) as node:
-        ids = {node.services.fs.key_id(k) for k in node.objects()}
+        ids = {node.core.fs.key_id(k) for k in node.objects()}
     assert ids == {1, 2}
     assert cli("verify", "--home", home).exit_code == 0
     out = tmp_path / "out"

@@ -96,7 +96,7 @@ def all_received(node: RunningNode) -> dict[str, bytes]:
         data = api.read_original(rec)
         out[digest(dataset_bytes(data))] = data
     for c in api.conflicts():
-        data = api.services.fs.cat_file(f"{c.object_key}/original.dcm")
+        data = api.core.fs.cat_file(f"{c.object_key}/original.dcm")
         out[digest(dataset_bytes(data))] = data
     return out
 
@@ -191,7 +191,7 @@ def test_four_associations_at_once(dimse_node: RunningNode, dcmtk: Dcmtk,
     with concurrent.futures.ThreadPoolExecutor(4) as pool:
         results = list(pool.map(lambda c: storescu(dcmtk, dimse_node, c), chunks))
     assert all(r.returncode == 0 for r in results), [r.stderr for r in results]
-    assert dimse_node.node.services.catalog.counts()["instances"] == 40
+    assert dimse_node.node.core.catalog.counts()["instances"] == 40
 
 
 def test_same_instance_twice_is_stored_once(dimse_node: RunningNode, dcmtk: Dcmtk,
@@ -200,7 +200,7 @@ def test_same_instance_twice_is_stored_once(dimse_node: RunningNode, dcmtk: Dcmt
     for _ in range(2):
         assert storescu(dcmtk, dimse_node, [path]).returncode == 0
     folder = next(dimse_node.node.ls()).object_key
-    assert sorted(dimse_node.node.services.fs.find(folder)) == [
+    assert sorted(dimse_node.node.core.fs.find(folder)) == [
         f"{folder}/description.json", f"{folder}/original.dcm"]
 
 
@@ -217,7 +217,7 @@ def test_same_uid_other_bytes_is_kept_apart_and_reported(
         dataset_bytes(first.read_bytes())
     conflicts = dimse_node.node.conflicts(rec.sop_uid)
     assert len(conflicts) == 1
-    kept = dimse_node.node.services.fs.cat_file(f"{conflicts[0].object_key}/original.dcm")
+    kept = dimse_node.node.core.fs.cat_file(f"{conflicts[0].object_key}/original.dcm")
     assert dataset_bytes(kept) == dataset_bytes(second.read_bytes())
 
 
@@ -230,7 +230,7 @@ def test_unknown_calling_ae_is_refused_when_an_allow_list_is_set(
     assert "Rejected" in refused.stderr or "rejected" in refused.stderr.lower()
     path = synthetic.write(synthetic.ct_study(series=1, per_series=1)[0], tmp_path)
     assert storescu(dcmtk, node, [path], calling="INTRUDER").returncode != 0
-    assert node.node.services.catalog.counts()["instances"] == 0
+    assert node.node.core.catalog.counts()["instances"] == 0
     allowed = storescu(dcmtk, node, [path], calling="CT_SCANNER")
     assert allowed.returncode == 0, allowed.stderr
     assert [r.hospital for r in node.node.ls()] == ["st-marys"]
@@ -247,7 +247,7 @@ def _truncated(tmp_path: Path) -> Path:
 def test_data_set_cut_short_is_not_acknowledged(dimse_node: RunningNode,
                                                 tmp_path: Path) -> None:
     assert pynetdicom_send(dimse_node, _truncated(tmp_path)) == 0xC000
-    assert dimse_node.node.services.catalog.counts()["instances"] == 0
+    assert dimse_node.node.core.catalog.counts()["instances"] == 0
     assert dimse_node.node.objects() == []
     # ... and the node keeps serving.
     good = synthetic.write(synthetic.ct_study(series=1, per_series=1)[0], tmp_path / "ok")
@@ -301,7 +301,7 @@ def test_store_failure_gives_a_retryable_status_and_nothing_indexed(
     path = synthetic.write(synthetic.ct_study(series=1, per_series=1)[0], tmp_path)
     status = pynetdicom_send(dimse_node, path)
     assert 0xA700 <= status <= 0xA7FF
-    assert dimse_node.node.services.catalog.counts()["instances"] == 0
+    assert dimse_node.node.core.catalog.counts()["instances"] == 0
     (store_root / "default").unlink()
     assert pynetdicom_send(dimse_node, path) == 0x0000  # the sender's retry succeeds
 
@@ -368,4 +368,4 @@ def test_sender_closing_after_release_leaves_no_error(
         time.sleep(0.5)  # the node notices the closed connection
     assert not [r for r in caplog.records if r.levelname in ("ERROR", "CRITICAL")], \
         [r.getMessage() for r in caplog.records]
-    assert dimse_node.node.services.catalog.counts()["instances"] == 3
+    assert dimse_node.node.core.catalog.counts()["instances"] == 3

@@ -60,7 +60,7 @@ def sha(data: bytes) -> str:
 
 
 def store_root(node: Node) -> Path:
-    return Path(node.services.fs.root)
+    return Path(node.core.fs.root)
 
 
 def files_on_disk(node: Node) -> dict[str, bytes]:
@@ -83,7 +83,7 @@ def any_node(request: pytest.FixtureRequest, settings_factory: Callable[..., Set
     node = Node.from_settings(settings_factory(config), create_keys=True)
     yield node
     node.close()
-    backend, root = node.services.fs.fs, node.services.fs.root
+    backend, root = node.core.fs.fs, node.core.fs.root
     if request.param == "memory" and backend.exists(root):
         backend.rm(root, recursive=True)
 
@@ -93,8 +93,8 @@ def any_node(request: pytest.FixtureRequest, settings_factory: Callable[..., Set
 def test_stored_instance_is_listed_under_a_pseudonym(any_node: Node) -> None:
     data = study(per_series=1)[0]
     before = datetime.now(UTC)
-    result = any_node.services.ingest.accept(
-        data, Source(hospital="st-marys", calling_ae="CT_SCANNER_1", via="dimse"))
+    result = any_node.core.ingest.accept(
+        data, Source(hospital="st-marys", via="dimse", who="CT_SCANNER_1"))
     after = datetime.now(UTC)
     ds = pydicom.dcmread(io.BytesIO(data))
     assert result.outcome is Outcome.STORED
@@ -160,7 +160,7 @@ def test_same_uid_different_bytes_is_kept_as_a_conflict(any_node: Node) -> None:
     assert conflict.sha256 == sha(second)
     assert conflict.object_key == f"{rec.object_key}/{CONFLICTS}/{sha(second)}"
     assert result.object_key == conflict.object_key
-    assert any_node.services.fs.cat_file(f"{conflict.object_key}/{ORIGINAL}") == second
+    assert any_node.core.fs.cat_file(f"{conflict.object_key}/{ORIGINAL}") == second
     assert any_node.conflicts(rec.sop_uid) == [conflict]
     assert sorted(any_node.objects()) == sorted([
         f"{rec.object_key}/{ORIGINAL}", f"{rec.object_key}/{DESCRIPTION}",
@@ -287,7 +287,7 @@ def test_object_names_carry_only_uids_and_pseudonyms(node_api: Node) -> None:
 def test_index_holds_no_rows_for_objects_it_did_not_keep(node_api: Node) -> None:
     data = study(per_series=1)[0]
     node_api.write(data)
-    counts = node_api.services.catalog.counts()
+    counts = node_api.core.catalog.counts()
     assert (counts["patients"], counts["studies"], counts["series"], counts["instances"]) \
         == (1, 1, 1, 1)
 
@@ -295,7 +295,7 @@ def test_index_holds_no_rows_for_objects_it_did_not_keep(node_api: Node) -> None
 # -- failures leave nothing half-written -------------------------------------------------------
 
 def _empty_index(node: Node) -> bool:
-    return all(n == 0 for n in node.services.catalog.counts().values())
+    return all(n == 0 for n in node.core.catalog.counts().values())
 
 
 def test_store_failure_raises_and_indexes_nothing(node_api: Node) -> None:
@@ -312,7 +312,7 @@ def test_store_failure_raises_and_indexes_nothing(node_api: Node) -> None:
 
 
 def _sqlite(node: Node) -> sqlite3.Connection:
-    return sqlite3.connect(node.services.settings.home / "index.sqlite", isolation_level=None)
+    return sqlite3.connect(node.core.settings.home / "index.sqlite", isolation_level=None)
 
 
 def test_index_failure_raises_and_leaves_no_object(node_api: Node) -> None:
@@ -449,23 +449,23 @@ def test_reindex_from_descriptions_gives_back_the_same_listing(any_node: Node) -
     instances += study(per_series=1, seed=5, patient=synthetic.Patient(patient_id="PID-2"))
     for data in instances:
         any_node.write(data)
-    any_node.services.ingest.accept(variant(instances[1], SeriesDescription="CHANGED"),
-                                    Source(hospital="default", calling_ae="LATE", via="dimse"))
-    any_node.services.ingest.accept(variant(instances[2], StudyDescription="CHANGED"),
-                                    Source(hospital="other", calling_ae="X"))
+    any_node.core.ingest.accept(variant(instances[1], SeriesDescription="CHANGED"),
+                                    Source(hospital="default", via="dimse", who="LATE"))
+    any_node.core.ingest.accept(variant(instances[2], StudyDescription="CHANGED"),
+                                    Source(hospital="other", via="dimse", who="X"))
     jpeg_ls = (PYDICOM_FILES / "JPEGLSNearLossless_08.dcm").read_bytes()
     any_node.write(jpeg_ls, hospital="st-marys")
     listing, conflicts = list(any_node.ls()), any_node.conflicts()
-    counts = any_node.services.catalog.counts()
+    counts = any_node.core.catalog.counts()
     assert len(listing) == 6 and len(conflicts) == 2
 
-    any_node.services.catalog.clear()
+    any_node.core.catalog.clear()
     assert list(any_node.ls()) == []
     outcomes = [any_node.reindex_entry(key) for key in any_node.descriptions()]
     assert outcomes.count("instance") == 6 and outcomes.count("conflict") == 2
     assert list(any_node.ls()) == listing
     assert any_node.conflicts() == conflicts
-    assert any_node.services.catalog.counts() == counts
+    assert any_node.core.catalog.counts() == counts
 
 
 def test_reindex_keeps_the_attributes_of_the_first_arrival(any_node: Node) -> None:
@@ -480,7 +480,7 @@ def test_reindex_keeps_the_attributes_of_the_first_arrival(any_node: Node) -> No
     any_node.write(encode(earlier_path))
     listing = list(any_node.ls())
     assert [r.patient_name for r in listing] == ["Zed^First", "Zed^First"]
-    any_node.services.catalog.clear()
+    any_node.core.catalog.clear()
     for key in any_node.descriptions():
         any_node.reindex_entry(key)
     assert list(any_node.ls()) == listing

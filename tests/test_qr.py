@@ -116,7 +116,7 @@ def _find_statuses(node: RunningNode, identifier: pydicom.Dataset,
 
 
 def test_find_without_the_series_uid_at_image_level_is_refused(qr_node) -> None:
-    from node.index.query import identifier
+    from node.dimse.identifier import identifier
 
     node, study, _ = qr_node
     ask = identifier("IMAGE", StudyInstanceUID=str(study[0].StudyInstanceUID), SOPInstanceUID="")
@@ -130,8 +130,8 @@ def test_find_stops_at_c_cancel(qr_node) -> None:
 
     from pynetdicom.sop_class import StudyRootQueryRetrieveInformationModelFind as Find
 
-    from node.dimse.qr import handle_find
-    from node.index.query import identifier
+    from node.dimse.identifier import identifier
+    from node.dimse.qr import QRDeps, handle_find
 
     node, study, _ = qr_node
     event = SimpleNamespace(
@@ -142,7 +142,8 @@ def test_find_stops_at_c_cancel(qr_node) -> None:
                               SOPInstanceUID=""),
         is_cancelled=False,
     )
-    responses = handle_find(event, node.node.services.qr_deps())
+    c = node.node.core
+    responses = handle_find(event, QRDeps(c.catalog, c.fs, c.settings, c.policy))
     first = next(responses)
     assert first[0] == 0xFF00
     event.is_cancelled = True

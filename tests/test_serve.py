@@ -37,6 +37,8 @@ class Served:
     """A `support-node serve` child process whose output lines are collected as they come."""
 
     def __init__(self, *args: str | Path, home: Path) -> None:
+        if "--http-port" not in args:
+            args = (*args, "--http-port", "0")  # a free port: never the default 8042
         self.proc = subprocess.Popen(
             [str(SUPPORT_NODE), "serve", "--home", str(home), *map(str, args)],
             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=_env(home))

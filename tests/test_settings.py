@@ -9,6 +9,7 @@ from pathlib import Path
 import pytest
 
 from node import settings as settings_module
+from node.access import AccessPolicy
 from node.errors import ConfigError
 from node.settings import Settings, load
 
@@ -142,11 +143,11 @@ def test_public_bind_without_allow_list_refuses_to_start(settings_factory: Facto
 
 def test_public_bind_allowed_on_purpose_or_with_callers(settings_factory: Factory) -> None:
     anyone = settings_factory({"dimse": {"host": "0.0.0.0", "allow_any_ae": True}}, name="a")
-    assert anyone.dimse.hospital_for("WHOEVER") == "default"
+    assert AccessPolicy(anyone.dimse).for_ae("WHOEVER").hospital == "default"
     listed = settings_factory(
         {"dimse": {"host": "0.0.0.0", "callers": {"CT1": {"hospital": "st-marys"}}}}, name="b")
     assert listed.dimse.host == "0.0.0.0"
-    assert listed.dimse.hospital_for("WHOEVER") is None
+    assert AccessPolicy(listed.dimse).for_ae("WHOEVER").hospital is None
 
 
 def test_hospital_for_maps_calling_ae_titles(settings_factory: Factory) -> None:
@@ -155,20 +156,20 @@ def test_hospital_for_maps_calling_ae_titles(settings_factory: Factory) -> None:
         "MR_2": {"hospital": "general"},
     }}})
     d = s.dimse
-    assert d.hospital_for("CT1") == "st-marys"
-    assert d.hospital_for("CT1  ") == "st-marys"  # AE titles arrive space-padded
-    assert d.hospital_for("MR_2") == "general"
-    assert d.hospital_for("ct1") is None  # AE titles are case-sensitive
-    assert d.hospital_for("UNKNOWN") is None  # a list is set: others are refused
+    assert AccessPolicy(d).for_ae("CT1").hospital == "st-marys"
+    assert AccessPolicy(d).for_ae("CT1  ").hospital == "st-marys"  # AE titles arrive space-padded
+    assert AccessPolicy(d).for_ae("MR_2").hospital == "general"
+    assert AccessPolicy(d).for_ae("ct1").hospital is None  # AE titles are case-sensitive
+    assert AccessPolicy(d).for_ae("UNKNOWN").hospital is None  # a list is set: others are refused
     with_any = settings_factory({"dimse": {"allow_any_ae": True,
                                            "callers": {"CT1": {"hospital": "st-marys"}}}},
                                 name="any")
-    assert with_any.dimse.hospital_for("CT1") == "st-marys"
-    assert with_any.dimse.hospital_for("UNKNOWN") == "default"
+    assert AccessPolicy(with_any.dimse).for_ae("CT1").hospital == "st-marys"
+    assert AccessPolicy(with_any.dimse).for_ae("UNKNOWN").hospital == "default"
 
 
 def test_loopback_with_no_list_accepts_any_caller_as_default(settings_factory: Factory) -> None:
-    assert settings_factory().dimse.hospital_for("ANYONE") == "default"
+    assert AccessPolicy(settings_factory().dimse).for_ae("ANYONE").hospital == "default"
 
 
 @pytest.mark.parametrize("option", ["secret", "key", "secret_key", "secret_access_key",

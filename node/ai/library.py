@@ -66,7 +66,7 @@ class Library:
     @classmethod
     def of(cls, node: Any) -> Library:
         """The library of a ``node.api.Node``: its encrypted store and its index."""
-        return cls(node.services.fs, node.services.catalog)
+        return cls(node.core.fs, node.core.catalog)
 
     def save(self, arch: str, kind: str, weights: dict[str, dict[str, torch.Tensor]],
              card: dict[str, Any], files: dict[str, bytes] | None = None) -> Entry:

@@ -21,28 +21,20 @@ from pydicom.uid import UID, ExplicitVRLittleEndian, ImplicitVRLittleEndian
 from pynetdicom import evt
 from pynetdicom.presentation import build_context
 
+from node.access import AccessPolicy, NotAllowedError, Right
+from node.dimse.identifier import Identifier, find, model_for_sop_class, parse_identifier
+from node.dimse.status import Status, qr_status_for
 from node.dimse.transport import tune_connection
 from node.errors import CatalogError
 from node.index.catalog import Catalog
-from node.index.query import (
-    InstanceRef,
-    Model,
-    Query,
-    QueryError,
-    instances_for,
-    parse_identifier,
-    run,
-)
+from node.index.query import InstanceRef, QueryError, instances_for
 from node.layout import ORIGINAL
 from node.settings import Destination, Settings
 
 log = logging.getLogger("support_node.qr")
 
-PENDING = 0xFF00
-CANCELLED = 0xFE00
-REFUSED_NOT_AUTHORISED = 0x0124  # PS3.7 C.5.x: refused, not authorised
-FIND_UNABLE = 0xC001
-RETRIEVE_UNABLE = 0xC002
+PENDING = Status.PENDING
+CANCELLED = Status.CANCELLED
 
 
 _UNREADABLE = "unreadable"  # a pending result that is not a data set: a failed sub-operation
@@ -53,6 +45,7 @@ class QRDeps:
     catalog: Catalog
     fs: Any  # the encrypted filesystem
     settings: Settings
+    policy: AccessPolicy
 
 
 def _calling(event: Any) -> str:
@@ -60,33 +53,33 @@ def _calling(event: Any) -> str:
     return title.strip() if isinstance(title, str) else ""
 
 
-def _query(event: Any, deps: QRDeps, retrieve: bool) -> Query:
-    """Parses the identifier and limits it to the hospitals the caller may see."""
-    access = deps.settings.dimse.access_for(_calling(event))
-    allowed = access.retrieve if retrieve else access.query
-    if not allowed:
-        raise QueryError("this calling AE title may not " + ("retrieve" if retrieve else "query"),
-                         REFUSED_NOT_AUTHORISED)
-    model = Model.for_sop_class(str(event.request.AffectedSOPClassUID))
-    query = parse_identifier(event.identifier, model, retrieve=retrieve)
-    return query if access.hospitals is None else query.restricted_to(access.hospitals)
+def _query(event: Any, deps: QRDeps, retrieve: bool) -> Identifier:
+    """Parses the identifier and limits it to the hospitals the caller may see.
+
+    Raises NotAllowedError, QueryError (and what pydicom raises for an unreadable one)."""
+    access = deps.policy.for_ae(_calling(event))
+    access.require(Right.RETRIEVE if retrieve else Right.QUERY)
+    model = model_for_sop_class(str(event.request.AffectedSOPClassUID))
+    ident = parse_identifier(event.identifier, model, retrieve=retrieve)
+    return ident if access.hospitals is None else ident.restricted_to(access.hospitals)
 
 
 def handle_find(event: Any, deps: QRDeps) -> Iterator[tuple[int, Any]]:
     """EVT_C_FIND: pending responses as results stream; C-CANCEL honoured."""
     try:
         query = _query(event, deps, retrieve=False)
-    except QueryError as exc:
-        log.warning("C-FIND from %s refused: 0x%04X %s", _calling(event), exc.status, exc)
-        yield exc.status, None
+    except (QueryError, NotAllowedError) as exc:
+        status = qr_status_for(exc, retrieve=False)
+        log.warning("C-FIND from %s refused: 0x%04X %s", _calling(event), status, exc)
+        yield status, None
         return
     except Exception:  # an identifier pydicom cannot read
         log.exception("C-FIND from %s: unreadable identifier", _calling(event))
-        yield FIND_UNABLE, None
+        yield Status.FIND_UNABLE, None
         return
     sent = 0
     try:
-        for response in run(deps.catalog, query):
+        for response in find(deps.catalog, query):
             if event.is_cancelled:
                 yield CANCELLED, None
                 return
@@ -95,7 +88,7 @@ def handle_find(event: Any, deps: QRDeps) -> Iterator[tuple[int, Any]]:
             yield PENDING, response
     except CatalogError as exc:
         log.error("C-FIND from %s failed: %s", _calling(event), exc)
-        yield FIND_UNABLE, None
+        yield qr_status_for(exc, retrieve=False), None
         return
     log.info("C-FIND from %s at %s level: %d matches", _calling(event), query.level.value, sent)
 
@@ -146,17 +139,18 @@ def _sub_operations(event: Any, deps: QRDeps, refs: list[InstanceRef], fit: bool
 def _matches(event: Any, deps: QRDeps) -> tuple[int | None, list[InstanceRef]]:
     """Parses a retrieve identifier; returns (failure status or None, instances)."""
     try:
-        query = _query(event, deps, retrieve=True)
-        refs = list(instances_for(deps.catalog, query))
-    except QueryError as exc:
-        log.warning("retrieve from %s refused: 0x%04X %s", _calling(event), exc.status, exc)
-        return exc.status, []
+        ident = _query(event, deps, retrieve=True)
+        refs = list(instances_for(deps.catalog, ident.query))
+    except (QueryError, NotAllowedError) as exc:
+        status = qr_status_for(exc, retrieve=True)
+        log.warning("retrieve from %s refused: 0x%04X %s", _calling(event), status, exc)
+        return status, []
     except CatalogError as exc:
         log.error("retrieve from %s failed: %s", _calling(event), exc)
-        return RETRIEVE_UNABLE, []
+        return qr_status_for(exc, retrieve=True), []
     except Exception:
         log.exception("retrieve from %s: unreadable identifier", _calling(event))
-        return RETRIEVE_UNABLE, []
+        return Status.RETRIEVE_UNABLE, []
     return None, refs
 
 

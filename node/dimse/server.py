@@ -25,6 +25,8 @@ from pynetdicom.sop_class import (  # type: ignore[attr-defined]
 )
 from pynetdicom.transport import ThreadedAssociationServer
 
+from node import metrics
+from node.access import AccessPolicy
 from node.dimse.qr import QRDeps, handle_find, handle_get, handle_move
 from node.dimse.status import Status, status_for
 from node.dimse.transport import tune_connection
@@ -65,7 +67,7 @@ TRANSFER_SYNTAXES = [str(ts) for ts in sorted(pydicom.uid.AllTransferSyntaxes, k
 @dataclass(frozen=True)
 class StoreDeps:
     ingest: Ingest
-    dimse: DimseSettings
+    policy: AccessPolicy
 
 
 def handle_store(event: Any, deps: StoreDeps) -> int:
@@ -77,7 +79,7 @@ def handle_store(event: Any, deps: StoreDeps) -> int:
     """
     requestor = event.assoc.requestor
     calling = requestor.ae_title.strip() if isinstance(requestor.ae_title, str) else ""
-    hospital = deps.dimse.hospital_for(calling)
+    hospital = deps.policy.for_ae(calling).hospital
     if hospital is None:  # only reachable if the association check was bypassed
         return int(Status.OUT_OF_RESOURCES)
     request = event.request
@@ -85,7 +87,7 @@ def handle_store(event: Any, deps: StoreDeps) -> int:
         data = event.encoded_dataset(include_meta=True)
         result = deps.ingest.accept(
             data,
-            Source(hospital=hospital, calling_ae=calling, via="dimse"),
+            Source(hospital=hospital, via="dimse", who=calling),
             sop_class_uid=str(request.AffectedSOPClassUID),
             sop_instance_uid=str(request.AffectedSOPInstanceUID),
         )
@@ -102,8 +104,25 @@ def handle_store(event: Any, deps: StoreDeps) -> int:
         return int(Status.OUT_OF_RESOURCES)
     # A conflict is durably kept (apart from the first copy), so it is a success too:
     # the sender may forget it. The log and `ls` report it.
-    del result
+    metrics.INSTANCES.labels("dimse", result.outcome.value).inc()
+    metrics.BYTES.labels("dimse").inc(len(data))
     return int(Status.SUCCESS)
+
+
+_open: set[int] = set()
+_open_lock = threading.Lock()
+
+
+def _opened(event: Any) -> None:
+    with _open_lock:
+        _open.add(id(event.assoc))
+        metrics.OPEN_ASSOCIATIONS.set(len(_open))
+
+
+def _closed(event: Any) -> None:
+    with _open_lock:
+        _open.discard(id(event.assoc))
+        metrics.OPEN_ASSOCIATIONS.set(len(_open))
 
 
 QR_MODELS = (
@@ -144,8 +163,8 @@ class SharedPortServer(ThreadedAssociationServer):
         super().server_bind()
 
 
-def start(dimse: DimseSettings, ingest: Ingest, shared_port: bool = False,
-          qr: QRDeps | None = None) -> ThreadedAssociationServer:
+def start(dimse: DimseSettings, ingest: Ingest, policy: AccessPolicy,
+          shared_port: bool = False, qr: QRDeps | None = None) -> ThreadedAssociationServer:
     """Starts the SCP in the background on ``dimse.host:dimse.port`` (port 0: any free port).
 
     ``shared_port``: let other worker processes listen on the same port.
@@ -155,7 +174,8 @@ def start(dimse: DimseSettings, ingest: Ingest, shared_port: bool = False,
     ae = build_ae(dimse)
     handlers: list[Any] = [
         (evt.EVT_CONN_OPEN, tune_connection),
-        (evt.EVT_C_STORE, handle_store, [StoreDeps(ingest, dimse)]),
+        (evt.EVT_ESTABLISHED, _opened), (evt.EVT_RELEASED, _closed), (evt.EVT_ABORTED, _closed),
+        (evt.EVT_C_STORE, handle_store, [StoreDeps(ingest, policy)]),
     ]
     if qr is not None:
         handlers += [(evt.EVT_C_FIND, handle_find, [qr]), (evt.EVT_C_MOVE, handle_move, [qr]),

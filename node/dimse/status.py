@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import enum
 
+from node.access import NotAllowedError, NotAuthenticatedError
 from node.errors import (
     CatalogError,
     InconsistentError,
@@ -12,10 +13,15 @@ from node.errors import (
     StoreError,
     UidMismatchError,
 )
+from node.index.query import QueryLevelError, QueryValueError
 
 
 class Status(enum.IntEnum):
     SUCCESS = 0x0000
+    PENDING = 0xFF00
+    CANCELLED = 0xFE00
+    # PS3.7 C.5.x: refused, not authorised (Q/R callers without the right).
+    REFUSED_NOT_AUTHORISED = 0x0124
     # A7xx Refused, out of resources: the sender should retry later.
     OUT_OF_RESOURCES = 0xA700
     STORE_UNAVAILABLE = 0xA701
@@ -25,6 +31,9 @@ class Status(enum.IntEnum):
     # Cxxx Error: cannot understand.
     CANNOT_UNDERSTAND = 0xC000
     UID_MISMATCH = 0xC001
+    # Q/R failures, unable to process (PS3.4 C.4.1.1.4, C.4.2.1.5).
+    FIND_UNABLE = 0xC001
+    RETRIEVE_UNABLE = 0xC002
 
 
 def status_for(exc: BaseException) -> Status:
@@ -42,3 +51,21 @@ def status_for(exc: BaseException) -> Status:
     if isinstance(exc, IngestError):
         return Status.CANNOT_UNDERSTAND
     return Status.OUT_OF_RESOURCES
+
+
+# Q/R: exception type -> status, most specific first (a test checks every query error and
+# access error is here). A database failure differs by service: 0xC001 FIND, 0xC002 retrieve.
+_QR_STATUS: tuple[tuple[type[BaseException], Status], ...] = (
+    (QueryLevelError, Status.DATASET_MISMATCH),  # 0xA900 Identifier does not match SOP Class
+    (QueryValueError, Status.CANNOT_UNDERSTAND),  # 0xC000
+    (NotAllowedError, Status.REFUSED_NOT_AUTHORISED),
+    (NotAuthenticatedError, Status.REFUSED_NOT_AUTHORISED),
+)
+
+
+def qr_status_for(exc: BaseException, retrieve: bool) -> Status:
+    """The one place where an exception becomes a C-FIND, C-MOVE or C-GET status."""
+    for kind, status in _QR_STATUS:
+        if isinstance(exc, kind):
+            return status
+    return Status.RETRIEVE_UNABLE if retrieve else Status.FIND_UNABLE

@@ -37,6 +37,7 @@ from sqlalchemy.exc import DBAPIError, SQLAlchemyError
 
 from node.errors import CatalogError
 from node.index import schema as s
+from node.index.attributes import Level, described_at
 from node.index.engine import (
     describe_error,
     make_engine,
@@ -58,50 +59,14 @@ _RETRYABLE_SQLSTATES = frozenset({"23505", "23503", "40001", "40P01"})
 
 # Record field -> column, level by level. The key columns (hospital, patient_key and the
 # UIDs) are handled separately because they identify the row rather than describe it.
-_PATIENT_FIELDS = {
-    "patient_id": "patient_id",
-    "issuer_of_patient_id": "issuer_of_patient_id",
-    "patient_name": "patient_name",
-    "patient_birth_date": "birth_date",
-    "patient_sex": "sex",
-}
-_STUDY_FIELDS = {
-    "study_date": "study_date",
-    "study_time": "study_time",
-    "accession_number": "accession_number",
-    "study_id": "study_id",
-    "study_description": "description",
-    "referring_physician_name": "referring_physician_name",
-}
-_SERIES_FIELDS = {
-    "modality": "modality",
-    "series_number": "series_number",
-    "series_description": "description",
-    "series_date": "series_date",
-    "series_time": "series_time",
-    "body_part_examined": "body_part_examined",
-    "images_in_acquisition": "expected_instances",
-}
+_PATIENT_FIELDS = {a.field: a.column for a in described_at(Level.PATIENT)}
+_STUDY_FIELDS = {a.field: a.column for a in described_at(Level.STUDY)}
+_SERIES_FIELDS = {a.field: a.column for a in described_at(Level.SERIES)}
 _INSTANCE_FIELDS = {
-    name: name
-    for name in (
-        "sop_uid",
-        "sop_class_uid",
-        "instance_number",
-        "transfer_syntax_uid",
-        "number_of_frames",
-        "rows",
-        "columns",
-        "object_key",
-        "sha256",
-        "size",
-        "calling_ae",
-        "received_at",
-        "state",
-        "blank",
-        "recipe_id",
-        "labels",
-    )
+    **{name: name for name in ("sop_uid", "sop_class_uid", "transfer_syntax_uid", "object_key",
+                               "sha256", "size", "calling_ae", "received_at", "state", "blank",
+                               "recipe_id", "labels")},
+    **{a.field: a.column for a in described_at(Level.IMAGE)},
 }
 _CONFLICT_FIELDS = ("sop_uid", "sha256", "size", "object_key", "calling_ae", "received_at")
 

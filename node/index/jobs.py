@@ -24,6 +24,7 @@ from sqlalchemy.dialects import postgresql, sqlite
 
 from node.index import schema as s
 from node.index.records import State
+from node.index.transactions import Transactions
 
 PROCESS = "process"
 QUEUED, RUNNING, FAILED = "queued", "running", "failed"
@@ -85,10 +86,7 @@ def enqueue(conn: Connection, sop_uids: Sequence[str], now: datetime,
 class JobQueue:
     """Takes and settles processing jobs in ``catalog`` on behalf of one worker."""
 
-    def __init__(self, catalog: object, worker: str | None = None) -> None:
-        from node.index.catalog import Catalog  # typed, without an import cycle
-
-        assert isinstance(catalog, Catalog)
+    def __init__(self, catalog: Transactions, worker: str | None = None) -> None:
         self.catalog = catalog
         self.worker = worker or worker_name()
 

@@ -32,6 +32,8 @@ from sqlalchemy import (
 from sqlalchemy.engine import Dialect
 from sqlalchemy.types import TypeDecorator
 
+from node.index.attributes import Level, described_at
+
 # Stable constraint names, so that a later migration tool can address them on both dialects.
 metadata = MetaData(
     naming_convention={
@@ -78,6 +80,12 @@ def _pk() -> Column[Any]:
     return Column("pk", PrimaryKey, primary_key=True, autoincrement=True)
 
 
+def _described(level: Level) -> list[Column[Any]]:
+    """The columns of the described attributes of ``level`` (node.index.attributes)."""
+    return [Column(a.column, Integer if a.integer else String, index=a.indexed)
+            for a in described_at(level)]
+
+
 def _fk(name: str, target: str) -> Column[Any]:
     # No ON DELETE CASCADE: the catalog removes children itself so that counts stay right.
     return Column(name, PrimaryKey, ForeignKey(target), nullable=False, index=True)
@@ -89,11 +97,7 @@ patients = Table(
     _pk(),
     Column("hospital", Ident, nullable=False),
     Column("patient_key", Ident, nullable=False),  # pseudonym
-    Column("patient_id", String, index=True),
-    Column("issuer_of_patient_id", String),
-    Column("patient_name", String, index=True),
-    Column("birth_date", String),
-    Column("sex", String),
+    *_described(Level.PATIENT),
     UniqueConstraint("hospital", "patient_key"),
 )
 
@@ -103,12 +107,7 @@ studies = Table(
     _pk(),
     _fk("patient_pk", "patients.pk"),
     Column("study_uid", Ident, nullable=False, unique=True),
-    Column("study_date", String, index=True),
-    Column("study_time", String),
-    Column("accession_number", String, index=True),
-    Column("study_id", String),
-    Column("description", String),
-    Column("referring_physician_name", String),
+    *_described(Level.STUDY),
     Column("number_of_series", Integer, nullable=False, default=0),
     Column("number_of_instances", Integer, nullable=False, default=0),
     Column("modalities_in_study", String),  # backslash-joined, sorted
@@ -120,17 +119,11 @@ series = Table(
     _pk(),
     _fk("study_pk", "studies.pk"),
     Column("series_uid", Ident, nullable=False, unique=True),
-    Column("modality", String, index=True),
-    Column("series_number", Integer),
-    Column("description", String),
-    Column("series_date", String),
-    Column("series_time", String),
-    Column("body_part_examined", String),
+    *_described(Level.SERIES),  # expected_instances: Images in Acquisition
     Column("number_of_instances", Integer, nullable=False, default=0),
     # Series completion (node.index.series_watch): when its last instance arrived, how
-    # many the header says to expect (Images in Acquisition), when it was found complete.
+    # many the header says to expect (expected_instances), when it was found complete.
     Column("last_received_at", UTCDateTime),
-    Column("expected_instances", Integer),
     Column("complete_at", UTCDateTime, index=True),  # the watch looks for NULLs often
 )
 
@@ -141,11 +134,8 @@ instances = Table(
     _fk("series_pk", "series.pk"),
     Column("sop_uid", Ident, nullable=False, unique=True),
     Column("sop_class_uid", String, nullable=False),
-    Column("instance_number", Integer),
     Column("transfer_syntax_uid", String, nullable=False),
-    Column("number_of_frames", Integer),
-    Column("rows", Integer),
-    Column("columns", Integer),
+    *_described(Level.IMAGE),
     Column("object_key", String, nullable=False),
     Column("sha256", String(64), nullable=False),
     Column("size", BigInteger, nullable=False),
@@ -201,6 +191,19 @@ node_state = Table(
     Column("updated_at", UTCDateTime, nullable=False),
 )
 
+# Web API tokens (node.index.tokens): only a hash of each secret is kept.
+tokens = Table(
+    "tokens",
+    metadata,
+    _pk(),
+    Column("name", String, nullable=False, unique=True),
+    Column("secret_sha256", String(64), nullable=False, unique=True),
+    Column("hospital", Ident),  # NULL: every hospital
+    Column("scope", String, nullable=False),  # read | write | readwrite | admin
+    Column("created_at", UTCDateTime, nullable=False),
+    Column("revoked_at", UTCDateTime),
+)
+
 # Children before parents: the order in which rows can be deleted. ``reindex`` requeues
 # the jobs of instances whose description shows no result.
 INDEX_TABLES: tuple[Table, ...] = (jobs, instances, series, studies, patients, conflicts)
@@ -216,4 +219,5 @@ __all__ = [
     "patients",
     "series",
     "studies",
+    "tokens",
 ]

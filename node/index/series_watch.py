@@ -15,13 +15,14 @@ from sqlalchemy import Connection, and_, func, or_, select, update
 
 from node.index import schema as s
 from node.index.jobs import enqueue
+from node.index.transactions import Transactions
 
 SEGMENT = "segment"
 # Series of these modalities hold no images to segment (results, reports, annotations).
 NOT_SEGMENTED = ("SEG", "SR", "PR", "KO", "RTSTRUCT", "RTPLAN", "RTDOSE", "DOC", "OT")
 
 
-def complete_series(catalog: object, now: datetime, quiet_seconds: float,
+def complete_series(catalog: Transactions, now: datetime, quiet_seconds: float,
                     model: str | None) -> list[str]:
     """Marks every open series that is complete by ``now``; with ``model``, queues one
     ``segment`` job per newly complete image series (params: the model id).
@@ -34,7 +35,7 @@ def complete_series(catalog: object, now: datetime, quiet_seconds: float,
         or_(s.series.c.last_received_at <= quiet_since,
             and_(s.series.c.expected_instances.is_not(None),
                  s.series.c.number_of_instances >= s.series.c.expected_instances)))
-    found = catalog.reading(  # type: ignore[attr-defined]
+    found = catalog.reading(
         "looking for complete series", lambda conn: list(conn.execute(due)))
     done = []
     for pk, series_uid, modality in found:
@@ -47,15 +48,15 @@ def complete_series(catalog: object, now: datetime, quiet_seconds: float,
                 enqueue(conn, [uid], now, model, kind=SEGMENT)
             return marked
 
-        if catalog.transaction(f"completing series {series_uid}", work):  # type: ignore[attr-defined]
+        if catalog.transaction(f"completing series {series_uid}", work):
             done.append(series_uid)
     return done
 
 
-def mark_all_complete(catalog: object, now: datetime) -> int:
+def mark_all_complete(catalog: Transactions, now: datetime) -> int:
     """Marks every series complete without queueing anything (after ``reindex``: the
     series were complete before). Returns how many. Raises CatalogError."""
-    return catalog.transaction(  # type: ignore[attr-defined, no-any-return]
+    return catalog.transaction(
         "marking series complete",
         lambda conn: conn.execute(update(s.series).where(s.series.c.complete_at.is_(None))
                                   .values(complete_at=now)).rowcount)
@@ -65,7 +66,7 @@ PRETRAIN = "pretrain"
 _COUNTER = "pretrain-images"
 
 
-def pretrain_due(catalog: object, every: int, params: str, now: datetime) -> bool:
+def pretrain_due(catalog: Transactions, every: int, params: str, now: datetime) -> bool:
     """Queues one ``pretrain`` job when ``every`` processed, unlabelled images arrived since
     the last one (the count at the last job is kept in the index, moved by compare-and-set,
     so several watchers queue it once). Returns True when it queued one. Raises CatalogError.
@@ -77,7 +78,7 @@ def pretrain_due(catalog: object, every: int, params: str, now: datetime) -> boo
         return False
     count_stmt = select(func.count()).select_from(s.instances).where(
         s.instances.c.state == State.PROCESSED, s.instances.c.labels.is_(None))
-    count = int(catalog.reading(  # type: ignore[attr-defined]
+    count = int(catalog.reading(
         "counting unlabelled images", lambda conn: conn.scalar(count_stmt) or 0))
     last = versions.current(catalog, _COUNTER)
     if count - last < every:
@@ -89,4 +90,4 @@ def pretrain_due(catalog: object, every: int, params: str, now: datetime) -> boo
         enqueue(conn, [f"after-{count}-images"], now, params, kind=PRETRAIN)
         return True
 
-    return bool(catalog.transaction("queueing pretraining", work))  # type: ignore[attr-defined]
+    return bool(catalog.transaction("queueing pretraining", work))

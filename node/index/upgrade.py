@@ -15,24 +15,26 @@ from node.index import schema as s
 from node.index.jobs import enqueue
 from node.index.records import State
 
-# table -> columns added after the first release (nullable; types from the schema).
-_ADDED = {
-    s.instances: ("blank", "recipe_id", "labels"),
-    s.series: ("last_received_at", "expected_instances", "complete_at"),
-}
-
 
 def upgrade(conn: Connection) -> None:
-    """Adds the columns an older index lacks; queues its never-processed instances."""
+    """Adds the columns an older index lacks; queues its never-processed instances.
+
+    Every nullable column of the schema that the database lacks is added (so an attribute
+    added to ``node.index.attributes`` reaches old indexes too), with the indexes on it.
+    """
     inspector = inspect(conn)
-    for table, columns in _ADDED.items():
+    tables = set(inspector.get_table_names())
+    for table in s.metadata.sorted_tables:
+        if table.name not in tables:
+            continue  # create_all made it whole
         present = {c["name"] for c in inspector.get_columns(table.name)}
-        for name in columns:
-            if name not in present:
-                sql_type = table.c[name].type.compile(dialect=conn.dialect)
-                conn.execute(text(f"ALTER TABLE {table.name} ADD COLUMN {name} {sql_type}"))
-    for index in s.series.indexes:  # indexes on columns added later
-        index.create(conn, checkfirst=True)
+        for column in table.columns:
+            if column.name not in present and column.nullable:
+                sql_type = column.type.compile(dialect=conn.dialect)
+                conn.execute(text(f"ALTER TABLE {table.name} ADD COLUMN {column.name} "
+                                  f"{sql_type}"))
+        for index in table.indexes:  # indexes on columns added later
+            index.create(conn, checkfirst=True)
     legacy = list(conn.scalars(select(s.instances.c.sop_uid)
                                .where(s.instances.c.state == "stored")))
     if legacy:

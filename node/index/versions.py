@@ -8,19 +8,20 @@ from datetime import UTC, datetime
 from sqlalchemy import Connection, insert, select, update
 
 from node.index import schema as s
+from node.index.transactions import Transactions
 
 
-def current(catalog: object, name: str) -> int:
+def current(catalog: Transactions, name: str) -> int:
     """The current version of ``name`` (0: none yet). Raises CatalogError."""
     stmt = select(s.node_state.c.version).where(s.node_state.c.name == name)
-    return catalog.reading(  # type: ignore[attr-defined, no-any-return]
+    return catalog.reading(
         f"reading the version of {name}", lambda conn: conn.scalar(stmt) or 0)
 
 
-def advance(catalog: object, name: str, old: int, new: int) -> bool:
+def advance(catalog: Transactions, name: str, old: int, new: int) -> bool:
     """Moves ``name`` from version ``old`` to ``new``; False when another writer moved it
     first (nothing changed). Raises CatalogError."""
-    return catalog.transaction(  # type: ignore[attr-defined, no-any-return]
+    return catalog.transaction(
         f"moving {name} to version {new}",
         lambda conn: advance_in(conn, name, old, new, datetime.now(UTC)))
 

@@ -17,13 +17,13 @@ from collections.abc import Callable
 from dataclasses import asdict
 from datetime import UTC, datetime
 
+from node.core import Core
 from node.errors import NodeError
 from node.index.jobs import PROCESS, Job, JobQueue
 from node.index.records import State
 from node.index.series_watch import PRETRAIN, SEGMENT, complete_series, pretrain_due
 from node.processing.derive import derive, derive_labels
 from node.processing.shared_filter import SharedFilter
-from node.services import Services
 from pipelines.dicom_seg import SEG_STORAGE
 from pipelines.recipe import Recipe
 
@@ -35,9 +35,9 @@ AI_KINDS = (SEGMENT, PRETRAIN)  # minutes each: kept apart from processing in `s
 class Worker:
     """Takes jobs and processes them, one at a time, with the node's shared filter."""
 
-    def __init__(self, services: Services, name: str | None = None,
+    def __init__(self, services: Core, name: str | None = None,
                  watch_every: float = 5.0, kinds: tuple[str, ...] = KINDS) -> None:
-        self.services = services
+        self.core = services
         self.settings = services.settings.processing
         self.segment = services.settings.segment
         self.default = services.settings.recipe()
@@ -55,10 +55,10 @@ class Worker:
             return []
         self._watched = now
         now_utc = datetime.now(UTC)
-        done = complete_series(self.services.catalog, now_utc,
+        done = complete_series(self.core.catalog, now_utc,
                                self.segment.quiet_seconds, self.segment.model or None)
-        pre = self.services.settings.pretrain
-        if pretrain_due(self.services.catalog, pre.every, json.dumps(asdict(pre)), now_utc):
+        pre = self.core.settings.pretrain
+        if pretrain_due(self.core.catalog, pre.every, json.dumps(asdict(pre)), now_utc):
             log.info("%d new images since the last pretraining: queued one", pre.every)
         if done:
             log.info("%d series complete%s", len(done),
@@ -117,18 +117,18 @@ class Worker:
             return self.segment_job(job)
         if job.kind == PRETRAIN:
             return self.pretrain_job(job)
-        catalog = self.services.catalog
+        catalog = self.core.catalog
         rec = catalog.get_instance(job.target)
         if rec is None:  # removed since it was queued
             self.queue.done(job)
             return "superseded"
         try:
             if rec.sop_class_uid == SEG_STORAGE:
-                result = derive_labels(self.services, rec)
+                result = derive_labels(self.core, rec)
             else:
                 recipe = (Recipe.from_mapping(json.loads(job.params)) if job.params
                           else self.default)
-                result = derive(self.services.fs, rec.object_key, recipe, self.filter)
+                result = derive(self.core.fs, rec.object_key, recipe, self.filter)
         except (NodeError, OSError, ValueError, MemoryError) as exc:
             # MemoryError: an image too large for this worker; others may be fine.
             return self._failed(job, exc, f"processing {job.target}")
@@ -147,12 +147,12 @@ class Worker:
         from node.ai import runs  # torch: imported by the workers that segment only
         from node.api import Node
 
-        records = list(self.services.catalog.instances(series_uid=job.target))
+        records = list(self.core.catalog.instances(series_uid=job.target))
         if any(r.state == State.QUEUED for r in records):
             self.queue.postpone(job, 10.0)
             return "waiting"
         try:
-            result = runs.segment_series(Node(self.services), job.params or "", records,
+            result = runs.segment_series(Node(self.core), job.params or "", records,
                                          device=self.segment.device)
         except (NodeError, OSError, ValueError, RuntimeError) as exc:
             return self._failed(job, exc, f"segmenting series {job.target}")
@@ -170,7 +170,7 @@ class Worker:
         from pipelines.models import NetConfig
         from pipelines.pretrain.deepcluster import DeepClusterConfig
 
-        node = Node(self.services)
+        node = Node(self.core)
         try:
             p = json.loads(job.params or "{}")
             records = dataset.select(node)

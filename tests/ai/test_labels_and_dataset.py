@@ -52,13 +52,13 @@ def test_a_received_seg_labels_its_source_images(node: Node) -> None:
     masks = [lesion((64, 64), 5 + 10 * i) for i in range(3)]
     seg = dicom_seg.make(series, masks, ["lesion"], manufacturer="Radiology annotations")
     node.write(dicom_seg.encode(seg))
-    counts = Worker(node.services).drain()
+    counts = Worker(node.core).drain()
     assert counts == {State.PROCESSED: 3, State.LABELS: 1}
     recs = {r.sop_uid: r for r in node.ls()}
     for ds, mask in zip(series, masks, strict=True):
         rec = recs[ds.SOPInstanceUID]
         assert rec.labels == f"seg:{seg.SOPInstanceUID}"
-        assert np.array_equal(labels.read(node.services, rec)[0], mask)
+        assert np.array_equal(labels.read(node.core, rec)[0], mask)
         assert node.read_description(rec)["labels"]["classes"] == [0, 1]
     seg_rec = recs[seg.SOPInstanceUID]
     doc = node.read_description(seg_rec)["processing"]
@@ -77,7 +77,7 @@ def test_a_folder_of_masks_is_imported_by_sop_uid(node: Node, tmp_path: Path) ->
     np.save(folder / f"{series[1].SOPInstanceUID}.npy", lesion((64, 64), 30) * 2)
     np.save(folder / f"{series[2].SOPInstanceUID}.npy", np.zeros((32, 32), np.uint8))
     np.save(folder / "1.2.3.999.npy", np.zeros((64, 64), np.uint8))
-    home = str(node.services.settings.home)
+    home = str(node.core.settings.home)
     config = str(Path(home).parent / "home.toml")
 
     result = runner.invoke(app, ["labels", "import", str(folder), "--home", home,
@@ -87,9 +87,9 @@ def test_a_folder_of_masks_is_imported_by_sop_uid(node: Node, tmp_path: Path) ->
     assert "2 imported" in result.output and "1 refused" in result.output
     assert "1 unknown" in result.output and "does not fit image" in result.output
     recs = {r.sop_uid: r for r in node.ls()}
-    assert np.array_equal(labels.read(node.services, recs[series[0].SOPInstanceUID])[0],
+    assert np.array_equal(labels.read(node.core, recs[series[0].SOPInstanceUID])[0],
                           lesion((64, 64), 8))
-    assert labels.read(node.services, recs[series[1].SOPInstanceUID]).max() == 2
+    assert labels.read(node.core, recs[series[1].SOPInstanceUID]).max() == 2
     assert recs[series[2].SOPInstanceUID].labels is None
 
 
@@ -101,7 +101,7 @@ def test_datasets_leave_blank_images_out_and_split_by_patient(node: Node) -> Non
     blank = next(synthetic.ct_series(1, size=64, seed=9))
     blank.PixelData = np.zeros((64, 64), np.int16).tobytes()
     node.write(encode(blank))
-    Worker(node.services).drain()
+    Worker(node.core).drain()
 
     chosen = dataset.select(node)
     assert len(chosen) == 10 and blank.SOPInstanceUID not in {r.sop_uid for r in chosen}
@@ -114,7 +114,7 @@ def test_datasets_leave_blank_images_out_and_split_by_patient(node: Node) -> Non
     assert a.digest == b.digest and a.digest != dataset.manifest(val).digest
     assert {i["sha256"] for i in a.to_dict()["items"]} == {r.sha256 for r in train}
 
-    data = dataset.OutputDataset(node.services, train)
+    data = dataset.OutputDataset(node.core, train)
     assert len(data) == 6
     x = data[0]
     assert x.shape == (1, 32, 32) and x.dtype.is_floating_point
@@ -125,13 +125,13 @@ def test_labelled_items_pair_each_frame_with_its_mask(node: Node) -> None:
     series = list(synthetic.ct_series(2, size=64, seed=4))
     for ds in series:
         node.write(encode(ds))
-    Worker(node.services).drain()
+    Worker(node.core).drain()
     rec = next(r for r in node.ls() if r.sop_uid == series[0].SOPInstanceUID)
-    labels.store(node.services, rec, lesion((64, 64), 12), "import")
+    labels.store(node.core, rec, lesion((64, 64), 12), "import")
 
     chosen = dataset.select(node, labelled=True)
     assert [r.sop_uid for r in chosen] == [rec.sop_uid]
-    image, mask = dataset.OutputDataset(node.services, chosen, labels=True)[0]
+    image, mask = dataset.OutputDataset(node.core, chosen, labels=True)[0]
     assert image.shape == (1, 32, 32) and mask.shape == (32, 32) and mask.dtype.is_signed
     assert np.array_equal(mask.numpy(), resize_labels(lesion((64, 64), 12), 32))
     assert 0 < int(mask.sum()) < 32 * 32
@@ -143,5 +143,5 @@ def test_a_seg_made_by_this_node_is_a_prediction_not_labels(node: Node) -> None:
         node.write(encode(ds))
     seg = dicom_seg.make(series, [lesion((64, 64), 5)] * 2, ["lesion"])  # ours
     node.write(dicom_seg.encode(seg))
-    assert Worker(node.services).drain() == {State.PROCESSED: 2, State.NOT_IMAGE: 1}
+    assert Worker(node.core).drain() == {State.PROCESSED: 2, State.NOT_IMAGE: 1}
     assert all(r.labels is None for r in node.ls())

@@ -21,7 +21,7 @@ FEATURES = (4, 8, 16)
 
 @pytest.fixture
 def library(node_api: Node) -> Library:
-    return Library(node_api.services.fs, node_api.services.catalog)
+    return Library(node_api.core.fs, node_api.core.catalog)
 
 
 def test_a_pretrained_encoder_loads_into_every_architecture(library: Library) -> None:
@@ -71,7 +71,7 @@ def test_cli_lists_shows_exports_and_imports(node_api: Node, library: Library,
     library.save("unetpp", "segment", {"model": model.state_dict()},
                  {"net": model.config.to_dict(), "metrics": {"val_dice": 0.91},
                   "data": {"count": 12, "digest": "ab"}})
-    home = str(node_api.services.settings.home)
+    home = str(node_api.core.settings.home)
 
     listed = runner.invoke(app, ["library", "ls", "--home", home])
     assert listed.exit_code == 0 and "unetpp/1" in listed.output and "0.9100" in listed.output

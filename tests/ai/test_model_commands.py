@@ -55,7 +55,7 @@ def labelled(tmp_path_factory: pytest.TempPathFactory) -> dict[str, object]:
                 node.write(encode(ds))
             node.write(dicom_seg.encode(seg))
             series.append(images)
-        counts = Worker(node.services).drain()
+        counts = Worker(node.core).drain()
     assert counts == {State.PROCESSED: 24, State.LABELS: 4}
     common = ["--home", str(home), "--config", config]
     pre = runner.invoke(app, ["pretrain", "--arch", "unet", "--clusters", "4", "--epochs", "2",
@@ -109,11 +109,11 @@ def test_segment_writes_masks_and_a_seg_the_pacs_can_pull(labelled: dict) -> Non
         assert pydicom.dcmread(io.BytesIO(node.read_original(seg_rec))).Modality == "SEG"
         for rec in in_study:
             if rec.sop_uid in refs:
-                mask = node.services.fs.cat_file(
+                mask = node.core.fs.cat_file(
                     f"{rec.object_key}/{PREDICTION.format(arch='fcn', version=1)}")
                 assert np.load(io.BytesIO(mask)).shape == (1, 32, 32)
-        Worker(node.services).drain()  # the SEG is processed like any instance...
-        again = node.services.catalog.get_instance(seg_rec.sop_uid)
+        Worker(node.core).drain()  # the SEG is processed like any instance...
+        again = node.core.catalog.get_instance(seg_rec.sop_uid)
         assert again is not None and again.state == State.NOT_IMAGE  # ...never as labels
 
 
@@ -125,17 +125,17 @@ def test_a_complete_series_is_segmented_exactly_once(
                                  "processing": {"recipe": "small"},
                                  "segment": {"model": "fcn/2", "quiet_seconds": 1}})
     with Node.from_settings(labelled["settings"]) as source:
-        exported = Library(source.services.fs, source.services.catalog).export("fcn/1",
+        exported = Library(source.core.fs, source.core.catalog).export("fcn/1",
                                                                               tmp_path)
     data = phantoms.phantoms(5, size=32, seed=11)
     images, _ = synthetic.labelled_series(data.hu, data.lesion)
     with Node.from_settings(settings, create_keys=True) as node:
-        library = Library(node.services.fs, node.services.catalog)
+        library = Library(node.core.fs, node.core.catalog)
         library.import_(exported)  # fcn/1
         library.import_(exported)  # fcn/2: the configured model
         for ds in images:
             node.write(encode(ds))
-        worker = Worker(node.services, watch_every=0.0)
+        worker = Worker(node.core, watch_every=0.0)
         assert worker.watch_series() == []  # still arriving
         worker.drain()
         time.sleep(1.2)
@@ -143,7 +143,7 @@ def test_a_complete_series_is_segmented_exactly_once(
         # the series is segmented; its SEG, stored through ingest, is processed in turn
         assert worker.drain() == {"segmented": 1, State.NOT_IMAGE: 1}
         assert worker.watch_series() == []
-        restarted = Worker(node.services, watch_every=0.0)
+        restarted = Worker(node.core, watch_every=0.0)
         time.sleep(1.2)
         segs = [r for r in node.ls() if r.modality == "SEG"]
         # the SEG's own series completes too, but results are never segmented
@@ -161,7 +161,7 @@ def test_every_n_new_images_start_one_pretraining(
                                  "pretrain": {"every": 4, "clusters": 2, "epochs": 1,
                                               "size": 0, "arch": "fcn"}})
     with Node.from_settings(settings, create_keys=True) as node:
-        worker = Worker(node.services, watch_every=0.0)
+        worker = Worker(node.core, watch_every=0.0)
         for ds in synthetic.ct_series(3, size=32, seed=21):
             node.write(encode(ds))
         worker.drain()
@@ -172,7 +172,7 @@ def test_every_n_new_images_start_one_pretraining(
         worker.watch_series()
         worker.watch_series()  # a second look queues nothing more
         assert worker.drain() == {"pretrained": 1}
-        entries = Library(node.services.fs, node.services.catalog).entries()
+        entries = Library(node.core.fs, node.core.catalog).entries()
         assert [(e.id, e.kind, e.card["data"]["count"]) for e in entries] == [
             ("fcn/1", "pretrain", 4)]
         worker.watch_series()

@@ -17,20 +17,21 @@ from pydicom.tag import Tag
 
 from node.errors import NodeError
 from node.index import Catalog, InstanceRecord
+from node.dimse.identifier import find as run
+from node.dimse.identifier import identifier, model_for_sop_class, parse_identifier
+from node.dimse.status import qr_status_for
 from node.index.query import (
-    IDENTIFIER_DOES_NOT_MATCH_SOP_CLASS,
-    UNABLE_TO_PROCESS,
     InstanceRef,
     Level,
     MatchKind,
     Model,
     QueryError,
     count_instances,
-    identifier,
     instances_for,
-    parse_identifier,
-    run,
 )
+
+IDENTIFIER_DOES_NOT_MATCH_SOP_CLASS = 0xA900
+UNABLE_TO_PROCESS = 0xC000
 
 # The tests hand pydicom malformed values on purpose.
 pytestmark = pytest.mark.filterwarnings("ignore:Invalid value for VR")
@@ -146,7 +147,7 @@ def studies(cat: Catalog, **keys: Any) -> list[str]:
 def refused(ds: Dataset, model: Model, status: int, **kwargs: Any) -> QueryError:
     with pytest.raises(QueryError) as info:
         parse_identifier(ds, model, **kwargs)
-    assert info.value.status == status
+    assert qr_status_for(info.value, retrieve=False) == status
     assert isinstance(info.value, NodeError)
     return info.value
 
@@ -525,8 +526,8 @@ def test_parsed_conditions() -> None:
         "StudyInstanceUID": (MatchKind.LIST, ("1", "2")),
         "AccessionNumber": (MatchKind.SINGLE, ("A1",)),
     }
-    assert Model.for_sop_class("1.2.840.10008.5.1.4.1.2.2.1") is Model.STUDY_ROOT
-    assert Model.for_sop_class("1.2.840.10008.5.1.4.1.2.1.3") is Model.PATIENT_ROOT
+    assert model_for_sop_class("1.2.840.10008.5.1.4.1.2.2.1") is Model.STUDY_ROOT
+    assert model_for_sop_class("1.2.840.10008.5.1.4.1.2.1.3") is Model.PATIENT_ROOT
     assert Level.IMAGE.depth == 3
 
 
@@ -542,7 +543,7 @@ def test_instances_for_a_study_retrieve(catalog: Catalog) -> None:
     # A retrieve matches on unique keys only; PatientID is not one in the Study Root.
     assert set(query.ignored) == {"PatientName", "PatientID"}
 
-    got = sorted(instances_for(catalog, query), key=lambda r: r.sop_uid)
+    got = sorted(instances_for(catalog, query.query), key=lambda r: r.sop_uid)
 
     assert [r.sop_uid for r in got] == [
         "1.2.3.1.1.1",
@@ -558,18 +559,18 @@ def test_instances_for_a_study_retrieve(catalog: Catalog) -> None:
         study_uid="1.2.3.1",
         series_uid="1.2.3.1.1",
     )
-    assert count_instances(catalog, query) == 4
+    assert count_instances(catalog, query.query) == 4
 
 
 def test_instances_for_patient_and_series_retrieves(catalog: Catalog) -> None:
     patient = parse_identifier(identifier("PATIENT", PatientID="PID1"), PATIENT, retrieve=True)
-    assert count_instances(catalog, patient) == 6
+    assert count_instances(catalog, patient.query) == 6
     series = parse_identifier(
         identifier("SERIES", StudyInstanceUID="1.2.3.3", SeriesInstanceUID="1.2.3.3.1\\1.2.3.3.2"),
         STUDY,
         retrieve=True,
     )
-    assert sorted(r.sop_uid for r in instances_for(catalog, series)) == [
+    assert sorted(r.sop_uid for r in instances_for(catalog, series.query)) == [
         "1.2.3.3.1.1",
         "1.2.3.3.2.1",
     ]

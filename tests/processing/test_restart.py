@@ -42,7 +42,7 @@ def wait_until(check, timeout: float = 60.0, every: float = 0.2) -> None:  # typ
 
 def counts(home: Path):  # type: ignore[no-untyped-def]
     with Node.open(home=home) as node:
-        return JobQueue(node.services.catalog).counts()
+        return JobQueue(node.core.catalog).counts()
 
 
 @pytest.mark.slow
@@ -99,7 +99,7 @@ def test_a_killed_worker_loses_nothing_and_records_nothing_twice(tmp_path: Path)
             assert node.read_description(rec)["processing"]["state"] == State.PROCESSED
         settings = load(home=home)
         from node.processing.shared_filter import SharedFilter
-        model = SharedFilter(node.services.fs, node.services.catalog, settings.processing)
+        model = SharedFilter(node.core.fs, node.core.catalog, settings.processing)
         learnt = model.filter.n_learnt + len(model.filter._pending)
         assert learnt <= total  # no image learnt twice (those after the last save are lost)
 

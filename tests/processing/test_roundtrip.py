@@ -187,7 +187,7 @@ def collect(node: Node, rec: InstanceRecord) -> Got:
     except FileNotFoundError:
         output = None
     try:
-        preview: bytes | None = node.services.fs.cat_file(f"{rec.object_key}/{PREVIEW}")
+        preview: bytes | None = node.core.fs.cat_file(f"{rec.object_key}/{PREVIEW}")
     except FileNotFoundError:
         preview = None
     return Got(rec.state, node.read_description(rec), output, preview)
@@ -217,7 +217,7 @@ def import_and_drain(base: Path, config: dict[str, Any], samples: list[Sample]) 
                     continue
                 assert written.outcome is Outcome.STORED, (sample.name, written)
                 stored[sample.name] = written.sop_uid
-            result.drained += Worker(node.services).drain()
+            result.drained += Worker(node.core).drain()
             records = {rec.sop_uid: rec for rec in node.ls()}
             for name, uid in stored.items():
                 result.got[name] = collect(node, records[uid])
@@ -433,7 +433,7 @@ def test_inverted_and_constant_images_follow_the_same_rule(
     node = Node.from_settings(settings_factory(NATIVE), create_keys=True)
     try:
         uid = node.write(data).sop_uid
-        assert Worker(node.services).drain() == Counter({State.PROCESSED: 1})
+        assert Worker(node.core).drain() == Counter({State.PROCESSED: 1})
         [rec] = [r for r in node.ls() if r.sop_uid == uid]
         got = collect(node, rec)
     finally:
@@ -473,7 +473,7 @@ def test_c_store_gives_the_same_outputs_as_import(
             assert result.returncode == 0 or len(skipped) == len(group), result.stderr[-3000:]
             sent += [s for s in group if s not in skipped]
         node = running.node
-        Worker(node.services).drain()
+        Worker(node.core).drain()
         records = {rec.sop_uid: rec for rec in node.ls()}
         assert len(records) == len(sent)
         for sample in sent:
@@ -563,7 +563,7 @@ def test_get_writes_outputs_previews_and_descriptions_that_load(
                 assert image.format == "PNG" and image.mode == "L"
                 assert max(image.size) <= 256
                 preview = np.asarray(image)
-            assert files["preview"].read_bytes() == node.services.fs.cat_file(
+            assert files["preview"].read_bytes() == node.core.fs.cat_file(
                 f"{rec.object_key}/{PREVIEW}")
             if preview.shape == output.shape[1:]:
                 assert np.array_equal(preview, np.rint(output[0] * 255).astype(np.uint8))

@@ -75,7 +75,7 @@ def test_every_kind_of_object_gets_the_state_a_user_expects(node_api: Node) -> N
         node_api.write(encode(ds))
     assert {r.state for r in node_api.ls()} == {State.QUEUED}
 
-    counts = Worker(node_api.services).drain()
+    counts = Worker(node_api.core).drain()
 
     assert counts == {State.PROCESSED: 3, State.NOT_IMAGE: 1}
     recs = by_uid(node_api)
@@ -87,7 +87,7 @@ def test_every_kind_of_object_gets_the_state_a_user_expects(node_api: Node) -> N
         assert 0.0 <= float(out.min()) < 0.01 and 0.99 < float(out.max()) <= 1.0  # eq. 1
         doc = node_api.read_description(rec)  # type: ignore[arg-type]
         p = doc["processing"]
-        assert p["recipe_id"] == rec.recipe_id == node_api.services.settings.recipe().recipe_id
+        assert p["recipe_id"] == rec.recipe_id == node_api.core.settings.recipe().recipe_id
         assert p["decode"]["rows"] == 128 and p["decode"]["transfer_syntax"] == \
             ExplicitVRLittleEndian
         assert p["decode"]["pixel_spacing"] == [3.9062, 3.9062]
@@ -107,9 +107,9 @@ def test_every_kind_of_object_gets_the_state_a_user_expects(node_api: Node) -> N
 def test_the_preview_is_a_small_png_of_the_output(node_api: Node) -> None:
     ds = next(synthetic.ct_series(1, size=128, seed=2))
     node_api.write(encode(ds))
-    Worker(node_api.services).drain()
+    Worker(node_api.core).drain()
     [rec] = node_api.ls()
-    png = Image.open(io.BytesIO(node_api.services.fs.cat_file(f"{rec.object_key}/{PREVIEW}")))
+    png = Image.open(io.BytesIO(node_api.core.fs.cat_file(f"{rec.object_key}/{PREVIEW}")))
     assert png.mode == "L" and png.size == (256, 256)
     assert np.asarray(png).std() > 10  # anatomy, not a flat grey
 
@@ -119,7 +119,7 @@ def test_undecodable_pixels_are_stored_described_and_explained(node_api: Node) -
     ds.file_meta.TransferSyntaxUID = "1.2.840.10008.1.2.4.50"  # says JPEG, holds no JPEG
     ds.PixelData = pydicom.encaps.encapsulate([b"\xff\xd8 not a jpeg \xff\xd9"])
     node_api.write(encode(ds))
-    assert Worker(node_api.services).drain() == {State.UNDECODABLE: 1}
+    assert Worker(node_api.core).drain() == {State.UNDECODABLE: 1}
     [rec] = node_api.ls()
     doc = node_api.read_description(rec)
     assert rec.state == State.UNDECODABLE and rec.blank is None
@@ -131,7 +131,7 @@ def test_ls_hides_or_shows_only_blank_images(node_api: Node) -> None:
     real, blank = next(synthetic.ct_series(1, size=64, seed=4)), blank_ct(7)
     for ds in (real, blank):
         node_api.write(encode(ds))
-    Worker(node_api.services).drain()
+    Worker(node_api.core).drain()
     assert {r.sop_uid for r in node_api.ls(blank=False)} == {real.SOPInstanceUID}
     assert {r.sop_uid for r in node_api.ls(blank=True)} == {blank.SOPInstanceUID}
     assert len(list(node_api.ls())) == 2
@@ -140,24 +140,24 @@ def test_ls_hides_or_shows_only_blank_images(node_api: Node) -> None:
 def test_the_filter_model_is_shared_saved_and_reloaded(small_node: Node) -> None:
     for ds in synthetic.ct_series(40, size=64, seed=5):
         small_node.write(encode(ds))
-    first = Worker(small_node.services, "host:1")
+    first = Worker(small_node.core, "host:1")
     first.drain()
     assert first.filter.filter.n_learnt + len(first.filter.filter._pending) == 40
     assert first.filter.filter.trained
-    fs = small_node.services.fs
+    fs = small_node.core.fs
     assert fs.exists(shared_filter.key(first.filter.version))
 
-    restarted = Worker(small_node.services, "host:2")  # a restart reloads the latest model
+    restarted = Worker(small_node.core, "host:2")  # a restart reloads the latest model
     assert restarted.filter.version == first.filter.version
     assert restarted.filter.filter.state_bytes() == first.filter.filter.state_bytes()
 
     # two workers learning at once: neither overwrites the other's images
-    a, b = Worker(small_node.services, "host:3"), Worker(small_node.services, "host:4")
+    a, b = Worker(small_node.core, "host:3"), Worker(small_node.core, "host:4")
     for worker, seed in ((a, 6), (b, 7)):
         for ds in synthetic.ct_series(5, size=64, seed=seed):
             small_node.write(encode(ds))
         worker.drain()
-    merged = Worker(small_node.services, "host:5").filter.filter
+    merged = Worker(small_node.core, "host:5").filter.filter
     assert merged.n_learnt + len(merged._pending) == 50
 
 
@@ -166,8 +166,8 @@ def test_reprocess_with_another_recipe_leaves_originals_alone(
     series = list(synthetic.ct_series(3, size=64, seed=8))
     for ds in series:
         small_node.write(encode(ds))
-    Worker(small_node.services).drain()
-    home = small_node.services.settings.home
+    Worker(small_node.core).drain()
+    home = small_node.core.settings.home
     config = home.parent / f"{home.name}.toml"
     config.write_text(config.read_text() + '\n[recipes.native32]\nsize = "native"\n'
                       'dtype = "float32"\nwindow = [40, 400]\n')
@@ -196,18 +196,18 @@ def test_reindex_restores_results_and_requeues_what_was_not_processed(node_api: 
     done, blank, waiting = (next(synthetic.ct_series(1, size=64, seed=s)) for s in (10, 11, 12))
     for ds in (done, blank_ct(3)):
         node_api.write(encode(ds))
-    Worker(node_api.services).drain()
+    Worker(node_api.core).drain()
     node_api.write(encode(waiting))
     states = {r.sop_uid: (r.state, r.blank, r.recipe_id) for r in node_api.ls()}
-    home = node_api.services.settings.home
+    home = node_api.core.settings.home
 
     result = runner.invoke(app, ["reindex", "--home", str(home)])
 
     assert result.exit_code == 0, result.output
     assert {r.sop_uid: (r.state, r.blank, r.recipe_id) for r in node_api.ls()} == states
-    counts = JobQueue(node_api.services.catalog).counts()
+    counts = JobQueue(node_api.core.catalog).counts()
     assert counts.queue_depth == 1 and counts.blank == 1
-    assert Worker(node_api.services).drain() == {State.PROCESSED: 1}
+    assert Worker(node_api.core).drain() == {State.PROCESSED: 1}
 
 
 def test_a_tampered_original_fails_with_a_message_and_is_retried_then_given_up(
@@ -222,8 +222,8 @@ def test_a_tampered_original_fails_with_a_message_and_is_retried_then_given_up(
         raw = bytearray(path.read_bytes())
         raw[-40] ^= 1
         path.write_bytes(bytes(raw))
-        queue = JobQueue(node.services.catalog)
-        worker = Worker(node.services)
+        queue = JobQueue(node.core.catalog)
+        worker = Worker(node.core)
         [job] = queue.take(1, 60, 2)
         assert worker.process(job) == "retry"
         [job] = queue.take(1, 60, 2) or [None]  # due only after a short wait
@@ -235,7 +235,7 @@ def test_a_tampered_original_fails_with_a_message_and_is_retried_then_given_up(
     home = settings.home
     config = home.parent / f"{home.name}.toml"
     with Node.from_settings(settings) as node:  # pretend the wait is over
-        node.services.catalog.transaction("due now", lambda conn: conn.exec_driver_sql(
+        node.core.catalog.transaction("due now", lambda conn: conn.exec_driver_sql(
             "UPDATE jobs SET lease_until = NULL"))
     result = runner.invoke(app, ["worker", "--once", "--home", str(home), "--config",
                                  str(config)])
@@ -251,10 +251,10 @@ def test_a_tampered_original_fails_with_a_message_and_is_retried_then_given_up(
 def test_status_counts_what_a_user_asks_about(node_api: Node) -> None:
     for ds in (*synthetic.ct_series(2, size=64, seed=14), blank_ct(), text_sr()):
         node_api.write(encode(ds))
-    home = str(node_api.services.settings.home)
+    home = str(node_api.core.settings.home)
     before = json.loads(runner.invoke(app, ["status", "--json", "--home", home]).stdout)
     assert (before["instances"], before["queue_depth"], before["processed"]) == (4, 4, 0)
-    Worker(node_api.services).drain()
+    Worker(node_api.core).drain()
     after = json.loads(runner.invoke(app, ["status", "--json", "--home", home]).stdout)
     assert (after["queue_depth"], after["processed"], after["filtered"], after["not_image"],
             after["failed"]) == (0, 3, 1, 1, 0)
@@ -264,7 +264,7 @@ def test_status_counts_what_a_user_asks_about(node_api: Node) -> None:
 
 def test_serve_keeps_segmentation_and_pretraining_apart_from_processing(
         settings_factory: Callable[..., Settings]) -> None:
-    from node.service import ProcessingPool
+    from node.processes import ProcessingPool
 
     plain = settings_factory({"processing": {"workers": 2}}, name="plain")
     with ProcessingPool(plain) as pool:
@@ -278,7 +278,7 @@ def test_serve_keeps_segmentation_and_pretraining_apart_from_processing(
 
 
 def test_worker_kinds_are_checked(node_api: Node) -> None:
-    home = str(node_api.services.settings.home)
+    home = str(node_api.core.settings.home)
     bad = runner.invoke(app, ["worker", "--once", "--kinds", "process,train", "--home", home])
     assert bad.exit_code == 2 and "--kinds" in bad.output
     node_api.write(encode(next(synthetic.ct_series(1, size=64, seed=30))))

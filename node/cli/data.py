@@ -1,134 +1,48 @@
-"""The admin CLI: ``support-node COMMAND``. Errors become messages and exit codes here.
-
-Exit codes: 0 done; 1 some items failed (import, verify); 2 usage or configuration
-error; 3 store, index or key problem.
-"""
+"""The data commands: init, serve, import, ls, get, verify, reindex, worker, status,
+reprocess, labels, keys."""
 
 from __future__ import annotations
 
-import enum
 import json
 import sys
 from collections import Counter
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterator
 from dataclasses import asdict
 from pathlib import Path
 from typing import Annotated, Any
 
 import typer
-from rich.console import Console
-from rich.measure import Measurement
-from rich.progress import (
-    BarColumn,
-    MofNCompleteColumn,
-    Progress,
-    TextColumn,
-    TimeElapsedColumn,
-)
 from rich.table import Table
 
-from node import logs
 from node.api import Filters, Node
-from node.errors import ConfigError, IngestError, KeyringError, LibraryError, NodeError
-from node.index.query import QueryError
+from node.cli.common import (
+    _BLANK_CHOICES,
+    AccessionOpt,
+    Blank,
+    BlankOpt,
+    ConfigOpt,
+    Context,
+    DateOpt,
+    HomeOpt,
+    Kind,
+    ModalityOpt,
+    NameOpt,
+    app,
+    counted,
+    err,
+    fail,
+    keys_app,
+    labels_app,
+    out,
+    print_table,
+    progress,
+    run,
+)
+from node.errors import ConfigError, IngestError, NodeError
 from node.index.records import State
 from node.ingest import Source
-from node.services import ensure_keyring
-from node.settings import Settings, load, valid_hospital
-
-app = typer.Typer(help="support-node: a DICOM node that keeps images encrypted and AI-ready.",
-                  no_args_is_help=True, pretty_exceptions_enable=False)
-keys_app = typer.Typer(help="List and rotate the encryption keys.", no_args_is_help=True)
-app.add_typer(keys_app, name="keys")
-labels_app = typer.Typer(help="Label maps (masks) of stored images.", no_args_is_help=True)
-app.add_typer(labels_app, name="labels")
-out = Console(soft_wrap=True)
-err = Console(stderr=True, soft_wrap=True)
-
-NameOpt = Annotated[str | None, typer.Option(
-    "--patient-name", help="Patient name, wildcards * ? (case-insensitive), e.g. 'doe*'.")]
-DateOpt = Annotated[str | None, typer.Option(
-    "--study-date", help="Study date or range: 20240101, 20240101-20240131, -20240131.")]
-ModalityOpt = Annotated[str | None, typer.Option("--modality", help="e.g. CT.")]
-AccessionOpt = Annotated[str | None, typer.Option("--accession", help="Accession number.")]
-HomeOpt = Annotated[Path | None, typer.Option("--home", help="Home folder (default ./var).")]
-ConfigOpt = Annotated[Path | None, typer.Option("--config", help="TOML config file.")]
-
-
-class Blank(enum.StrEnum):
-    show = "show"
-    hide = "hide"
-    only = "only"
-
-
-class Kind(enum.StrEnum):
-    original = "original"
-    output = "output"
-    preview = "preview"
-    description = "description"
-
-
-BlankOpt = Annotated[Blank, typer.Option(
-    "--blank", help="Images the filter flagged blank: show (default), hide, or only them.")]
-_BLANK_CHOICES: dict[Blank, bool | None] = {Blank.show: None, Blank.hide: False,
-                                            Blank.only: True}
-
-
-class Context:
-    """What every command gets: the settings, read once."""
-
-    def __init__(self, home: Path | None, config: Path | None,
-                 overrides: dict[str, dict[str, Any]] | None = None,
-                 service: bool = False) -> None:
-        self.settings = load(config=config, home=home, overrides=overrides)
-        # One-shot commands report through their own output; the log is for the service.
-        level = self.settings.log.level
-        logs.configure(level if service or level in ("WARNING", "ERROR") else "WARNING")
-
-    def node(self, create_keys: bool = False) -> Node:
-        path = self.settings.keys.file
-        if not create_keys and not path.exists():
-            raise KeyringError(f"key file not found: {path} (run `support-node init` first, "
-                               "or give the node's --home)")
-        return Node.from_settings(self.settings, create_keys=create_keys)
-
-
-def fail(message: str, code: int) -> typer.Exit:
-    err.print(f"[bold red]error:[/] {message}", highlight=False)
-    return typer.Exit(code)
-
-
-def run(fn: Any) -> Any:
-    """Runs a command body; NodeErrors become a message and an exit code, not a traceback."""
-    try:
-        return fn()
-    except ConfigError as exc:
-        raise fail(f"configuration: {exc}", 2) from None
-    except KeyringError as exc:
-        raise fail(f"keys: {exc}", 3) from None
-    except QueryError as exc:
-        raise fail(f"query: {exc}", 2) from None
-    except LibraryError as exc:
-        raise fail(f"library: {exc}", 2) from None
-    except NodeError as exc:
-        raise fail(str(exc), 3) from None
-
-
-def counted(counts: Mapping[str, int], empty: str) -> str:
-    """``3 processed, 1 refused``: counts by name, sorted by name; ``empty`` for none."""
-    return ", ".join(f"{n} {name}" for name, n in sorted(counts.items())) or empty
-
-
-def print_table(table: Table) -> None:
-    """Prints ``table`` at its natural width, whatever the terminal's: a UID cut short by an
-    ellipsis could not be given to the next command (``ls`` → ``get``)."""
-    natural = Measurement.get(out, out.options.update_width(1 << 16), table).maximum
-    Console(file=out.file, width=max(natural, out.width), soft_wrap=True).print(table)
-
-
-def progress() -> Progress:
-    return Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
-                    TimeElapsedColumn(), console=err, transient=False)
+from node.settings import Settings, valid_hospital
+from node.wiring import ensure_keyring
 
 
 @app.command()
@@ -158,38 +72,50 @@ def serve(home: HomeOpt = None, config: ConfigOpt = None,
           processing_workers: Annotated[int | None, typer.Option(
               help="Processes preprocessing stored images (0: leave it to "
                    "`support-node worker`).")] = None,
+          http_port: Annotated[int | None, typer.Option(
+              help="HTTP port of DICOMweb, /healthz and /metrics (0: any free port).")] = None,
           ) -> None:
-    """Run the node: DIMSE Verification, Storage and Query/Retrieve SCP, and the processing
-    workers, until Ctrl-C or SIGTERM."""
-    from node import service
+    """Run the node: DIMSE Verification, Storage and Query/Retrieve SCP, DICOMweb (STOW-RS,
+    QIDO-RS, WADO-RS) with /healthz and /metrics, and the processing workers, until Ctrl-C
+    or SIGTERM."""
+    from node import processes
 
     def body() -> None:
         ctx = Context(home, config, {"dimse": {"host": host, "port": dimse_port,
                                               "ae_title": ae_title, "workers": workers},
-                                    "processing": {"workers": processing_workers}},
+                                    "processing": {"workers": processing_workers},
+                                    "http": {"port": http_port}},
                       service=True)
         settings = ctx.settings
         # Create the key file and the index tables once, before any worker races to.
-        ctx.node(create_keys=True).close()
+        with ctx.node(create_keys=True) as node:
+            web = settings.http.enabled
+            if web and not settings.http.anonymous_allowed and not node.core.tokens.any_active():
+                raise ConfigError(
+                    f"http.host: serving {settings.http.host} with no token; create one "
+                    "(support-node tokens create NAME) or set http.allow_anonymous = true")
 
-        def ready(port: int) -> None:
+        def ready(port: int, url: str | None) -> None:
             d = settings.dimse
             extra = f" ({d.workers} workers)" if d.workers > 1 else ""
+            http = f"HTTP on {url}, " if url else ""
             out.print(f"support-node {d.ae_title} ready: DIMSE on {d.host}:{port}{extra}, "
+                      f"{http}"
                       f"{settings.processing.workers} processing worker"
                       f"{'' if settings.processing.workers == 1 else 's'}, "
                       f"store {settings.store.url}", highlight=False)
             sys.stdout.flush()
 
         try:
-            with service.ProcessingPool(settings) as pool:
+            with processes.ProcessingPool(settings) as pool:
                 if settings.dimse.workers > 1:
-                    service.serve_workers(settings, ready, watch=pool.check)
+                    processes.serve_workers(settings, ready, watch=pool.check, web=web)
                 else:
-                    service.serve_one(settings, ready, watch=pool.check)
+                    processes.serve_one(settings, ready, watch=pool.check, web=web)
         except OSError as exc:
             d = settings.dimse
-            raise fail(f"cannot listen on {d.host}:{d.port}: {exc.strerror or exc}", 3) from None
+            raise fail(f"cannot listen on {d.host}:{d.port} (DIMSE) or {settings.http.host}:"
+                       f"{settings.http.port} (HTTP): {exc.strerror or exc}", 3) from None
         out.print("stopped")
     run(body)
 
@@ -223,7 +149,7 @@ def import_(paths: Annotated[list[Path], typer.Argument(help="Files or folders o
             task = bar.add_task("importing", total=len(files))
             for path in files:
                 try:
-                    result = node.services.ingest.accept(
+                    result = node.core.ingest.accept(
                         path.read_bytes(), Source(hospital=hospital, via="import"))
                     counts[result.outcome.value] += 1
                 except IngestError as exc:
@@ -364,7 +290,7 @@ def reindex(home: HomeOpt = None, config: ConfigOpt = None) -> None:
         counts: Counter[str] = Counter()
         with ctx.node() as node:
             keys = node.descriptions()
-            node.services.catalog.clear()
+            node.core.catalog.clear()
             with progress() as bar:
                 task = bar.add_task("reindexing", total=len(keys))
                 for key in keys:
@@ -403,11 +329,11 @@ def worker(home: HomeOpt = None, config: ConfigOpt = None,
                 return
             from threadpoolctl import threadpool_limits
 
-            from node import service
+            from node import processes
             out.print(f"support-node worker ready ({', '.join(chosen)})", highlight=False)
             sys.stdout.flush()
             with threadpool_limits(limits=1):  # one worker, one core (see service.py)
-                Worker(node.services, kinds=chosen).run(service.stop_event())
+                Worker(node.core, kinds=chosen).run(processes.stop_event())
         out.print("stopped")
     run(body)
 
@@ -416,7 +342,7 @@ def _drain(node: Node, what: str, kinds: tuple[str, ...] | None = None) -> None:
     """Processes the queue in this process, with a progress bar; exit 1 if any failed."""
     from node.processing.worker import KINDS, Worker
 
-    work = Worker(node.services, kinds=kinds or KINDS)
+    work = Worker(node.core, kinds=kinds or KINDS)
     with progress() as bar:
         task = bar.add_task(what, total=work.queue.counts().queue_depth)
         counts = work.drain(lambda _state: bar.advance(task))
@@ -438,10 +364,10 @@ def status(home: HomeOpt = None, config: ConfigOpt = None,
     def body() -> None:
         ctx = Context(home, config)
         with ctx.node() as node:
-            queue = JobQueue(node.services.catalog)
+            queue = JobQueue(node.core.catalog)
             counts = queue.counts()
             failures = queue.failures(5)
-            stored = node.services.catalog.counts()["instances"]
+            stored = node.core.catalog.counts()["instances"]
         states = {state: counts.instances.get(state, 0) for state in State.ALL}
         doc = {"instances": stored, "queue_depth": counts.queue_depth,
                "running": counts.jobs.get("running", 0), **states,
@@ -487,7 +413,7 @@ def reprocess(hospital: Annotated[str | None, typer.Argument()] = None,
         chosen = ctx.settings.recipe(recipe)
         with ctx.node() as node:
             uids = (rec.sop_uid for rec in node.ls(hospital, patient, study, series, sop))
-            queued = JobQueue(node.services.catalog).requeue(
+            queued = JobQueue(node.core.catalog).requeue(
                 uids, json.dumps(chosen.to_mapping()))
             if not queued:
                 raise fail("nothing stored under that hierarchy", 1)
@@ -511,7 +437,7 @@ def labels_import(folder: Annotated[Path, typer.Argument(
         if not folder.is_dir():
             raise fail(f"no such folder: {folder}", 2)
         with ctx.node() as node:
-            counts, problems = labels.import_folder(node.services, folder)
+            counts, problems = labels.import_folder(node.core, folder)
         for problem in problems:
             err.print(problem, highlight=False)
         out.print(f"labels: {counted(counts, 'no mask files')}")
@@ -542,7 +468,7 @@ def keys_rotate(home: HomeOpt = None, config: ConfigOpt = None,
     def body() -> None:
         ctx = Context(home, config)
         with ctx.node() as node:
-            keyring = node.services.keyring
+            keyring = node.core.keyring
             key = keyring.add(bits=bits)
             keyring.save(ctx.settings.keys.file)
             out.print(f"key {key.id} ({key.bits} bits) is now active")
@@ -552,7 +478,7 @@ def keys_rotate(home: HomeOpt = None, config: ConfigOpt = None,
                 with progress() as bar:
                     task = bar.add_task("re-encrypting", total=len(objects))
                     for obj in objects:
-                        changed += bool(node.services.fs.reencrypt(obj))
+                        changed += bool(node.core.fs.reencrypt(obj))
                         bar.advance(task)
                 out.print(f"re-encrypted {changed} of {len(objects)} objects")
     run(body)
@@ -561,14 +487,3 @@ def keys_rotate(home: HomeOpt = None, config: ConfigOpt = None,
 def _load_keyring(settings: Settings) -> Any:
     from node.crypto.keyring import Keyring
     return Keyring.load(settings.keys.file)
-
-
-def main() -> None:
-    app()
-
-
-# The model commands (library, pretrain, train, evaluate, segment) register on ``app``.
-from node import cli_models  # noqa: E402, F401
-
-if __name__ == "__main__":
-    main()

@@ -16,7 +16,7 @@ import typer
 from rich.table import Table
 
 from node.api import Filters, Node
-from node.cli import (
+from node.cli.common import (
     AccessionOpt,
     ConfigOpt,
     Context,

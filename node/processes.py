@@ -21,7 +21,7 @@ from typing import Any
 
 from threadpoolctl import threadpool_limits
 
-from node import logs
+from node import logs, wiring
 from node.settings import Settings
 
 log = logging.getLogger("support_node")
@@ -37,34 +37,59 @@ def stop_event() -> threading.Event:
     return stop
 
 
-def serve_one(settings: Settings, ready: Callable[[int], None], shared_port: bool = False,
+def serve_one(settings: Settings, ready: Callable[[int, str | None], None],
+              shared_port: bool = False,
               stop: threading.Event | None = None,
-              watch: Callable[[], None] | None = None) -> None:
-    """Serves DIMSE in this process until SIGINT/SIGTERM (or ``stop``); calls ``ready(port)``,
-    then ``watch()`` twice a second (the processing pool's check).
+              watch: Callable[[], None] | None = None, web: bool = False) -> None:
+    """Serves DIMSE (and, with ``web``, HTTP) in this process until SIGINT/SIGTERM (or
+    ``stop``); calls ``ready(dimse_port, http_url or None)``, then ``watch()`` twice a
+    second (the processing pool's
+    check).
 
-    Raises OSError when the port cannot be bound, and what ``open_services`` raises.
+    Raises OSError when a port cannot be bound, and what ``open_core`` raises.
     """
-    from node.api import Node
-    from node.dimse import server as dimse_server
-
     stop = stop or stop_event()
-    node = Node.from_settings(settings)
+    core = wiring.open_core(settings)
+    servers: list[Any] = []
     try:
-        scp = dimse_server.start(settings.dimse, node.services.ingest, shared_port=shared_port,
-                                 qr=node.services.qr_deps())
+        scp = wiring.start_dimse(core, shared_port=shared_port)
+        servers.append(scp)
+        if web:
+            servers.append(wiring.start_web(core))
     except BaseException:
-        node.close()
+        _stop_all(servers)
+        core.close()
         raise
     try:
-        ready(scp.server_address[1])
+        ready(scp.server_address[1], servers[1].url if web else None)
         while not stop.wait(0.5):
             if watch is not None:
                 watch()
     finally:
         log.info("shutting down")
-        scp.shutdown()
-        node.close()
+        _stop_all(servers)
+        core.close()
+
+
+def serve_web(settings: Settings) -> tuple[str, Callable[[], None]]:
+    """Starts the HTTP server in this process on a core of its own (used beside several DIMSE
+    worker processes); returns its URL and a function that stops it. Raises OSError."""
+    core = wiring.open_core(settings)
+    try:
+        server = wiring.start_web(core)
+    except BaseException:
+        core.close()
+        raise
+
+    def close() -> None:
+        server.shutdown()
+        core.close()
+    return server.url, close
+
+
+def _stop_all(servers: list[Any]) -> None:
+    for server in reversed(servers):
+        server.shutdown()
 
 
 def _orphan_watch(stop: threading.Event, parent: int) -> None:
@@ -81,8 +106,8 @@ def _worker(settings: Settings, started: Any, index: int, parent: int) -> None:
     stop = stop_event()
     threading.Thread(target=_orphan_watch, args=(stop, parent), daemon=True).start()
     try:
-        serve_one(settings, lambda port: started.put((index, port, "")), shared_port=True,
-                  stop=stop)
+        serve_one(settings, lambda port, _url: started.put((index, port, "")),
+                  shared_port=True, stop=stop)
     except BaseException as exc:  # reported to the parent, which exits with the message
         started.put((index, 0, f"{type(exc).__name__}: {exc}"))
 
@@ -95,14 +120,16 @@ def _probe_port(host: str, port: int) -> None:
         probe.bind((host, port))
 
 
-def serve_workers(settings: Settings, ready: Callable[[int], None],
-                  watch: Callable[[], None] | None = None) -> None:
-    """Runs ``settings.dimse.workers`` worker processes on one port until SIGINT/SIGTERM.
+def serve_workers(settings: Settings, ready: Callable[[int, str | None], None],
+                  watch: Callable[[], None] | None = None, web: bool = False) -> None:
+    """Runs ``settings.dimse.workers`` worker processes on one port until SIGINT/SIGTERM,
+    and, with ``web``, the HTTP server in this process.
 
     Raises OSError naming the first worker's failure to start.
     """
     _probe_port(settings.dimse.host, settings.dimse.port)
     stop = stop_event()
+    url, close_web = serve_web(settings) if web else (None, None)
     context = multiprocessing.get_context("spawn")
     started = context.Queue()
     workers = [context.Process(target=_worker, args=(settings, started, i, os.getpid()),
@@ -115,7 +142,7 @@ def serve_workers(settings: Settings, ready: Callable[[int], None],
             _index, port, error = started.get(timeout=120)
             if error:
                 raise OSError(error)
-        ready(settings.dimse.port)
+        ready(settings.dimse.port, url)
         while not stop.wait(0.5):
             if not all(p.is_alive() for p in workers):
                 log.error("a DIMSE worker stopped unexpectedly; stopping the node")
@@ -123,6 +150,8 @@ def serve_workers(settings: Settings, ready: Callable[[int], None],
             if watch is not None:
                 watch()
     finally:
+        if close_web is not None:
+            close_web()
         for proc in workers:
             if proc.is_alive():
                 proc.terminate()  # SIGTERM: a clean shutdown in the worker
@@ -149,7 +178,7 @@ def _process_jobs(settings: Settings, parent: int, kinds: tuple[str, ...]) -> No
         # One worker, one core: BLAS's own threads (the filter's PCA updates) only fight
         # the receiver and the other workers for the same cores (measured: 2 s stalls).
         with threadpool_limits(limits=1):
-            Worker(node.services, kinds=kinds).run(stop)
+            Worker(node.core, kinds=kinds).run(stop)
     finally:
         node.close()
 

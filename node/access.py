@@ -1,0 +1,147 @@
+"""Who may do what: one access policy for every protocol.
+
+A caller is a calling AE title (DIMSE) or a web token (HTTP). Either maps to an
+:class:`Access`: the hospital its stores go to, whether it may store, query and retrieve,
+and the hospitals it sees (its own only, or all). The edges ask here and translate a
+refusal into their own protocol (DIMSE: refused / 0x0124; HTTP: 401 / 403).
+
+Rules:
+
+* DIMSE: a listed caller (``[dimse.callers.NAME]``) stores into its hospital and sees that
+  hospital only, with the rights listed; with any caller accepted (``allow_any_ae``, or a
+  node listening on loopback with no list), others store into ``default`` and see all.
+* Web: once any token exists, every request needs one; a token is scoped to one hospital
+  (it sees and stores there only) or to all (stores go to ``default``), with a scope of
+  ``read`` (query, retrieve), ``write`` (store), ``readwrite`` or ``admin`` (all of it).
+  With no token defined, anonymous callers get what a loopback DIMSE caller gets, where the
+  HTTP edge allows anonymous access (loopback, or ``[http] allow_anonymous``).
+"""
+
+from __future__ import annotations
+
+import enum
+from dataclasses import dataclass
+from typing import Protocol
+
+from node.errors import NodeError
+from node.settings import DimseSettings
+
+DEFAULT_HOSPITAL = "default"
+
+
+class Right(enum.Enum):
+    STORE = "store"
+    QUERY = "query"
+    RETRIEVE = "retrieve"
+
+
+class NotAuthenticatedError(NodeError):
+    """No credentials, or credentials the node does not know (HTTP 401)."""
+
+
+class NotAllowedError(NodeError):
+    """The caller is known but may not do this (DIMSE refused, HTTP 403)."""
+
+
+@dataclass(frozen=True)
+class Access:
+    """What one caller may do.
+
+    Attributes:
+        name: the AE title or token name (for logs and receipts; never a secret).
+        hospital: where its stores go; None when it may not store.
+        query / retrieve: whether it may query and retrieve.
+        hospitals: the hospitals it sees; None for every hospital.
+    """
+
+    name: str
+    hospital: str | None
+    query: bool
+    retrieve: bool
+    hospitals: tuple[str, ...] | None
+
+    def allows(self, right: Right) -> bool:
+        if right is Right.STORE:
+            return self.hospital is not None
+        return self.query if right is Right.QUERY else self.retrieve
+
+    def require(self, right: Right) -> None:
+        """Raises NotAllowedError unless the caller has ``right``."""
+        if not self.allows(right):
+            raise NotAllowedError(f"{self.name or 'this caller'} may not {right.value}")
+
+    def sees(self, hospital: str) -> bool:
+        return self.hospitals is None or hospital in self.hospitals
+
+
+NOBODY = Access("", None, False, False, ())
+
+
+class TokenScope(enum.StrEnum):
+    READ = "read"
+    WRITE = "write"
+    READWRITE = "readwrite"
+    ADMIN = "admin"
+
+
+@dataclass(frozen=True)
+class TokenGrant:
+    """A token as the index knows it (never the secret)."""
+
+    name: str
+    hospital: str | None
+    scope: TokenScope
+
+
+class TokenLookup(Protocol):
+    def any_active(self) -> bool: ...
+    def grant_for(self, secret: str) -> TokenGrant | None: ...
+
+
+class AccessPolicy:
+    """Maps callers to what they may do (see the module docstring for the rules)."""
+
+    def __init__(self, dimse: DimseSettings, tokens: TokenLookup | None = None,
+                 anonymous_web: bool = True) -> None:
+        self.dimse = dimse
+        self.tokens = tokens
+        self.anonymous_web = anonymous_web
+
+    def for_ae(self, ae_title: str) -> Access:
+        """What a calling AE title may do (NOBODY when it is not accepted)."""
+        title = ae_title.strip()
+        for caller in self.dimse.callers:
+            if caller.ae_title == title:
+                return Access(title, caller.hospital, caller.query, caller.retrieve,
+                              (caller.hospital,))
+        if self.dimse.accepts_any_caller:
+            return Access(title, DEFAULT_HOSPITAL, True, True, None)
+        return NOBODY
+
+    def for_token(self, secret: str | None) -> Access:
+        """What the bearer of ``secret`` may do (None: no Authorization given).
+
+        Raises:
+            NotAuthenticatedError: tokens are required and none or an unknown one was given.
+            CatalogError: the index failed.
+        """
+        if self.tokens is None or not self.tokens.any_active():
+            if secret is None and self.anonymous_web:
+                return Access("anonymous", DEFAULT_HOSPITAL, True, True, None)
+            if secret is None:
+                raise NotAuthenticatedError("this node needs a token")
+        if secret is None:
+            raise NotAuthenticatedError("a bearer token is required")
+        grant = self.tokens.grant_for(secret) if self.tokens is not None else None
+        if grant is None:
+            raise NotAuthenticatedError("unknown or revoked token")
+        return _access_of(grant)
+
+
+def _access_of(grant: TokenGrant) -> Access:
+    scope = grant.scope
+    read = scope in (TokenScope.READ, TokenScope.READWRITE, TokenScope.ADMIN)
+    write = scope in (TokenScope.WRITE, TokenScope.READWRITE, TokenScope.ADMIN)
+    hospitals = None if grant.hospital is None else (grant.hospital,)
+    store = (grant.hospital or DEFAULT_HOSPITAL) if write else None
+    return Access(grant.name, store, read, read, hospitals)

@@ -1,0 +1,18 @@
+"""The admin CLI: ``support-node COMMAND``, a package of small command modules.
+
+``common`` builds the app, the context object and the error table; each other module
+registers its commands on the app: ``data`` (init, serve, import, ls, get, ...), ``models``
+(library, pretrain, train, evaluate, segment), ``tokens`` (web API tokens).
+"""
+
+from __future__ import annotations
+
+from node.cli import data, models, tokens  # noqa: F401  (they register their commands)
+from node.cli.common import app
+
+
+def main() -> None:
+    app()
+
+
+__all__ = ["app", "main"]

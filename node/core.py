@@ -1,0 +1,35 @@
+"""The core a running node holds: no protocol in it.
+
+:class:`Core` is what the edges (DIMSE, web, CLI, Python API) and the workers receive:
+settings, keyring, the encrypted store, the index, ingest, the web tokens and the access
+policy. It is built in one place, :func:`node.wiring.open_core`, the composition root.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from node.access import AccessPolicy
+from node.crypto.keyring import Keyring
+from node.index.catalog import Catalog
+from node.index.tokens import Tokens
+from node.ingest import Ingest
+from node.settings import Settings
+from node.store.encrypted_fs import EncryptedFileSystem
+
+
+@dataclass
+class Core:
+    """Everything a running node holds: settings, keyring, encrypted store, index, ingest,
+    tokens and the access policy."""
+
+    settings: Settings
+    keyring: Keyring
+    fs: EncryptedFileSystem
+    catalog: Catalog
+    ingest: Ingest
+    tokens: Tokens
+    policy: AccessPolicy
+
+    def close(self) -> None:
+        self.catalog.close()

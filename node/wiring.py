@@ -1,0 +1,82 @@
+"""The composition root: the only module that names the concrete classes and wires them.
+
+It builds the protocol-free :class:`~node.core.Core` (:func:`open_core`) and hands it to
+the edges: the DIMSE SCP (:func:`start_dimse`) and the HTTP server (:func:`start_web`).
+``node.processes`` runs these in processes; the CLI and the Python API open a core here.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+from node.access import AccessPolicy
+from node.core import Core
+from node.crypto.keyring import Keyring
+from node.index.catalog import Catalog
+from node.index.tokens import Tokens
+from node.ingest import Ingest
+from node.settings import Settings
+from node.store.backends import open_backend
+from node.store.encrypted_fs import EncryptedFileSystem
+
+log = logging.getLogger("support_node")
+
+
+def make_home(settings: Settings) -> None:
+    """Creates the home folder, readable by its owner only: the index holds patient names."""
+    if not settings.home.exists():
+        settings.home.mkdir(mode=0o700, parents=True)
+
+
+def ensure_keyring(settings: Settings) -> Keyring:
+    """Loads the key file, creating it (mode 0600) when there is none yet."""
+    make_home(settings)
+    path = settings.keys.file
+    if path.exists():
+        return Keyring.load(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    keyring = Keyring.create(path, bits=settings.keys.bits)
+    log.info("created a new key file at %s", path)
+    return keyring
+
+
+def open_core(settings: Settings, create_keys: bool = False) -> Core:
+    """Opens the store, the index and the keyring named by ``settings``.
+
+    Raises KeyringError (no key file and ``create_keys`` is False), StoreError, CatalogError.
+    """
+    keyring = ensure_keyring(settings) if create_keys else Keyring.load(settings.keys.file)
+    make_home(settings)
+    backend, root = open_backend(settings.store.url, dict(settings.store.options))
+    fs = EncryptedFileSystem(
+        backend, keyring, root=root, chunk_size=settings.store.chunk_size,
+        fsync=settings.store.fsync,
+    )
+    catalog = Catalog(settings.index.url)
+    tokens = Tokens(catalog)
+    policy = AccessPolicy(settings.dimse, tokens, anonymous_web=settings.http.anonymous_allowed)
+    return Core(settings, keyring, fs, catalog, Ingest(fs, catalog, keyring), tokens, policy)
+
+
+def start_dimse(core: Core, shared_port: bool = False) -> Any:
+    """Starts the DIMSE SCP (Verification, Storage, Q/R) on ``core``; returns the server
+    (``server_address[1]`` is its port, ``shutdown()`` stops it). Raises OSError."""
+    from node.dimse import server as dimse_server
+    from node.dimse.qr import QRDeps
+
+    qr = QRDeps(core.catalog, core.fs, core.settings, core.policy)
+    return dimse_server.start(core.settings.dimse, core.ingest, core.policy,
+                              shared_port=shared_port, qr=qr)
+
+
+def start_web(core: Core, port: int | None = None) -> Any:
+    """Starts the HTTP server (DICOMweb, health, metrics) on ``core`` in a thread; returns it
+    (``port`` is its port, ``stop()`` stops it). Raises OSError."""
+    from node.web.app import build_app
+    from node.web.server import WebServer
+
+    server = WebServer(build_app(core), core.settings.http,
+                       port=core.settings.http.port if port is None else port)
+    server.start()
+    return server
