@@ -61,10 +61,36 @@ class Archive:
         return refs
 
     def stream_original(self, ref: InstanceRef) -> Iterator[bytes]:
-        """The stored Part-10 bytes, CHUNK at a time (one chunk in memory at once)."""
+        """The stored bytes, CHUNK at a time (one chunk in memory at once)."""
         with self.core.fs.open(f"{ref.object_key}/{ORIGINAL}", "rb") as fh:
             while chunk := fh.read(CHUNK):
                 yield chunk
+
+    def stream_part10(self, ref: InstanceRef) -> Iterator[bytes]:
+        """The stored instance as a Part-10 file, CHUNK at a time: the stored bytes, behind
+        a preamble and ``DICM`` when a sender left them out (STOW-RS clients often do);
+        an original stored without any file meta gets one built (decoded, so not streamed).
+        """
+        chunks = self.stream_original(ref)
+        first = next(chunks, b"")
+        if first[128:132] == b"DICM":
+            yield first
+        elif first[:2] == b"\x02\x00":  # a file meta group without the preamble
+            yield bytes(128) + b"DICM" + first
+        else:
+            data = first + b"".join(chunks)
+            try:
+                ds = pydicom.dcmread(io.BytesIO(data), force=True)
+                ds.ensure_file_meta()
+                if "TransferSyntaxUID" not in ds.file_meta:
+                    ds.file_meta.TransferSyntaxUID = ref.transfer_syntax_uid
+                out = io.BytesIO()
+                ds.save_as(out, enforce_file_format=True)
+                yield out.getvalue()
+            except Exception:  # cannot be rebuilt: the stored bytes, as they are
+                yield data
+            return
+        yield from chunks
 
     def original(self, ref: InstanceRef) -> bytes:
         return bytes(self.core.fs.cat_file(f"{ref.object_key}/{ORIGINAL}"))

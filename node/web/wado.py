@@ -38,6 +38,7 @@ router = APIRouter()
 DICOM = "application/dicom"
 OCTETS = "application/octet-stream"
 _RELATED = "multipart/related"
+_ANY = ("*/*", "application/*")  # part types a client may ask for (dicomweb-client: */*)
 
 
 def _refs(request: Request, access: Access, study: str, series: str | None = None,
@@ -58,7 +59,7 @@ def _wanted_syntax(request: Request) -> str | None:
     media, accepted = choose(request.headers.get("accept"), [_RELATED])
     del media
     part = related_type(accepted)
-    if part not in (None, DICOM):
+    if part not in (None, DICOM, *_ANY):
         raise NotAcceptable([f'{_RELATED}; type="{DICOM}"'])
     return accepted.params.get("transfer-syntax")
 
@@ -79,13 +80,13 @@ def _instances_response(request: Request, refs: list[InstanceRef]) -> StreamingR
             as_stored = wanted not in (None, str(ExplicitVRLittleEndian)) or (
                 ref.transfer_syntax_uid == ExplicitVRLittleEndian)
             if as_stored:
-                chunks: Any = archive.stream_original(ref)
+                chunks: Any = archive.stream_part10(ref)
                 syntax = ref.transfer_syntax_uid
             else:
                 try:
                     chunks = [archive.to_explicit_le(archive.original(ref))]
                 except ValueError:  # cannot decode it: send it as stored, labelled so
-                    chunks = archive.stream_original(ref)
+                    chunks = archive.stream_part10(ref)
                     syntax = ref.transfer_syntax_uid
                 else:
                     syntax = str(ExplicitVRLittleEndian)
@@ -177,7 +178,7 @@ def _frame_numbers(text: str) -> list[int]:
 def _frames_response(request: Request, ref: InstanceRef, numbers: list[int]) -> Response:
     media, accepted = choose(request.headers.get("accept"), [_RELATED])
     del media
-    if related_type(accepted) not in (None, OCTETS):
+    if related_type(accepted) not in (None, OCTETS, *_ANY):
         raise NotAcceptable([f'{_RELATED}; type="{OCTETS}"; transfer-syntax=*'])
     wanted = accepted.params.get("transfer-syntax")
     as_stored = wanted == "*" or wanted == ref.transfer_syntax_uid

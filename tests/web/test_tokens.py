@@ -1,0 +1,86 @@
+"""Tokens: created by the CLI, checked on every request but /healthz, scoped by hospital."""
+
+from __future__ import annotations
+
+import io
+import re
+
+import requests
+from typer.testing import CliRunner
+
+from node.cli import app
+from node.index import schema as s
+from pipelines import synthetic
+from tests.web.conftest import WebNode, stow
+
+
+def _create(web: WebNode, *args: str) -> str:
+    result = CliRunner().invoke(app, ["tokens", "create", *args, "--home",
+                                      str(web.settings.home)])
+    assert result.exit_code == 0, result.output
+    return result.output.strip().splitlines()[-1]
+
+
+def _instance(pid: str, seed: int) -> bytes:
+    ds = next(synthetic.ct_series(1, size=32, seed=seed,
+                                  patient=synthetic.Patient(patient_id=pid)))
+    out = io.BytesIO()
+    ds.save_as(out, enforce_file_format=True)
+    return out.getvalue()
+
+
+def bearer(token: str) -> dict[str, str]:
+    return {"Authorization": f"Bearer {token}"}
+
+
+def test_once_a_token_exists_every_request_but_healthz_needs_one(web_node: WebNode) -> None:
+    assert requests.get(web_node.url + "/studies", timeout=10).status_code == 200  # anonymous
+    token = _create(web_node, "pacs-bridge", "--scope", "readwrite")
+    assert re.fullmatch(r"snt_[\w-]{40,}", token)
+    r = requests.get(web_node.url + "/studies", timeout=10)
+    assert r.status_code == 401 and r.headers["www-authenticate"].startswith("Bearer")
+    wrong = requests.get(web_node.url + "/studies", headers=bearer("snt_nope"), timeout=10)
+    assert wrong.status_code == 401
+    assert requests.get(web_node.url + "/studies", headers=bearer(token),
+                        timeout=10).status_code == 200
+    assert requests.get(web_node.root + "/metrics", timeout=10).status_code == 401
+    assert requests.get(web_node.root + "/healthz", timeout=10).status_code == 200
+    # only a hash is kept
+    with web_node.node.core.catalog.engine.connect() as conn:
+        stored = [tuple(row) for row in conn.execute(s.tokens.select())]
+    assert stored and token not in repr(stored)
+
+
+def test_rights_and_hospitals(web_node: WebNode) -> None:
+    writer_a = _create(web_node, "ct-a", "--hospital", "hosp-a", "--scope", "write")
+    reader_a = _create(web_node, "viewer-a", "--hospital", "hosp-a", "--scope", "read")
+    reader_b = _create(web_node, "viewer-b", "--hospital", "hosp-b", "--scope", "read")
+    assert stow(web_node.url, [_instance("ALICE", 1)], bearer(reader_a)).status_code == 403
+    assert stow(web_node.url, [_instance("ALICE", 1)], bearer(writer_a)).status_code == 200
+    assert [r.hospital for r in web_node.node.ls()] == ["hosp-a"]
+    assert requests.get(web_node.url + "/studies", headers=bearer(writer_a),
+                        timeout=10).status_code == 403  # write only: no queries
+    seen_a = requests.get(web_node.url + "/studies", headers=bearer(reader_a), timeout=10)
+    assert len(seen_a.json()) == 1
+    study = seen_a.json()[0]["0020000D"]["Value"][0]
+    seen_b = requests.get(web_node.url + "/studies", headers=bearer(reader_b), timeout=10)
+    assert seen_b.json() == []  # another hospital sees nothing
+    assert requests.get(f"{web_node.url}/studies/{study}", headers=bearer(reader_b),
+                        timeout=10).status_code == 404
+    assert requests.get(f"{web_node.url}/studies/{study}/metadata", headers=bearer(reader_a),
+                        timeout=10).status_code == 200
+
+
+def test_list_and_revoke(web_node: WebNode) -> None:
+    token = _create(web_node, "temp", "--scope", "read")
+    runner = CliRunner()
+    home = ["--home", str(web_node.settings.home)]
+    listed = runner.invoke(app, ["tokens", "list", *home])
+    assert "temp" in listed.output and "active" in listed.output and token not in listed.output
+    assert runner.invoke(app, ["tokens", "revoke", "temp", *home]).exit_code == 0
+    assert requests.get(web_node.url + "/studies", headers=bearer(token),
+                        timeout=10).status_code == 401
+    again = runner.invoke(app, ["tokens", "revoke", "temp", *home])
+    assert again.exit_code == 2 and "no active token" in again.output
+    dup = runner.invoke(app, ["tokens", "create", "temp", *home])
+    assert dup.exit_code == 2 and "exists already" in dup.output
