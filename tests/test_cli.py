@@ -388,6 +388,15 @@ def test_reindex_after_losing_the_index_restores_the_listing(copy_of_imported: P
     assert result.exit_code == 0, result.output
     assert re.search(r"reindexed: \d+ conflict, \d+ instance", result.output)
     assert cli("ls", "--json", "--home", copy_of_imported).stdout == before
+    # The series watch must not take the whole archive for newly arrived series (with
+    # segment.model set it would segment all of it again).
+    from datetime import UTC, datetime, timedelta
+
+    from node.api import Node
+    from node.index.series_watch import complete_series
+    with Node.open(home=copy_of_imported) as node:
+        later = datetime.now(UTC) + timedelta(days=1)
+        assert complete_series(node.core.catalog, later, 1, "unet/1") == []
 
 
 def test_rotate_and_reencrypt_moves_every_object_to_the_new_key(copy_of_imported: Path,

@@ -8,6 +8,7 @@ import sys
 from collections import Counter
 from collections.abc import Iterator
 from dataclasses import asdict
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -39,6 +40,7 @@ from node.cli.common import (
     run,
 )
 from node.errors import ConfigError, IngestError, NodeError
+from node.index import series_watch
 from node.index.records import State
 from node.ingest import Source
 from node.settings import Settings, valid_hospital
@@ -300,6 +302,9 @@ def reindex(home: HomeOpt = None, config: ConfigOpt = None) -> None:
                         counts["failed"] += 1
                         err.print(f"could not index {key}: {exc}", highlight=False)
                     bar.advance(task)
+            # The series were complete before: the series watch must not segment the whole
+            # archive again as if each had just arrived.
+            series_watch.mark_all_complete(node.core.catalog, datetime.now(UTC))
         out.print(f"reindexed: {counted(counts, 'nothing stored')}")
         if counts["failed"]:
             raise typer.Exit(1)
