@@ -1,19 +1,31 @@
 """Prometheus metrics of the node, protocol-free: the edges and ingest record here, the web
 edge exposes them at ``/metrics``.
 
-Metrics live in the process that records them: with ``[dimse] workers = 1`` (the default)
-DIMSE, ingest and HTTP share one process, so ``/metrics`` sees them all; with several DIMSE
-worker processes it sees the HTTP process's own (STOW-RS, QIDO-RS, WADO-RS) and the index's
-gauges, which every process shares.
+``support-node serve`` runs several processes (DIMSE receivers, processing workers, the
+HTTP server): it gives them one folder in ``PROMETHEUS_MULTIPROC_DIR`` (prometheus-client's
+multiprocess mode, set before this module is first imported, see :func:`use_folder`), so
+``/metrics`` adds up every process's counters and histograms. Without it (tests, the Python
+API) the metrics are this process's own.
 """
 
 from __future__ import annotations
 
+import os
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+from prometheus_client import (
+    CONTENT_TYPE_LATEST,
+    CollectorRegistry,
+    Counter,
+    Gauge,
+    Histogram,
+    generate_latest,
+)
+from prometheus_client import multiprocess as _multiprocess
+
+from node.metrics_folder import MULTIPROC_ENV, use_folder  # noqa: F401
 
 REGISTRY = CollectorRegistry(auto_describe=True)
 
@@ -32,11 +44,28 @@ PROCESSING_SECONDS = Histogram(
     "filter, write)", ["stage"], registry=REGISTRY)
 HTTP_SECONDS = Histogram("support_node_http_request_seconds", "HTTP request latency by "
                          "service (qido, wado, stow, other)", ["service"], registry=REGISTRY)
-OPEN_ASSOCIATIONS = Gauge("support_node_open_associations", "DIMSE associations open now "
-                          "(this process)", registry=REGISTRY)
-QUEUE_DEPTH = Gauge("support_node_queue_depth", "Jobs queued or running", registry=REGISTRY)
+OPEN_ASSOCIATIONS = Gauge("support_node_open_associations", "DIMSE associations open now",
+                          registry=REGISTRY, multiprocess_mode="livesum")
+QUEUE_DEPTH = Gauge("support_node_queue_depth", "Jobs queued or running", registry=REGISTRY,
+                    multiprocess_mode="mostrecent")
 INSTANCES_BY_STATE = Gauge("support_node_instances", "Stored instances by processing state",
-                           ["state"], registry=REGISTRY)
+                           ["state"], registry=REGISTRY, multiprocess_mode="mostrecent")
+CONTENT_TYPE = CONTENT_TYPE_LATEST
+
+
+def exposition() -> bytes:
+    """The metrics in Prometheus text format: every process's, in multiprocess mode."""
+    if os.environ.get(MULTIPROC_ENV):
+        registry = CollectorRegistry()
+        _multiprocess.MultiProcessCollector(registry)
+        return generate_latest(registry)
+    return generate_latest(REGISTRY)
+
+
+def process_gone(pid: int) -> None:
+    """Forgets the live gauges of a process that stopped (multiprocess mode)."""
+    if os.environ.get(MULTIPROC_ENV):
+        _multiprocess.mark_process_dead(pid)
 
 
 @contextmanager

@@ -21,7 +21,7 @@ from typing import Any
 
 from threadpoolctl import threadpool_limits
 
-from node import logs, wiring
+from node import logs, metrics, wiring
 from node.settings import Settings
 
 log = logging.getLogger("support_node")
@@ -229,6 +229,7 @@ class ProcessingPool:
                 continue
             log.error("processing worker %d stopped (exit code %s); starting it again",
                       i, proc.exitcode)
+            metrics.process_gone(proc.pid)
             self._procs[i] = self._spawn(i)
             self._started[i] = time.monotonic()
 

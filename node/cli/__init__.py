@@ -7,6 +7,15 @@ registers its commands on the app: ``data`` (init, serve, import, ls, get, ...),
 
 from __future__ import annotations
 
+import sys
+
+if len(sys.argv) > 1 and sys.argv[1] == "serve":
+    # Before anything imports prometheus_client: every process of the node adds its metrics
+    # to one folder, so /metrics shows the receivers' and workers' too.
+    from node.metrics_folder import use_folder
+
+    use_folder()
+
 from node.cli import data, models, tokens  # noqa: F401  (they register their commands)
 from node.cli.common import app
 

@@ -20,7 +20,7 @@ from typing import Any, Protocol
 
 import numpy as np
 
-from node import describe
+from node import describe, metrics
 from node.index.records import State
 from node.layout import DESCRIPTION, ORIGINAL, OUTPUT, PREVIEW
 from pipelines import dicom_seg
@@ -51,18 +51,22 @@ def derive(fs: Any, folder: str, recipe: Recipe, judge: Judge) -> Derived:
     Raises StoreError / IntegrityError / FileNotFoundError when the store fails or the
     stored objects cannot be read; a decode failure is a result (undecodable), not an error.
     """
-    data = fs.cat_file(f"{folder}/{ORIGINAL}")
-    doc = describe.decode(fs.cat_file(f"{folder}/{DESCRIPTION}"))
+    with metrics.timed(metrics.PROCESSING_SECONDS, "read"):
+        data = fs.cat_file(f"{folder}/{ORIGINAL}")
+        doc = describe.decode(fs.cat_file(f"{folder}/{DESCRIPTION}"))
     at = datetime.now(UTC).isoformat()
     try:
-        decoded = decode(data)
+        with metrics.timed(metrics.PROCESSING_SECONDS, "decode"):
+            decoded = decode(data)
     except NotAnImage:
         return _describe_only(fs, folder, doc, {"state": State.NOT_IMAGE, "at": at})
     except UndecodableError as exc:
         return _describe_only(fs, folder, doc, {"state": State.UNDECODABLE, "at": at,
                                                 "reason": exc.reason})
-    prepared = preprocess(decoded, recipe)
-    verdict, row = judge.judge(grey(decoded))
+    with metrics.timed(metrics.PROCESSING_SECONDS, "preprocess"):
+        prepared = preprocess(decoded, recipe)
+    with metrics.timed(metrics.PROCESSING_SECONDS, "filter"):
+        verdict, row = judge.judge(grey(decoded))
     buffer = io.BytesIO()
     np.save(buffer, prepared.array, allow_pickle=False)
     doc["processing"] = {
@@ -79,9 +83,10 @@ def derive(fs: Any, folder: str, recipe: Recipe, judge: Judge) -> Derived:
         "filter": {"blank": verdict.blank, "reason": verdict.reason,
                    "score": round(verdict.score, 4)},
     }
-    fs.pipe_files({f"{folder}/{OUTPUT}": buffer.getvalue(),
-                   f"{folder}/{PREVIEW}": preview_png(prepared),
-                   f"{folder}/{DESCRIPTION}": describe.encode(doc)})
+    with metrics.timed(metrics.PROCESSING_SECONDS, "write"):
+        fs.pipe_files({f"{folder}/{OUTPUT}": buffer.getvalue(),
+                       f"{folder}/{PREVIEW}": preview_png(prepared),
+                       f"{folder}/{DESCRIPTION}": describe.encode(doc)})
     return Derived(State.PROCESSED, verdict.blank, prepared.recipe_id, row)
 
 

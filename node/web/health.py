@@ -13,7 +13,6 @@ from typing import Any
 
 from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse, Response
-from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from node import metrics
 from node.index.jobs import JobQueue
@@ -72,4 +71,4 @@ def prometheus(request: Request, access: Caller) -> Response:
         metrics.QUEUE_DEPTH.set(counts.queue_depth)
         for state, n in counts.instances.items():
             metrics.INSTANCES_BY_STATE.labels(state).set(n)
-    return Response(generate_latest(metrics.REGISTRY), media_type=CONTENT_TYPE_LATEST)
+    return Response(metrics.exposition(), media_type=metrics.CONTENT_TYPE)

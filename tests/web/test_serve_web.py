@@ -7,6 +7,7 @@ import io
 import re
 import secrets
 import subprocess
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -36,7 +37,7 @@ def _peak_rss(pid: int) -> int:
 
 
 def test_serve_answers_dicomweb_and_health(tmp_path: Path, served: list[Served]) -> None:
-    node = Served("--dimse-port", "0", "--processing-workers", "0", home=tmp_path / "home")
+    node = Served("--dimse-port", "0", "--processing-workers", "1", home=tmp_path / "home")
     served.append(node)
     node.wait_for(READY)
     url = HTTP.search("".join(node.seen)).group(1)
@@ -44,6 +45,22 @@ def test_serve_answers_dicomweb_and_health(tmp_path: Path, served: list[Served])
     root = url.rsplit("/dicom-web", 1)[0]
     assert requests.get(root + "/healthz", timeout=10).json()["status"] == "ok"
     assert requests.get(url + "/studies", timeout=10).json() == []
+    boundary = secrets.token_hex(8)
+    body = b"".join(_series_body(2, 64, boundary))
+    r = requests.post(url + "/studies", data=body, timeout=60, headers={
+        "Content-Type": f'multipart/related; type="application/dicom"; boundary={boundary}'})
+    assert r.status_code == 200
+    # /metrics adds up every process: the processing worker's stages show here too
+    deadline = time.monotonic() + 60
+    text = ""
+    while time.monotonic() < deadline:
+        text = requests.get(root + "/metrics", timeout=10).text
+        if 'support_node_processing_stage_seconds_count{stage="decode"} 2.0' in text:
+            break
+        time.sleep(0.5)
+    assert 'support_node_processing_stage_seconds_count{stage="decode"} 2.0' in text, text[-2000:]
+    assert 'support_node_instances_received_total{outcome="stored",protocol="web"} 2.0' in text
+    assert "Large^Series" not in text and "BIG-1" not in text
 
 
 def test_http_on_a_public_address_without_a_token_refuses_to_start(tmp_path: Path) -> None:
