@@ -37,11 +37,11 @@ from sqlalchemy import Engine, insert
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from node import settings as node_settings  # noqa: E402
-from node.api import Node  # noqa: E402
 from node import wiring  # noqa: E402
-from node.index import Catalog, schema  # noqa: E402
+from node.api import Node  # noqa: E402
 from node.dimse.identifier import find as run  # noqa: E402
 from node.dimse.identifier import identifier, parse_identifier  # noqa: E402
+from node.index import Catalog, schema  # noqa: E402
 from node.index.query import Model  # noqa: E402
 
 PATIENTS, STUDIES_PER_PATIENT, SERIES_PER_STUDY, INSTANCES_PER_SERIES = 1000, 2, 5, 10

@@ -15,11 +15,11 @@ from pydicom.dataelem import DataElement, RawDataElement
 from pydicom.sequence import Sequence
 from pydicom.tag import Tag
 
-from node.errors import NodeError
-from node.index import Catalog, InstanceRecord
 from node.dimse.identifier import find as run
 from node.dimse.identifier import identifier, model_for_sop_class, parse_identifier
 from node.dimse.status import qr_status_for
+from node.errors import NodeError
+from node.index import Catalog, InstanceRecord
 from node.index.query import (
     InstanceRef,
     Level,
