@@ -83,7 +83,7 @@ class Archive:
                 ds = pydicom.dcmread(io.BytesIO(data), force=True)
                 ds.ensure_file_meta()
                 if "TransferSyntaxUID" not in ds.file_meta:
-                    ds.file_meta.TransferSyntaxUID = ref.transfer_syntax_uid
+                    ds.file_meta.TransferSyntaxUID = UID(ref.transfer_syntax_uid)
                 out = io.BytesIO()
                 ds.save_as(out, enforce_file_format=True)
                 yield out.getvalue()

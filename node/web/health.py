@@ -15,7 +15,7 @@ from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse, Response
 
 from node import metrics
-from node.index.jobs import JobQueue
+from node.index.jobs import Counts, JobQueue
 from node.web.auth import Caller
 
 router = APIRouter()
@@ -29,22 +29,29 @@ def _check_store(core: Any) -> str:
     return "ok"
 
 
+def _check_index(core: Any) -> Counts:
+    return JobQueue(core.catalog).counts()
+
+
 def _checks(core: Any) -> tuple[bool, dict[str, Any]]:
     out: dict[str, Any] = {}
     healthy = True
-    for name, check in (("store", _check_store),
-                        ("index", lambda c: JobQueue(c.catalog).counts())):
+    counts: Counts | None = None
+    for name in ("store", "index"):
         started = time.perf_counter()
         try:
-            value = check(core)
+            if name == "store":
+                _check_store(core)
+            else:
+                counts = _check_index(core)
         except Exception as exc:  # any failure is the answer, not a crash
             healthy = False
             out[name] = {"ok": False, "error": type(exc).__name__}
             continue
         out[name] = {"ok": True, "seconds": round(time.perf_counter() - started, 4)}
-        if name == "index":
-            out["queue_depth"] = value.queue_depth
-            out["failed"] = value.instances.get("failed", 0)
+    if counts is not None:
+        out["queue_depth"] = counts.queue_depth
+        out["failed"] = counts.instances.get("failed", 0)
     return healthy, out
 
 

@@ -186,7 +186,7 @@ async def _receive(request: Request, access: Access, study: str | None) -> Respo
     boundary = _boundary(request)
     started = time.perf_counter()
     parts = _Parts(request.app.state.core.settings.http.max_instance_bytes)
-    parser = MultipartParser(boundary, parts.callbacks())
+    parser = MultipartParser(boundary, parts.callbacks())  # type: ignore[arg-type]
     outcome = _Outcome()
     seen = 0
     async for chunk in request.stream():
