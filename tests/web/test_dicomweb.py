@@ -17,6 +17,7 @@ from PIL import Image
 from pipelines import synthetic
 from tests.fixtures.node import pydicom_test_files
 from tests.test_cli import REFUSED
+from tests.test_qr import dataset_bytes, destination  # noqa: F401  (a fixture)
 from tests.web.conftest import WebNode, split_multipart, stow
 
 STAR = {"Accept": 'multipart/related; type="application/dicom"; transfer-syntax=*'}
@@ -330,24 +331,28 @@ def test_c_store_in_wado_out(web_node: WebNode, dcmtk, tmp_path: Path) -> None: 
         assert pydicom.dcmread(io.BytesIO(body)).PixelData == ds.PixelData
 
 
-def test_stow_in_c_get_and_c_move_out_byte_identical(web_node: WebNode, dcmtk,  # type: ignore[no-untyped-def]
+def test_stow_in_c_get_and_c_move_out_byte_identical(web_factory, destination, dcmtk,  # type: ignore[no-untyped-def]
                                                      tmp_path: Path) -> None:
-    sent = [encoded(ds) for ds in series(3, seed=11)]
-    assert stow(web_node.url, sent).status_code == 200
-    study = pydicom.dcmread(io.BytesIO(sent[0])).StudyInstanceUID
+    web = web_factory({"destinations": {"DEST": {"host": "127.0.0.1",
+                                                 "port": destination[0]}}})
+    sent = {pydicom.dcmread(io.BytesIO(d)).SOPInstanceUID: d
+            for d in (encoded(ds) for ds in series(3, seed=11))}
+    assert stow(web.url, list(sent.values())).status_code == 200
+    study = pydicom.dcmread(io.BytesIO(next(iter(sent.values())))).StudyInstanceUID
+    keys = ["-k", "QueryRetrieveLevel=STUDY", "-k", f"StudyInstanceUID={study}",
+            "-aec", "SUPPORT_NODE", "127.0.0.1", str(web.dimse_port)]
     got = tmp_path / "got"
     got.mkdir()
-    result = dcmtk("getscu", "-S", "-od", str(got), "-k", "QueryRetrieveLevel=STUDY",
-                   "-k", f"StudyInstanceUID={study}", "-aec", "SUPPORT_NODE", "127.0.0.1",
-                   str(web_node.dimse_port))
+    result = dcmtk("getscu", "-S", "-od", str(got), *keys)
     assert result.returncode == 0, result.stderr
-    received = sorted(pydicom.dcmread(p).SOPInstanceUID for p in got.iterdir())
-    assert received == sorted(pydicom.dcmread(io.BytesIO(d)).SOPInstanceUID for d in sent)
-    for path in got.iterdir():
-        ds = pydicom.dcmread(path)
-        original = next(d for d in sent
-                        if pydicom.dcmread(io.BytesIO(d)).SOPInstanceUID == ds.SOPInstanceUID)
-        assert ds.PixelData == pydicom.dcmread(io.BytesIO(original)).PixelData
+    moved = dcmtk("movescu", "-S", "-aem", "DEST", *keys)
+    assert moved.returncode == 0, moved.stderr
+    for folder in (got, destination[1]):
+        arrived = [p for p in folder.rglob("*") if p.is_file()]
+        assert len(arrived) == 3, folder
+        for path in arrived:
+            uid = pydicom.dcmread(path, stop_before_pixels=True).SOPInstanceUID
+            assert dataset_bytes(path.read_bytes()) == dataset_bytes(sent[uid])
 
 
 def test_healthz_and_metrics(web_node: WebNode) -> None:
