@@ -15,6 +15,7 @@ import requests
 from node import wiring
 from node.api import Node
 from node.settings import Settings
+from tests.test_qr import destination  # noqa: F401  (a fixture: storescp as DEST)
 
 
 @dataclass

@@ -17,7 +17,7 @@ from PIL import Image
 from pipelines import synthetic
 from tests.fixtures.node import pydicom_test_files
 from tests.test_cli import REFUSED
-from tests.test_qr import dataset_bytes, destination  # noqa: F401  (a fixture)
+from tests.test_qr import dataset_bytes
 from tests.web.conftest import WebNode, split_multipart, stow
 
 STAR = {"Accept": 'multipart/related; type="application/dicom"; transfer-syntax=*'}
