@@ -29,6 +29,17 @@ class Jitter:
     gamma: tuple[float, float] = (0.6, 1.6)  # exponent, drawn log-uniformly
     noise: float = 0.06  # white noise sigma, drawn in [0, noise]
 
+    def scaled(self, strength: float) -> Jitter:
+        """Every range shrunk (strength < 1) or widened around no change."""
+        def around_one(r: tuple[float, float]) -> tuple[float, float]:
+            return (1 + (r[0] - 1) * strength, 1 + (r[1] - 1) * strength)
+
+        def around_one_log(r: tuple[float, float]) -> tuple[float, float]:
+            return (r[0] ** strength, r[1] ** strength)
+
+        return Jitter(around_one(self.contrast), self.brightness * strength,
+                      around_one_log(self.gamma), self.noise * strength)
+
 
 def intensity_jitter(x: torch.Tensor, generator: torch.Generator,
                      jitter: Jitter = Jitter()) -> torch.Tensor:

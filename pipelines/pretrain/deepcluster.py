@@ -22,7 +22,7 @@ Choices the paper leaves open, made here:
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from contextlib import AbstractContextManager
 from dataclasses import dataclass, field
 from typing import Any
@@ -31,7 +31,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from .augment import equivariant, flips, intensity_jitter, random_resized_crops
+from .augment import Jitter, equivariant, flips, intensity_jitter, random_resized_crops
 from .clustering import Assignment, cluster_features, fit_places, nmi
 from .features import dense_features, extract_features, iter_dense, pooled
 from .images import ImageSource, check_images, load_batch
@@ -328,18 +328,21 @@ class _Run:
         cfg = self.config
         rng = np.random.default_rng(cfg.seed + r)
         per_image = -(-cfg.dense_sample // len(self.images))
-        kwargs = {"batch_size": cfg.batch_size, "device": self.device,
-                  "should_stop": self.should_stop, "prenorm": cfg.prenorm}
+
+        def passes() -> Iterator[np.ndarray]:
+            return iter_dense(self.encoder, self.images, cfg.dense_level,
+                              batch_size=cfg.batch_size, device=self.device,
+                              should_stop=self.should_stop, prenorm=cfg.prenorm)
+
         sample = []
-        for f in iter_dense(self.encoder, self.images, cfg.dense_level, **kwargs):
+        for f in passes():
             places = f.reshape(len(f), -1, f.shape[-1])
             take = min(per_image, places.shape[1])
             for row in places:
                 sample.append(row[rng.choice(len(row), size=take, replace=False)])
         fitted = fit_places(np.concatenate(sample), cfg.clusters, pca_dim=cfg.pca_dim,
                             seed=cfg.seed + r, max_iter=cfg.kmeans_iter)
-        labels = np.concatenate([fitted.assign(f) for f in iter_dense(
-            self.encoder, self.images, cfg.dense_level, **kwargs)])
+        labels = np.concatenate([fitted.assign(f) for f in passes()])
         self._features = np.concatenate(sample)
         self._feature_labels = fitted.sample_labels
         return Assignment(labels=labels, centroids=fitted.centroids, reseeded=fitted.reseeded)
@@ -351,7 +354,7 @@ class _Run:
                 share = cfg.crop_scale ** 0.5 if cfg.crops else 1.0
                 x, y = equivariant(x, y, gen, min_share=share, turns=cfg.augment)
             if cfg.intensity:
-                x = intensity_jitter(x, gen)
+                x = intensity_jitter(x, gen, Jitter().scaled(cfg.jitter))
             logits = head(dense_features(self.encoder, x, cfg.dense_level,
                                          prenorm=cfg.prenorm))
             return nn.functional.cross_entropy(logits, y, weight=self._weights)
@@ -360,7 +363,7 @@ class _Run:
         if cfg.augment:
             x = flips(x, gen)
         if cfg.intensity:
-            x = intensity_jitter(x, gen)
+            x = intensity_jitter(x, gen, Jitter().scaled(cfg.jitter))
         return nn.functional.cross_entropy(
             head(pooled(self.encoder, x, prenorm=cfg.prenorm, pool=cfg.pool)), y)
 
@@ -376,10 +379,11 @@ class _Run:
         # layer; pre-norm features have no fixed scale, so the head sees them standardised
         norm: nn.Module = nn.BatchNorm2d(dim, affine=False) if dense else nn.BatchNorm1d(
             dim, affine=False)
-        linear: nn.Module = nn.Conv2d(dim, cfg.clusters, 1) if dense else nn.Linear(
+        linear: nn.Conv2d | nn.Linear = nn.Conv2d(dim, cfg.clusters, 1) if dense else nn.Linear(
             dim, cfg.clusters)
         nn.init.normal_(linear.weight, 0.0, 0.01)
-        nn.init.zeros_(linear.bias)
+        if linear.bias is not None:
+            nn.init.zeros_(linear.bias)
         return nn.Sequential(norm, linear).to(self.device)
 
     def _optimiser(self, params: list[nn.Parameter]) -> torch.optim.Optimizer:
@@ -405,6 +409,10 @@ class _CentroidHead(nn.Module):
     """DeepCluster-v2's head: cosine similarity to the clusters' centroids, divided by a
     temperature. The centroids are the means of the standardised features of each cluster
     in this round's clustering and stay fixed, so there is no random head to learn first."""
+
+    mean: torch.Tensor
+    std: torch.Tensor
+    centroids: torch.Tensor
 
     def __init__(self, features: np.ndarray, labels: np.ndarray, k: int, dense: bool,
                  temperature: float = 0.1) -> None:

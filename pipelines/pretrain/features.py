@@ -108,7 +108,7 @@ def dense_features(encoder: nn.Module, x: torch.Tensor, level: int, *,
         if f.shape[-2:] == size:
             parts.append(f)
         elif f.shape[-1] > size[-1]:
-            parts.append(F.adaptive_avg_pool2d(f, size))
+            parts.append(F.adaptive_avg_pool2d(f, (int(size[0]), int(size[1]))))
         else:
             parts.append(F.interpolate(f, size=size, mode="bilinear", align_corners=False))
     return torch.cat(parts, dim=1)

@@ -55,6 +55,7 @@ class DeepClusterConfig:
     crops: bool = True  # random resized crops (dense mode: aligned to the label grid)
     crop_scale: float = 0.35  # smallest crop, share of the area (dense: of the side, sqrt)
     intensity: bool = True  # contrast, brightness, gamma and noise jitter
+    jitter: float = 1.0  # strength of the intensity jitter (its ranges scaled)
     head: Literal["linear", "centroid"] = "linear"
     head_lr: float | None = None  # plain SGD for a linear head; None: lr
     dense_level: int = 2  # dense mode: the level whose grid carries the pseudo-labels

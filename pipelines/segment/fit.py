@@ -109,7 +109,7 @@ def fit(
     config: FitConfig,
     *,
     eval_data: Pairs | None = None,
-    eval_patients: Sequence[object] | None = None,
+    eval_patients: Sequence[object] | np.ndarray | None = None,
     eval_every: int | None = None,
     on_eval: Callable[[dict[str, float]], Any] | None = None,
     num_threads: int | None = None,
@@ -169,7 +169,7 @@ def fit(
 def scores(
     model: nn.Module,
     data: Pairs,
-    patients: Sequence[object] | None = None,
+    patients: Sequence[object] | np.ndarray | None = None,
     *,
     batch_size: int = 32,
     device: str = "cpu",
