@@ -1,20 +1,31 @@
 """DeepCluster self-supervised pretraining of an encoder (Caron et al. 2018; paper §2.3.1).
 
-Each round, every ``reassign`` epochs: features of all images (the encoder's deepest map,
-global-average-pooled, in eval mode) are PCA-whitened, L2-normalised and clustered by k-means
-into K pseudo-labels; empty clusters are re-seeded by splitting the largest. Then the encoder
-and a fresh linear head (features -> K, new each round because cluster ids permute) learn to
-predict the pseudo-labels with cross-entropy, on epochs that draw equally from every cluster.
+Each round, every ``reassign`` epochs: features of all images are PCA-whitened,
+L2-normalised and clustered by k-means into K pseudo-labels; empty clusters are re-seeded by
+splitting the largest. Then the encoder and a head learn to predict the pseudo-labels with
+cross-entropy, equally weighted over clusters. Two modes (``mode``):
 
-Choices the paper leaves open, made here:
+- ``image`` (the paper's): one pseudo-label per image, from the deepest map pooled over
+  space (mean and standard deviation by default); epochs draw equally from every cluster.
+- ``dense``: one pseudo-label per place of one level's grid (``dense_level``), from
+  hypercolumns of every level; the loss weights each cluster by the inverse of its size.
+  Segmentation is a dense task, and image-level labels taught the encoder little of it.
 
+Choices the paper leaves open, made here (issue 13 explains the ones that changed):
+
+- Features are read before each level's last normalisation (``prenorm``): after an
+  InstanceNorm the pooled features hardly differ between images (see :mod:`.features`).
+- Augmentation (:mod:`.augment`): random resized crops and an intensity jitter (contrast,
+  brightness, gamma, noise), so that clusters cannot encode body size or noise level; flips
+  (``augment``); in the dense mode crops, flips and quarter turns move the label maps too.
+  DeepCluster's Sobel filter is for colour images and is left out.
+- The head is new each round (cluster ids permute): a linear layer on standardised
+  features, trained by plain SGD (``head_lr``), or DeepCluster-v2's fixed centroid head.
+- Every round records nuisance probes of its clusters (:mod:`.probes`) for the model card.
 - Fewer images than clusters is an error (ValueError), not a silent smaller K: the K a model
   card records is the K that was used.
-- Augmentation is light and optional: random left-right and up-down flips (``augment``).
-  DeepCluster's Sobel filter is for colour images and is left out; crops are left out
-  because the node's preprocessed images are already framed.
-- The encoder's optimiser lives across rounds (momentum is kept); the head's is new with
-  each head. The encoder is trained in place and left in the mode it came in.
+- The encoder's optimiser lives across rounds (momentum is kept). The encoder is trained in
+  place and left in the mode it came in.
 - Runs are deterministic on the CPU for a given seed and model: the torch random state is
   forked and seeded for the run, so the caller's own random state is left untouched.
 """
