@@ -7,7 +7,11 @@ BIN    := $(VENV)/bin
 # torch (later issues) must come from the CPU wheel in PIP_FIND_LINKS, never a CUDA build.
 PIP    := $(BIN)/pip install --quiet --disable-pip-version-check
 
-.PHONY: run test bench lint system-deps clean
+# OHIF, the viewer served by the node (prebuilt in the npm package's dist/; nothing to build).
+OHIF_VERSION := 3.13.2
+VIEWER := .viewer/ohif-$(OHIF_VERSION)
+
+.PHONY: run test bench lint system-deps viewer clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -21,15 +25,31 @@ $(VENV)/.installed-test: pyproject.toml | $(BIN)/python
 	$(BIN)/python -c "import node, pytest, psycopg" && touch $@ $(VENV)/.installed-run
 
 ## run: start the node on embedded defaults (home ./var, DIMSE on 127.0.0.1:11112)
-run: $(VENV)/.installed-run
+run: $(VENV)/.installed-run viewer
 	$(BIN)/support-node serve
+
+## viewer: fetch OHIF $(OHIF_VERSION) into .viewer/ (ignored) when npm is present; the node
+## serves it at / beside /dicom-web. Without npm (or offline) the node runs without OHIF.
+viewer: $(VIEWER)/index.html
+
+$(VIEWER)/index.html:
+	@if ! command -v npm >/dev/null 2>&1; then \
+		echo "viewer: npm not found; the node will run without OHIF"; exit 0; fi; \
+	rm -rf .viewer/tmp && mkdir -p .viewer/tmp && cd .viewer/tmp && \
+	if npm pack --silent @ohif/app@$(OHIF_VERSION) >/dev/null 2>npm.log; then \
+		mkdir -p ../ohif-$(OHIF_VERSION) && \
+		tar xzf ohif-app-$(OHIF_VERSION).tgz --strip-components=2 \
+			-C ../ohif-$(OHIF_VERSION) --exclude=package/dist/ort package/dist && \
+		cd .. && rm -rf tmp && echo "viewer: OHIF $(OHIF_VERSION) in $(VIEWER)"; \
+	else echo "viewer: npm pack @ohif/app@$(OHIF_VERSION) failed; the node will run without OHIF"; \
+		cat npm.log | tail -3; fi
 
 ## system-deps: dcmtk (test peers) and PostgreSQL (index tests), from Debian, when missing
 system-deps:
 	@./.ci/system-deps
 
 ## test: every test, including the ones that start real servers
-test: $(VENV)/.installed-test system-deps
+test: $(VENV)/.installed-test system-deps viewer
 	$(BIN)/pytest
 
 ## bench: benchmark tables (ingest rate beside pynetdicom, dcmtk and Orthanc)

@@ -14,6 +14,7 @@ from node.crypto.keyring import Keyring
 from node.index.catalog import Catalog
 from node.index.tokens import Tokens
 from node.ingest import Ingest
+from node.sending import Sender
 from node.settings import Settings
 from node.store.encrypted_fs import EncryptedFileSystem
 
@@ -30,6 +31,7 @@ class Core:
     ingest: Ingest
     tokens: Tokens
     policy: AccessPolicy
+    sender: Sender | None = None  # "send to PACS"; given by the DIMSE edge (node.wiring)
 
     def close(self) -> None:
         self.catalog.close()

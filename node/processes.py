@@ -206,9 +206,10 @@ class ProcessingPool:
 
         s = self.settings
         self._kinds = [(PROCESS,)] * s.processing.workers
-        if s.processing.workers and (s.segment.model or s.pretrain.every):
+        if s.processing.workers:
             # Segmenting and pretraining take minutes: in a worker of their own, so that
-            # arriving images never wait behind them.
+            # arriving images never wait behind them. Always there, since a person can ask
+            # for a segmentation on the AI page (it idles, polling, until a job comes).
             self._kinds.append(AI_KINDS)
         for i in range(len(self._kinds)):
             self._procs.append(self._spawn(i))

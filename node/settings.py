@@ -102,6 +102,8 @@ class HttpSettings:
     tls_key: Path | None = None
     cors_origins: tuple[str, ...] = ()
     max_instance_bytes: int = 2 << 30
+    viewer: bool = True
+    viewer_dir: Path | None = None  # None: the one `make viewer` fetched, if any
 
     @property
     def anonymous_allowed(self) -> bool:
@@ -240,6 +242,8 @@ _SCHEMA: dict[str, dict[str, tuple[type, Any]]] = {
         "tls_key": (str, ""),
         "cors_origins": (str, ""),  # comma-separated origins; empty: CORS off
         "max_instance_bytes": (int, 2 << 30),
+        "viewer": (bool, True),
+        "viewer_dir": (str, ""),
     },
     "store": {
         "url": (str, None),
@@ -457,7 +461,9 @@ def _http(v: dict[str, Any], dimse_host: str, home: Path) -> HttpSettings:
         allow_anonymous=v["allow_anonymous"],
         tls_cert=_under(home, v["tls_cert"]) if v["tls_cert"] else None,
         tls_key=_under(home, v["tls_key"]) if v["tls_key"] else None,
-        cors_origins=origins, max_instance_bytes=v["max_instance_bytes"])
+        cors_origins=origins, max_instance_bytes=v["max_instance_bytes"],
+        viewer=v["viewer"],
+        viewer_dir=_under(home, v["viewer_dir"]) if v["viewer_dir"] else None)
 
 
 def _validate(s: Settings) -> None:

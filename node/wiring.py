@@ -56,7 +56,10 @@ def open_core(settings: Settings, create_keys: bool = False) -> Core:
     catalog = Catalog(settings.index.url)
     tokens = Tokens(catalog)
     policy = AccessPolicy(settings.dimse, tokens, anonymous_web=settings.http.anonymous_allowed)
-    return Core(settings, keyring, fs, catalog, Ingest(fs, catalog, keyring), tokens, policy)
+    from node.dimse.send import DimseSender  # the DIMSE edge's C-STORE SCU
+
+    return Core(settings, keyring, fs, catalog, Ingest(fs, catalog, keyring), tokens, policy,
+                sender=DimseSender(settings, fs))
 
 
 def start_dimse(core: Core, shared_port: bool = False) -> Any:

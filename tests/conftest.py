@@ -5,4 +5,5 @@ pytest_plugins = [
     "tests.fixtures.postgres",
     "tests.fixtures.node",
     "tests.fixtures.dcmtk",
+    "tests.fixtures.browser",
 ]

@@ -14,7 +14,6 @@ import io
 import json
 import platform
 import re
-from dataclasses import dataclass
 from datetime import UTC, datetime
 from importlib import metadata
 from pathlib import Path
@@ -22,30 +21,12 @@ from typing import Any
 
 import torch
 
+from node.ai.cards import CARD, ROOT, Entry, entries, folder, read
 from node.errors import LibraryError
 from node.index import versions
 
-ROOT = "_library"
 WEIGHTS = "weights.pt"
-CARD = "card.json"
 KINDS = ("pretrain", "segment")
-_ID = re.compile(r"([a-z0-9_]+)/([0-9]+)")
-
-
-@dataclass(frozen=True)
-class Entry:
-    """One library entry: its id and its model card."""
-
-    id: str
-    card: dict[str, Any]
-
-    @property
-    def arch(self) -> str:
-        return str(self.card["arch"])
-
-    @property
-    def kind(self) -> str:
-        return str(self.card["kind"])
 
 
 def code_version() -> str:
@@ -106,26 +87,11 @@ class Library:
 
     def entries(self) -> list[Entry]:
         """Every entry, by architecture then version. Raises StoreError."""
-        out = []
-        try:
-            keys = self.fs.find(ROOT)
-        except FileNotFoundError:
-            return []
-        for key in keys:
-            parts = key.split("/")
-            if len(parts) == 4 and parts[3] == CARD and _ID.fullmatch("/".join(parts[1:3])):
-                out.append(self.get("/".join(parts[1:3])))
-        return sorted(out, key=lambda e: (e.arch, int(e.id.split("/")[1])))
+        return entries(self.fs)
 
     def get(self, entry_id: str) -> Entry:
         """The entry ``arch/version``. Raises LibraryError when there is none."""
-        folder = self._folder(entry_id)
-        try:
-            card = json.loads(self.fs.cat_file(f"{folder}/{CARD}"))
-        except FileNotFoundError:
-            raise LibraryError(f"no library entry {entry_id!r} "
-                               "(see `support-node library ls`)") from None
-        return Entry(entry_id, card)
+        return read(self.fs, entry_id)
 
     def weights(self, entry_id: str) -> dict[str, dict[str, torch.Tensor]]:
         """The state dicts of an entry. Raises LibraryError."""
@@ -200,7 +166,4 @@ class Library:
 
     @staticmethod
     def _folder(entry_id: str) -> str:
-        if not _ID.fullmatch(entry_id):
-            raise LibraryError(f"not a library entry id: {entry_id!r} (want arch/version, "
-                               "e.g. unet/3)")
-        return f"{ROOT}/{entry_id}"
+        return folder(entry_id)

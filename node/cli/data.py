@@ -106,6 +106,16 @@ def serve(home: HomeOpt = None, config: ConfigOpt = None,
                       f"{settings.processing.workers} processing worker"
                       f"{'' if settings.processing.workers == 1 else 's'}, "
                       f"store {settings.store.url}", highlight=False)
+            if url:
+                from node.web.viewer import find_viewer
+
+                root = url.rsplit("/dicom-web", 1)[0]
+                found = find_viewer(settings.http)
+                ohif = (f"OHIF at {root}/" if found else
+                        "OHIF not served (" + ("http.viewer = false" if not settings.http.viewer
+                                               else "not installed: make viewer, needs npm")
+                        + ")")
+                out.print(f"AI page at {root}/ui/, {ohif}", highlight=False)
             sys.stdout.flush()
 
         try:

@@ -9,7 +9,8 @@ so however many workers watch, each completion queues exactly one job.
 
 from __future__ import annotations
 
-from datetime import datetime, timedelta
+import json
+from datetime import UTC, datetime, timedelta
 
 from sqlalchemy import Connection, and_, func, or_, select, update
 
@@ -91,3 +92,35 @@ def pretrain_due(catalog: Transactions, every: int, params: str, now: datetime) 
         return True
 
     return bool(catalog.transaction("queueing pretraining", work))
+
+
+def queue_segmentation(index: Transactions, series_uid: str, model: str,
+                       sops: list[str] | None = None) -> None:
+    """Queues a ``segment`` job for a series (or, with ``sops``, for those images of it) with
+    ``model``, as a person asks on the AI page. A job already queued for the series is
+    replaced (the newest request wins). Raises CatalogError."""
+    params = model if not sops else json.dumps({"model": model, "sops": sops})
+    index.transaction(f"queueing segmentation of {series_uid}",
+                      lambda conn: enqueue(conn, [series_uid], datetime.now(UTC), params,
+                                           kind=SEGMENT))
+
+
+def segmentation_job(index: Transactions, series_uid: str) -> dict[str, str | None] | None:
+    """The segment job of a series while it exists (queued, running or failed), else None
+    (never queued, or done). Raises CatalogError."""
+    stmt = (select(s.jobs.c.state, s.jobs.c.error, s.jobs.c.params)
+            .where(s.jobs.c.kind == SEGMENT, s.jobs.c.target == series_uid))
+
+    def read(conn: Connection) -> dict[str, str | None] | None:
+        row = conn.execute(stmt).first()
+        return None if row is None else {"state": row[0], "error": row[1], "params": row[2]}
+
+    return index.reading(f"reading the segmentation job of {series_uid}", read)
+
+
+def segment_params(params: str) -> tuple[str, list[str] | None]:
+    """(model id, SOP Instance UIDs or None for the whole series) of a segment job."""
+    if params.startswith("{"):
+        doc = json.loads(params)
+        return str(doc["model"]), [str(u) for u in doc.get("sops") or []] or None
+    return params, None

@@ -21,7 +21,13 @@ from node.core import Core
 from node.errors import NodeError
 from node.index.jobs import PROCESS, Job, JobQueue
 from node.index.records import State
-from node.index.series_watch import PRETRAIN, SEGMENT, complete_series, pretrain_due
+from node.index.series_watch import (
+    PRETRAIN,
+    SEGMENT,
+    complete_series,
+    pretrain_due,
+    segment_params,
+)
 from node.processing.derive import derive, derive_labels
 from node.processing.shared_filter import SharedFilter
 from pipelines.dicom_seg import SEG_STORAGE
@@ -147,12 +153,15 @@ class Worker:
         from node.ai import runs  # torch: imported by the workers that segment only
         from node.api import Node
 
+        model, sops = segment_params(job.params or "")
         records = list(self.core.catalog.instances(series_uid=job.target))
+        if sops is not None:
+            records = [r for r in records if r.sop_uid in set(sops)]
         if any(r.state == State.QUEUED for r in records):
             self.queue.postpone(job, 10.0)
             return "waiting"
         try:
-            result = runs.segment_series(Node(self.core), job.params or "", records,
+            result = runs.segment_series(Node(self.core), model, records,
                                          device=self.segment.device)
         except (NodeError, OSError, ValueError, RuntimeError) as exc:
             return self._failed(job, exc, f"segmenting series {job.target}")

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import secrets
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 
 from node.web.errors import NotAcceptable
@@ -83,6 +83,12 @@ def choose(header: str | None, available: list[str]) -> tuple[str, MediaRange]:
             if accepted.matches(media):
                 return media, accepted
     raise NotAcceptable(available)
+
+
+def accept_of(headers: Mapping[str, str], params: Mapping[str, str]) -> str | None:
+    """The Accept of a request: the ``accept`` query parameter wins over the header
+    (PS3.18 8.3.3.1; OHIF asks for thumbnails so)."""
+    return params.get("accept") or headers.get("accept")
 
 
 def related_type(accepted: MediaRange) -> str | None:

@@ -32,7 +32,7 @@ from node.index.query import InstanceRef
 from node.rendering import Window, render
 from node.web.auth import Caller
 from node.web.errors import BadRequest, NotAcceptable, NotFound
-from node.web.media import Multipart, choose, related_type
+from node.web.media import Multipart, accept_of, choose, related_type
 
 router = APIRouter()
 DICOM = "application/dicom"
@@ -56,7 +56,7 @@ def _archive(request: Request) -> Archive:
 
 def _wanted_syntax(request: Request) -> str | None:
     """The transfer syntax asked for: ``*`` (as stored), a UID, or None (Explicit VR LE)."""
-    media, accepted = choose(request.headers.get("accept"), [_RELATED])
+    media, accepted = choose(accept_of(request.headers, request.query_params), [_RELATED])
     del media
     part = related_type(accepted)
     if part not in (None, DICOM, *_ANY):
@@ -176,7 +176,7 @@ def _frame_numbers(text: str) -> list[int]:
 
 
 def _frames_response(request: Request, ref: InstanceRef, numbers: list[int]) -> Response:
-    media, accepted = choose(request.headers.get("accept"), [_RELATED])
+    media, accepted = choose(accept_of(request.headers, request.query_params), [_RELATED])
     del media
     if related_type(accepted) not in (None, OCTETS, *_ANY):
         raise NotAcceptable([f'{_RELATED}; type="{OCTETS}"; transfer-syntax=*'])
@@ -264,7 +264,7 @@ def _render_params(request: Request, thumbnail: bool) -> tuple[Window | None,
 
 
 def _rendered(request: Request, ref: InstanceRef, frame: int, thumbnail: bool) -> Response:
-    media, _ = choose(request.headers.get("accept"), ["image/jpeg", "image/png"])
+    media, _ = choose(accept_of(request.headers, request.query_params), ["image/jpeg", "image/png"])
     window, viewport, quality = _render_params(request, thumbnail)
     archive = _archive(request)
     try:

@@ -267,8 +267,12 @@ def test_serve_keeps_segmentation_and_pretraining_apart_from_processing(
     from node.processes import ProcessingPool
 
     plain = settings_factory({"processing": {"workers": 2}}, name="plain")
-    with ProcessingPool(plain) as pool:
-        assert pool._kinds == [("process",), ("process",)]
+    Node.from_settings(plain, create_keys=True).close()
+    with ProcessingPool(plain) as pool:  # an AI worker too: the AI page queues segmentations
+        assert pool._kinds == [("process",), ("process",), ("segment", "pretrain")]
+    none = settings_factory({"processing": {"workers": 0}}, name="none")
+    with ProcessingPool(none) as pool:
+        assert pool._kinds == []
     ai = settings_factory({"segment": {"model": "unet/1"}}, name="ai")
     Node.from_settings(ai, create_keys=True).close()
     with ProcessingPool(ai) as pool:
