@@ -183,7 +183,7 @@ def test_run_a_model_see_the_lesion_send_the_seg(site: dict[str, Any], watched_p
 def test_status_view_and_no_token_no_data(site: dict[str, Any], watched_page) -> None:  # type: ignore[no-untyped-def]
     page = watched_page.page
     page.goto(site["root"] + "/ui/")
-    assert page.get_by_label("Token").is_visible()  # tokens exist: nothing without one
+    page.get_by_label("Token").wait_for()  # tokens exist: nothing without one
     assert page.locator("#list li").count() == 0
     page.get_by_label("Token").fill("snt_wrong")
     page.get_by_role("button", name="Sign in").click()
