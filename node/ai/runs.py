@@ -110,6 +110,41 @@ def evaluate_model(node: Any, entry_id: str, records: Sequence[InstanceRecord],
     return evaluate(model.to(device), data, device=device)
 
 
+def seen_before(node: Any, entry_id: str, records: Sequence[InstanceRecord]
+                ) -> dict[str, int]:
+    """Evaluated patients whose images a library entry, or the pretrained encoder it
+    started from, already saw: ``{"entry_id (part)": patients}`` for every manifest part
+    (training, validation, pretraining data) that overlaps; empty when none does. An
+    evaluation on them is not a fair test. Raises StoreError."""
+    from node.ai import cards
+
+    seen: dict[str, set[str]] = {}
+    chain, current = [], entry_id
+    while current and current not in chain:
+        chain.append(current)
+        init = cards.read(node.core.fs, current).card.get("init")
+        current = str(init).removeprefix("library:") if init else ""
+    for entry in chain:
+        try:
+            doc = json.loads(node.core.fs.cat_file(f"{cards.folder(entry)}/manifest.json"))
+        except FileNotFoundError:
+            continue
+        for part, manifest in doc.items():
+            uids = {item["sop_instance_uid"] for item in manifest.get("items", [])}
+            seen[f"{entry} ({part})"] = uids
+    patients: dict[str, set[str]] = {}
+    for rec in records:
+        patients.setdefault(rec.patient_key, set())
+    for key in patients:
+        patients[key] = {r.sop_uid for r in node.core.catalog.instances(None, key)}
+    out = {}
+    for label, uids in seen.items():
+        overlap = sum(1 for sops in patients.values() if sops & uids)
+        if overlap:
+            out[label] = overlap
+    return out
+
+
 @dataclass(frozen=True)
 class Segmented:
     images: int

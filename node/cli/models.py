@@ -253,8 +253,14 @@ def evaluate_(hospital: Hospital = None, patient: Patient = None, study: Study =
             entry = _library(node).get(model)
             dice = runs.evaluate_model(node, model, records,
                                        size=size or entry.card.get("size"), device=device)
+            overlap = runs.seen_before(node, model, records)
+        patients = len({r.patient_key for r in records})
+        for part, n in overlap.items():
+            err.print(f"[yellow]warning:[/] {n} of the {patients} evaluated patients are in "
+                      f"the data of {part}: this Dice is not a fair test", highlight=False)
         if as_json:
-            print(json.dumps({"model": model, "images": len(records), "dice": dice}))
+            print(json.dumps({"model": model, "images": len(records), "dice": dice,
+                              "overlap": overlap}))
         else:
             out.print(f"{model}: Dice {dice:.4f} on {len(records)} labelled images")
     run(body)

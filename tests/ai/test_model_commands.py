@@ -88,6 +88,11 @@ def test_training_starts_from_the_library_and_records_its_data(labelled: dict) -
     out = runner.invoke(app, ["evaluate", "--model", "fcn/1", "--json", *labelled["common"]])
     result = json.loads(out.stdout)
     assert result["images"] == 24 and 0.0 <= result["dice"] <= 1.0
+    # every evaluated patient was in the pretraining data, and in training or validation:
+    # the command says the Dice is not a fair test
+    assert result["overlap"]["unet/1 (data)"] == 4
+    assert result["overlap"]["fcn/1 (train)"] + result["overlap"]["fcn/1 (validation)"] >= 4
+    assert "not a fair test" in out.stderr
 
 
 def test_segment_writes_masks_and_a_seg_the_pacs_can_pull(labelled: dict) -> None:  # type: ignore[type-arg]
