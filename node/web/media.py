@@ -28,7 +28,7 @@ class MediaRange:
 
 def parse_media(value: str) -> MediaRange:
     """One media type with parameters (quotes around values removed, names lower-cased)."""
-    parts = [p.strip() for p in _split_params(value)]
+    parts = [p.strip() for p in _split_unquoted(value, ";")]
     params: dict[str, str] = {}
     for p in parts[1:]:
         name, _, val = p.partition("=")
@@ -42,12 +42,13 @@ def parse_media(value: str) -> MediaRange:
     return MediaRange(parts[0].lower() if parts else "", params, q)
 
 
-def _split_params(value: str) -> list[str]:
+def _split_unquoted(value: str, separator: str) -> list[str]:
+    """``value`` split at ``separator`` outside double quotes."""
     out, current, quoted = [], "", False
     for ch in value:
         if ch == '"':
             quoted = not quoted
-        if ch == ";" and not quoted:
+        if ch == separator and not quoted:
             out.append(current)
             current = ""
         else:
@@ -60,17 +61,7 @@ def parse_accept(header: str | None) -> list[MediaRange]:
     """The ranges of an Accept header, best first; ``*/*`` when there is none."""
     if not header:
         return [MediaRange("*/*")]
-    ranges, current, quoted = [], "", False
-    for ch in header:
-        if ch == '"':
-            quoted = not quoted
-        if ch == "," and not quoted:
-            ranges.append(current)
-            current = ""
-        else:
-            current += ch
-    ranges.append(current)
-    parsed = [parse_media(r) for r in ranges if r.strip()]
+    parsed = [parse_media(r) for r in _split_unquoted(header, ",") if r.strip()]
     return sorted((r for r in parsed if r.q > 0), key=lambda r: -r.q)
 
 

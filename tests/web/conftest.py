@@ -16,6 +16,7 @@ from node import wiring
 from node.api import Node
 from node.settings import Settings
 from tests.test_qr import destination  # noqa: F401  (a fixture: storescp as DEST)
+from tests.test_serve import served  # noqa: F401  (a fixture: serve processes, stopped after)
 
 
 @dataclass

@@ -22,7 +22,6 @@ from typer.testing import CliRunner
 from node import wiring
 from node.api import Node
 from node.cli import app
-from node.index.records import State
 from node.processing.worker import AI_KINDS, Worker
 from pipelines import dicom_seg, phantoms, synthetic
 from tests.fixtures.node import free_port, make_settings

@@ -20,14 +20,6 @@ from tests.test_serve import READY, SUPPORT_NODE, Served, _env
 HTTP = re.compile(r"HTTP on (\S+/dicom-web)")
 
 
-@pytest.fixture
-def served() -> Iterator[list[Served]]:
-    started: list[Served] = []
-    yield started
-    for s in started:
-        s.stop()
-
-
 def _peak_rss(pid: int) -> int:
     """Peak resident memory of a process, in bytes (VmHWM)."""
     for line in Path(f"/proc/{pid}/status").read_text().splitlines():
