@@ -20,6 +20,7 @@ ORIGINAL = "original.dcm"
 DESCRIPTION = "description.json"
 OUTPUT = "output.npy"  # the preprocessed image: (frames, size, size), float16 by default
 PREVIEW = "preview.png"  # an 8-bit preview of the first frame, for people
+PREDICTION = "prediction-{arch}-{version}.npy"  # a library model's label map of the image
 LABELS = "labels.npy"  # a label map (frames, rows, cols) uint8 at the original's size
 CONFLICTS = "conflicts"
 STATE = "_state"  # {STATE}/{name}/{version}: versioned shared state (the filter's model)
@@ -78,3 +79,19 @@ class InstancePath:
         if len(parts) != 5 or not all(PART.fullmatch(p) for p in parts):
             raise ValueError(f"not an instance folder: {folder}")
         return cls(*parts)
+
+
+def prediction_name(model: str) -> str:
+    """The object name of library model ``arch/version``'s label map of an image."""
+    arch, _, version = model.partition("/")
+    return PREDICTION.format(arch=arch, version=version)
+
+
+def prediction_model(name: str) -> str | None:
+    """The model id (``arch/version``) whose label map ``name`` is, or None for another
+    object."""
+    head, tail = PREDICTION.split("{arch}-{version}")
+    if not (name.startswith(head) and name.endswith(tail)):
+        return None
+    arch, _, version = name[len(head):-len(tail)].rpartition("-")
+    return f"{arch}/{version}" if arch and version else None

@@ -21,6 +21,7 @@ import pydicom
 from node.ai import dataset
 from node.ai.library import Entry, Library
 from node.index.records import InstanceRecord, State
+from node.layout import PREDICTION, prediction_name  # noqa: F401  (PREDICTION: for callers)
 from pipelines import dicom_seg
 from pipelines.models import NetConfig, build_from
 from pipelines.preprocess import restore_labels
@@ -28,7 +29,6 @@ from pipelines.pretrain.deepcluster import DeepClusterConfig, pretrain_encoder
 from pipelines.segment.train import evaluate, predict, train
 
 Callback = Callable[[dict[str, Any]], Any]
-PREDICTION = "prediction-{arch}-{version}.npy"  # per image, beside its output
 
 
 def _manifest_files(**parts: dataset.Manifest) -> tuple[dict[str, Any], dict[str, bytes]]:
@@ -165,8 +165,7 @@ def segment_series(node: Any, entry_id: str, records: Sequence[InstanceRecord],
     entry = lib.get(entry_id)
     model = lib.build(entry_id).to(device)
     size = entry.card.get("size")
-    arch, version = entry_id.split("/")
-    name = PREDICTION.format(arch=arch, version=version)
+    name = prediction_name(entry_id)
     fs = node.services.fs
     by_series: dict[str, list[tuple[InstanceRecord, np.ndarray]]] = {}
     count = 0

@@ -25,12 +25,12 @@ from node.errors import LibraryError
 from node.index import browse, schema
 from node.index.jobs import JobQueue
 from node.index.series_watch import queue_segmentation, segment_params, segmentation_job
+from node.layout import ORIGINAL, prediction_model, prediction_name
 from node.rendering import render
 from node.web.auth import COOKIE, Caller, access_of
 from node.web.errors import BadRequest, NotFound
 
 router = APIRouter(prefix="/api")
-PREDICTION = "prediction-{arch}-{version}.npy"
 
 
 def _core(request: Request) -> Any:
@@ -100,13 +100,8 @@ def _predictions(core: Any, object_key: str) -> list[str]:
         names = core.fs.ls(object_key, detail=False)
     except FileNotFoundError:
         return []
-    out = []
-    for name in names:
-        base = str(name).rsplit("/", 1)[-1]
-        if base.startswith("prediction-") and base.endswith(".npy"):
-            arch, _, version = base[len("prediction-"):-len(".npy")].rpartition("-")
-            out.append(f"{arch}/{version}")
-    return sorted(out)
+    models = (prediction_model(str(name).rsplit("/", 1)[-1]) for name in names)
+    return sorted(m for m in models if m)
 
 
 @router.get("/series/{series_uid}/instances")
@@ -132,7 +127,7 @@ def image(sop: str, request: Request, access: Caller, frame: int = 1) -> Respons
     """The image at its native size (what overlays are drawn on), windowed as its header
     says (or min-max)."""
     found = _instance(request, access, sop)
-    data = _core(request).fs.cat_file(f"{found['object_key']}/original.dcm")
+    data = _core(request).fs.cat_file(f"{found['object_key']}/{ORIGINAL}")
     try:
         png = render(data, frame, fmt="png")
     except ValueError as exc:
@@ -146,11 +141,10 @@ def prediction(sop: str, model: str, request: Request, access: Caller,
     """A model's label map of the image as a grey PNG: 0 background, k the k-th class."""
     found = _instance(request, access, sop)
     try:
-        folder = cards.folder(model)
+        cards.folder(model)  # a valid library id
     except LibraryError as exc:
         raise BadRequest(str(exc)) from None
-    arch, version = folder.split("/")[1:]
-    key = f"{found['object_key']}/{PREDICTION.format(arch=arch, version=version)}"
+    key = f"{found['object_key']}/{prediction_name(model)}"
     try:
         labels = np.load(io.BytesIO(_core(request).fs.cat_file(key)), allow_pickle=False)
     except FileNotFoundError:

@@ -9,6 +9,17 @@ from pydicom.datadict import dictionary_VR, tag_for_keyword
 _NUMBER_VRS = frozenset(("IS", "DS", "US", "UL", "SS", "SL", "FL", "FD", "SV", "UV"))
 
 
+def retrieve_url(study: str, series: str | None = None, sop: str | None = None) -> str:
+    """The host-free WADO-RS path of a study, series or instance (``RetrieveURL`` and
+    ``BulkDataURI`` values: clients that set ``Host`` without the port still resolve it)."""
+    url = f"/dicom-web/studies/{study}"
+    if series is not None:
+        url += f"/series/{series}"
+    if sop is not None:
+        url += f"/instances/{sop}"
+    return url
+
+
 def tag_hex(keyword: str) -> str:
     tag = tag_for_keyword(keyword)
     assert tag is not None, keyword

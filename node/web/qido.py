@@ -117,12 +117,11 @@ def _returns(level: Level, include: list[str]) -> list[str]:
 
 
 def _retrieve_url(row: Mapping[str, Any], level: Level) -> str:
-    url = f"/dicom-web/studies/{row['StudyInstanceUID']}"
-    if level.depth >= Level.SERIES.depth:
-        url += f"/series/{row['SeriesInstanceUID']}"
-    if level is Level.IMAGE:
-        url += f"/instances/{row['SOPInstanceUID']}"
-    return url
+    deep = level.depth
+    return dicomjson.retrieve_url(
+        row["StudyInstanceUID"],
+        row["SeriesInstanceUID"] if deep >= Level.SERIES.depth else None,
+        row["SOPInstanceUID"] if level is Level.IMAGE else None)
 
 
 def to_json(row: Mapping[str, Any], returns: list[str], level: Level) -> dict[str, Any]:

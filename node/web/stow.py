@@ -31,6 +31,7 @@ from node.access import Access, Right
 from node.errors import CatalogError, InconsistentError, IngestError, StoreError
 from node.ingest import Source
 from node.web.auth import Caller
+from node.web.dicomjson import retrieve_url
 from node.web.errors import BadRequest, UnsupportedMediaType
 from node.web.media import parse_media
 
@@ -138,47 +139,43 @@ def _store_part(request: Request, part: _Part, access: Access, study: str | None
                 outcome: _Outcome) -> None:
     """Ingests one part (in a worker thread) and records its outcome."""
     core = request.app.state.core
-    kind = parse_media(part.headers.get("content-type", DICOM)).type
-    reason: int | None = None
+    data = bytes(part.data)
+    part.data = bytearray()
     if part.too_large:
-        reason = OUT_OF_RESOURCES
         log.warning("STOW-RS from %s: a part over the %d-byte limit refused", access.name,
-                    request.app.state.core.settings.http.max_instance_bytes)
-    elif kind != DICOM:
-        reason = CANNOT_UNDERSTAND
-    else:
-        data = bytes(part.data)
-        part.data = bytearray()
-        metrics.BYTES.labels("web").inc(len(data))
-        assert access.hospital is not None
-        try:
-            result = core.ingest.accept(data, Source(access.hospital, "web", access.name),
-                                        study_uid=study)
-        except InconsistentError as exc:
-            reason, message = SOP_CLASS_MISMATCH, str(exc)
-        except IngestError as exc:
-            reason, message = CANNOT_UNDERSTAND, str(exc)
-        except (StoreError, CatalogError) as exc:
-            reason, message = OUT_OF_RESOURCES, str(exc)
-            outcome.unavailable += 1
-        else:
-            metrics.INSTANCES.labels("web", result.outcome.value).inc()
-            cls, _ = _uids(data)
-            record = core.catalog.get_instance(result.sop_uid)
-            url = (f"/dicom-web/studies/{record.study_uid}/series/{record.series_uid}"
-                   f"/instances/{record.sop_uid}") if record is not None else None
-            extra = {"00081190": {"vr": "UR", "Value": [url]}} if url else {}
-            outcome.stored.append(_ref(cls, result.sop_uid, extra))
-            return
-        if reason is not None:
-            log.warning("STOW-RS from %s: a part refused: 0x%04X %s", access.name, reason,
-                        message)
-        cls, uid = _uids(data)
-        metrics.INSTANCES.labels("web", "refused").inc()
-        outcome.failed.append(_ref(cls, uid, {"00081197": {"vr": "US", "Value": [reason]}}))
+                    core.settings.http.max_instance_bytes)
+        _failed(outcome, OUT_OF_RESOURCES)
         return
+    if parse_media(part.headers.get("content-type", DICOM)).type != DICOM:
+        _failed(outcome, CANNOT_UNDERSTAND)
+        return
+    metrics.BYTES.labels("web").inc(len(data))
+    assert access.hospital is not None  # access.require(Right.STORE) passed
+    try:
+        result = core.ingest.accept(data, Source(access.hospital, "web", access.name),
+                                    study_uid=study)
+    except (IngestError, StoreError, CatalogError) as exc:
+        reason = (SOP_CLASS_MISMATCH if isinstance(exc, InconsistentError) else
+                  CANNOT_UNDERSTAND if isinstance(exc, IngestError) else OUT_OF_RESOURCES)
+        if isinstance(exc, StoreError | CatalogError):
+            outcome.unavailable += 1
+        log.warning("STOW-RS from %s: a part refused: 0x%04X %s", access.name, reason, exc)
+        _failed(outcome, reason, *_uids(data))
+        return
+    metrics.INSTANCES.labels("web", result.outcome.value).inc()
+    record = core.catalog.get_instance(result.sop_uid)
+    if record is None:  # removed since (a reindex): stored, but nothing to point at
+        outcome.stored.append(_ref(_uids(data)[0], result.sop_uid, {}))
+        return
+    url = retrieve_url(record.study_uid, record.series_uid, record.sop_uid)
+    outcome.stored.append(_ref(record.sop_class_uid, record.sop_uid,
+                               {"00081190": {"vr": "UR", "Value": [url]}}))
+
+
+def _failed(outcome: _Outcome, reason: int, cls: str | None = None,
+            uid: str | None = None) -> None:
     metrics.INSTANCES.labels("web", "refused").inc()
-    outcome.failed.append(_ref(None, None, {"00081197": {"vr": "US", "Value": [reason]}}))
+    outcome.failed.append(_ref(cls, uid, {"00081197": {"vr": "US", "Value": [reason]}}))
 
 
 async def _receive(request: Request, access: Access, study: str | None) -> Response:
@@ -212,7 +209,7 @@ async def _receive(request: Request, access: Access, study: str | None) -> Respo
 def _response(outcome: _Outcome, study: str | None) -> Response:
     doc: dict[str, Any] = {}
     if study:
-        doc["00081190"] = {"vr": "UR", "Value": [f"/dicom-web/studies/{study}"]}
+        doc["00081190"] = {"vr": "UR", "Value": [retrieve_url(study)]}
     if outcome.stored:
         doc["00081199"] = {"vr": "SQ", "Value": outcome.stored}
     if outcome.failed:

@@ -31,6 +31,7 @@ from node.archive import Archive
 from node.index.query import InstanceRef
 from node.rendering import Window, render
 from node.web.auth import Caller
+from node.web.dicomjson import retrieve_url
 from node.web.errors import BadRequest, NotAcceptable, NotFound
 from node.web.media import Multipart, accept_of, choose, related_type
 
@@ -116,14 +117,9 @@ def instance(study: str, series: str, sop: str, request: Request,
 # ---- metadata -----------------------------------------------------------------------------
 
 
-def _instance_url(ref: InstanceRef) -> str:
-    return (f"/dicom-web/studies/{ref.study_uid}/series/{ref.series_uid}"
-            f"/instances/{ref.sop_uid}")
-
-
 def metadata_of(ref: InstanceRef, doc: dict[str, Any]) -> dict[str, Any]:
     """The DICOM JSON of one instance from its description, with host-free BulkDataURIs."""
-    base = _instance_url(ref)
+    base = retrieve_url(ref.study_uid, ref.series_uid, ref.sop_uid)
     out: dict[str, Any] = {}
     for tag, element in doc["dicom"].items():
         uri = element.get("BulkDataURI")
