@@ -122,8 +122,10 @@ class Archive:
         return out.getvalue()
 
     @staticmethod
-    def frames(data: bytes, numbers: list[int], as_stored: bool) -> list[tuple[bytes, str]]:
-        """Frames ``numbers`` (1-based) of an instance, each with its transfer syntax UID.
+    def frames(data: bytes, numbers: list[int] | None,
+               as_stored: bool) -> list[tuple[bytes, str]]:
+        """Frames ``numbers`` (1-based; None: every frame) of an instance, each with its
+        transfer syntax UID.
 
         ``as_stored``: compressed frames exactly as stored (their syntax); otherwise every
         frame is native little endian pixel data (Explicit VR Little Endian).
@@ -132,6 +134,7 @@ class Archive:
         if "PixelData" not in ds:
             raise ValueError("the instance has no pixel data")
         count = int(ds.get("NumberOfFrames", 1) or 1)
+        numbers = list(range(1, count + 1)) if numbers is None else numbers
         if any(n < 1 or n > count for n in numbers):
             raise ValueError(f"frame numbers run from 1 to {count}")
         stored = UID(ds.file_meta.get("TransferSyntaxUID", ImplicitVRLittleEndian))

@@ -9,60 +9,47 @@ from __future__ import annotations
 
 import secrets
 import time
-from typing import Any
+from collections.abc import Callable
+from typing import Any, TypeVar
 
 from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse, Response
 
 from node import metrics
-from node.index.jobs import Counts, JobQueue
+from node.index.jobs import JobQueue
 from node.web.auth import Caller
 
 router = APIRouter()
+T = TypeVar("T")
 _PROBE = "_state/healthz"
 
 
-def _check_store(core: Any) -> str:
+def _check_store(core: Any) -> None:
     key = f"{_PROBE}/{secrets.token_hex(4)}"
     core.fs.pipe_file(key, b"ok")
     core.fs.rm_file(key)
-    return "ok"
 
 
-def _check_index(core: Any) -> Counts:
-    return JobQueue(core.catalog).counts()
-
-
-def _checks(core: Any) -> tuple[bool, dict[str, Any]]:
-    out: dict[str, Any] = {}
-    healthy = True
-    counts: Counts | None = None
-    for name in ("store", "index"):
-        started = time.perf_counter()
-        try:
-            if name == "store":
-                _check_store(core)
-            else:
-                counts = _check_index(core)
-        except Exception as exc:  # any failure is the answer, not a crash
-            healthy = False
-            out[name] = {"ok": False, "error": type(exc).__name__}
-            continue
-        out[name] = {"ok": True, "seconds": round(time.perf_counter() - started, 4)}
-    if counts is not None:
-        out["queue_depth"] = counts.queue_depth
-        out["failed"] = counts.instances.get("failed", 0)
-    return healthy, out
+def _timed(check: Callable[[], T]) -> tuple[dict[str, Any], T | None]:
+    """Runs one check: ({"ok", "seconds"} or {"ok": False, "error"}, its value)."""
+    started = time.perf_counter()
+    try:
+        value = check()
+    except Exception as exc:  # any failure is the answer, not a crash
+        return {"ok": False, "error": type(exc).__name__}, None
+    return {"ok": True, "seconds": round(time.perf_counter() - started, 4)}, value
 
 
 @router.get("/healthz")
 def healthz(request: Request) -> Response:
-    healthy, checks = _checks(request.app.state.core)
-    workers = getattr(request.app.state, "workers_alive", None)
-    if workers is not None:
-        alive = workers()
-        checks["workers"] = {"ok": alive}
-        healthy = healthy and alive
+    core = request.app.state.core
+    store, _ = _timed(lambda: _check_store(core))
+    index, counts = _timed(lambda: JobQueue(core.catalog).counts())
+    checks: dict[str, Any] = {"store": store, "index": index}
+    if counts is not None:
+        checks["queue_depth"] = counts.queue_depth
+        checks["failed"] = counts.instances.get("failed", 0)
+    healthy = store["ok"] and index["ok"]
     return JSONResponse({"status": "ok" if healthy else "unavailable", **checks},
                         status_code=200 if healthy else 503)
 

@@ -171,7 +171,8 @@ def _frame_numbers(text: str) -> list[int]:
     return numbers
 
 
-def _frames_response(request: Request, ref: InstanceRef, numbers: list[int]) -> Response:
+def _frames_response(request: Request, ref: InstanceRef,
+                     numbers: list[int] | None) -> Response:
     media, accepted = choose(accept_of(request.headers, request.query_params), [_RELATED])
     del media
     if related_type(accepted) not in (None, OCTETS, *_ANY):
@@ -209,11 +210,8 @@ def frames(study: str, series: str, sop: str, frames: str, request: Request,
 def bulkdata(study: str, series: str, sop: str, tag: str, request: Request,
              access: Caller) -> Response:
     ref = _refs(request, access, study, series, sop)[0]
-    if tag.upper() == "7FE00010":
-        ds = pydicom.dcmread(io.BytesIO(_archive(request).original(ref)), force=True,
-                             stop_before_pixels=True)
-        count = int(ds.get("NumberOfFrames", 1) or 1)
-        return _frames_response(request, ref, list(range(1, count + 1)))
+    if tag.upper() == "7FE00010":  # the pixel data: every frame, read and decrypted once
+        return _frames_response(request, ref, None)
     try:
         key = int(tag, 16)
     except ValueError:
