@@ -13,6 +13,7 @@ Rules:
 * Web: once any token exists, every request needs one; a token is scoped to one hospital
   (it sees and stores there only) or to all (stores go to ``default``), with a scope of
   ``read`` (query, retrieve), ``write`` (store), ``readwrite`` or ``admin`` (all of it).
+  A pseudonymous token sees patients by their pseudonym only (no names, IDs, birth dates).
   With no token defined, anonymous callers get what a loopback DIMSE caller gets, where the
   HTTP edge allows anonymous access (loopback, or ``[http] allow_anonymous``).
 """
@@ -52,6 +53,8 @@ class Access:
         hospital: where its stores go; None when it may not store.
         query / retrieve: whether it may query and retrieve.
         hospitals: the hospitals it sees; None for every hospital.
+        identified: whether it sees patients' names and IDs; False for a pseudonymous
+            caller, who sees the patient's pseudonym instead (see node/pseudonym.py).
     """
 
     name: str
@@ -59,6 +62,7 @@ class Access:
     query: bool
     retrieve: bool
     hospitals: tuple[str, ...] | None
+    identified: bool = True
 
     def allows(self, right: Right) -> bool:
         if right is Right.STORE:
@@ -91,6 +95,7 @@ class TokenGrant:
     name: str
     hospital: str | None
     scope: TokenScope
+    pseudonymous: bool = False
 
 
 class TokenLookup(Protocol):
@@ -144,4 +149,4 @@ def _access_of(grant: TokenGrant) -> Access:
     write = scope in (TokenScope.WRITE, TokenScope.READWRITE, TokenScope.ADMIN)
     hospitals = None if grant.hospital is None else (grant.hospital,)
     store = (grant.hospital or DEFAULT_HOSPITAL) if write else None
-    return Access(grant.name, store, read, read, hospitals)
+    return Access(grant.name, store, read, read, hospitals, not grant.pseudonymous)
