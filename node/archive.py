@@ -32,7 +32,8 @@ from pydicom.uid import (
 from node import describe
 from node.core import Core
 from node.index.query import InstanceRef, Level, build, instances_for
-from node.layout import DESCRIPTION, ORIGINAL
+from node.layout import DESCRIPTION, ORIGINAL, InstancePath
+from node.pseudonym import pseudonymise
 
 CHUNK = 1 << 20
 _NATIVE_LE = (ExplicitVRLittleEndian, ImplicitVRLittleEndian, DeflatedExplicitVRLittleEndian)
@@ -94,6 +95,22 @@ class Archive:
 
     def original(self, ref: InstanceRef) -> bytes:
         return bytes(self.core.fs.cat_file(f"{ref.object_key}/{ORIGINAL}"))
+
+    def pseudonymised(self, ref: InstanceRef, explicit_le: bool) -> bytes:
+        """The instance as a Part-10 file for a pseudonymous caller (node/pseudonym.py),
+        transcoded to Explicit VR Little Endian when ``explicit_le`` (ValueError when it
+        cannot be)."""
+        data = self.original(ref)
+        if explicit_le:
+            data = self.to_explicit_le(data)
+        ds = pydicom.dcmread(io.BytesIO(data), force=True)
+        pseudonymise(ds, InstancePath.parse(ref.object_key).patient)
+        ds.ensure_file_meta()
+        if "TransferSyntaxUID" not in ds.file_meta:
+            ds.file_meta.TransferSyntaxUID = UID(ref.transfer_syntax_uid)
+        out = io.BytesIO()
+        ds.save_as(out, enforce_file_format=True)
+        return out.getvalue()
 
     def description(self, ref: InstanceRef) -> dict[str, Any]:
         return describe.decode(self.core.fs.cat_file(f"{ref.object_key}/{DESCRIPTION}"))

@@ -25,14 +25,19 @@ def create(name: Annotated[str, typer.Argument(help="A name for the token (who h
                     "stores go to 'default').")] = None,
            scope: Annotated[TokenScope, typer.Option(
                help="read (QIDO, WADO), write (STOW), readwrite, or admin.")] = TokenScope.READ,
+           pseudonymous: Annotated[bool, typer.Option(
+               "--pseudonymous",
+               help="It sees patients by pseudonym only: no names, IDs, birth dates or "
+                    "other identifying attributes, in QIDO, WADO and the AI page.")] = False,
            home: HomeOpt = None, config: ConfigOpt = None) -> None:
     """Create a token; its secret is printed once, on the last line, and never again."""
     def body() -> None:
         if hospital is not None and not valid_hospital(hospital):
             raise ConfigError(f"--hospital: not a valid hospital name: {hospital!r}")
         with Context(home, config).node() as node:
-            secret = node.core.tokens.create(name, hospital, scope)
-        out.print(f"token {name!r} created ({scope.value}, hospital "
+            secret = node.core.tokens.create(name, hospital, scope, pseudonymous)
+        kind = ", pseudonymous" if pseudonymous else ""
+        out.print(f"token {name!r} created ({scope.value}{kind}, hospital "
                   f"{hospital or 'every'}); it is shown only now:", highlight=False)
         out.print(secret, highlight=False, soft_wrap=True)
     run(body)
@@ -44,10 +49,11 @@ def list_(home: HomeOpt = None, config: ConfigOpt = None) -> None:
     def body() -> None:
         with Context(home, config).node() as node:
             tokens = node.core.tokens.list()
-        table = Table("name", "hospital", "scope", "created", "state")
+        table = Table("name", "hospital", "scope", "sees", "created", "state")
         for t in tokens:
             state = f"revoked {t.revoked_at:%Y-%m-%d %H:%M}" if t.revoked_at else "active"
             table.add_row(t.name, t.hospital or "(every)", t.scope,
+                          "pseudonyms" if t.pseudonymous else "identities",
                           f"{t.created_at:%Y-%m-%d %H:%M}", state)
         print_table(table)
     run(body)

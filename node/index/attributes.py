@@ -66,6 +66,8 @@ class Attribute:
         match: how queries match it.
         field: its field of InstanceRecord; empty for keys and computed attributes.
         indexed: whether its column has an index of its own (frequent matching keys).
+        identity: how a pseudonymous caller sees it: ``PSEUDONYM`` (the patient's pseudonym
+            instead of the value), ``HIDDEN`` (never returned, never matched) or ``""``.
     """
 
     keyword: str
@@ -75,6 +77,7 @@ class Attribute:
     match: Match
     field: str = ""
     indexed: bool = False
+    identity: str = ""
 
     @property
     def integer(self) -> bool:
@@ -84,24 +87,29 @@ class Attribute:
 
 _P, _ST, _SE, _I = Level.PATIENT, Level.STUDY, Level.SERIES, Level.IMAGE
 
+#: Attribute.identity values (see node/pseudonym.py for the whole-dataset rules).
+PSEUDONYM, HIDDEN = "pseudonym", "hidden"
+
 #: Read from the header, one column each; the order is the order of the schema's columns.
 DESCRIBED: tuple[Attribute, ...] = (
-    Attribute("PatientID", "00100020", _P, "patient_id", Match.TEXT, "patient_id", True),
+    Attribute("PatientID", "00100020", _P, "patient_id", Match.TEXT, "patient_id", True,
+              PSEUDONYM),
     Attribute("IssuerOfPatientID", "00100021", _P, "issuer_of_patient_id", Match.TEXT,
-              "issuer_of_patient_id"),
-    Attribute("PatientName", "00100010", _P, "patient_name", Match.PN, "patient_name", True),
+              "issuer_of_patient_id", identity=HIDDEN),
+    Attribute("PatientName", "00100010", _P, "patient_name", Match.PN, "patient_name", True,
+              PSEUDONYM),
     Attribute("PatientBirthDate", "00100030", _P, "birth_date", Match.DATE,
-              "patient_birth_date"),
+              "patient_birth_date", identity=HIDDEN),
     Attribute("PatientSex", "00100040", _P, "sex", Match.TEXT, "patient_sex"),
     Attribute("StudyDate", "00080020", _ST, "study_date", Match.DATE, "study_date", True),
     Attribute("StudyTime", "00080030", _ST, "study_time", Match.TIME, "study_time"),
     Attribute("AccessionNumber", "00080050", _ST, "accession_number", Match.TEXT,
-              "accession_number", True),
-    Attribute("StudyID", "00200010", _ST, "study_id", Match.TEXT, "study_id"),
+              "accession_number", True, HIDDEN),
+    Attribute("StudyID", "00200010", _ST, "study_id", Match.TEXT, "study_id", identity=HIDDEN),
     Attribute("StudyDescription", "00081030", _ST, "description", Match.TEXT,
               "study_description"),
     Attribute("ReferringPhysicianName", "00080090", _ST, "referring_physician_name", Match.PN,
-              "referring_physician_name"),
+              "referring_physician_name", identity=HIDDEN),
     Attribute("Modality", "00080060", _SE, "modality", Match.TEXT, "modality", True),
     Attribute("SeriesNumber", "00200011", _SE, "series_number", Match.INT, "series_number"),
     Attribute("SeriesDescription", "0008103E", _SE, "description", Match.TEXT,

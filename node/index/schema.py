@@ -202,6 +202,7 @@ tokens = Table(
     Column("scope", String, nullable=False),  # read | write | readwrite | admin
     Column("created_at", UTCDateTime, nullable=False),
     Column("revoked_at", UTCDateTime),
+    Column("pseudonymous", Boolean),  # sees pseudonyms only; NULL (older rows): false
 )
 
 # Children before parents: the order in which rows can be deleted. ``reindex`` requeues

@@ -31,6 +31,7 @@ class TokenInfo:
     scope: str
     created_at: datetime
     revoked_at: datetime | None
+    pseudonymous: bool = False
 
 
 def _digest(secret: str) -> str:
@@ -43,8 +44,11 @@ class Tokens:
     def __init__(self, index: Transactions) -> None:
         self.index = index
 
-    def create(self, name: str, hospital: str | None, scope: TokenScope) -> str:
+    def create(self, name: str, hospital: str | None, scope: TokenScope,
+               pseudonymous: bool = False) -> str:
         """Creates a token and returns its secret (the only time it is seen).
+
+        A ``pseudonymous`` token sees patients by their pseudonym only.
 
         Raises:
             ConfigError: a token called ``name`` exists already.
@@ -57,7 +61,7 @@ class Tokens:
                 return False
             conn.execute(insert(s.tokens).values(
                 name=name, secret_sha256=_digest(secret), hospital=hospital,
-                scope=scope.value, created_at=datetime.now(UTC)))
+                scope=scope.value, created_at=datetime.now(UTC), pseudonymous=pseudonymous))
             return True
 
         if not self.index.transaction("creating a token", work):
@@ -77,9 +81,10 @@ class Tokens:
     def list(self) -> list[TokenInfo]:
         def read(conn: Connection) -> list[TokenInfo]:
             rows = conn.execute(select(s.tokens.c.name, s.tokens.c.hospital, s.tokens.c.scope,
-                                       s.tokens.c.created_at, s.tokens.c.revoked_at)
+                                       s.tokens.c.created_at, s.tokens.c.revoked_at,
+                                       s.tokens.c.pseudonymous)
                                 .order_by(s.tokens.c.name))
-            return [TokenInfo(*row) for row in rows]
+            return [TokenInfo(*row[:5], bool(row[5])) for row in rows]
 
         return self.index.reading("listing tokens", read)
 
@@ -95,9 +100,11 @@ class Tokens:
         digest = _digest(secret)
 
         def read(conn: Connection) -> TokenGrant | None:
-            row = conn.execute(select(s.tokens.c.name, s.tokens.c.hospital, s.tokens.c.scope)
+            row = conn.execute(select(s.tokens.c.name, s.tokens.c.hospital, s.tokens.c.scope,
+                                      s.tokens.c.pseudonymous)
                                .where(s.tokens.c.secret_sha256 == digest,
                                       s.tokens.c.revoked_at.is_(None))).first()
-            return None if row is None else TokenGrant(row[0], row[1], TokenScope(row[2]))
+            return None if row is None else TokenGrant(row[0], row[1], TokenScope(row[2]),
+                                                       bool(row[3]))
 
         return self.index.reading("checking a token", read)

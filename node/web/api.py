@@ -2,8 +2,8 @@
 model library, segmentation jobs, overlays, sending to a PACS, and the node's status.
 
 Everything is scoped to the caller's hospitals and rights like DICOMweb. Patient names and
-IDs are shown to callers who may query (as QIDO-RS would show them); everyone else sees
-the pseudonym only.
+IDs are shown to callers who may query and are not pseudonymous (as QIDO-RS would show
+them); a pseudonymous caller sees the pseudonym only.
 """
 
 from __future__ import annotations
@@ -46,7 +46,7 @@ async def whoami(request: Request) -> dict[str, Any]:
         return {"signed_in": False}
     return {"signed_in": True, "name": access.name, "hospitals": access.hospitals,
             "store": access.allows(Right.STORE), "query": access.query,
-            "retrieve": access.retrieve}
+            "retrieve": access.retrieve, "identified": access.identified}
 
 
 class TokenIn(BaseModel):
@@ -79,7 +79,11 @@ def hospitals(request: Request, access: Caller) -> list[dict[str, Any]]:
 @router.get("/hospitals/{hospital}/patients")
 def patients(hospital: str, request: Request, access: Caller) -> list[dict[str, Any]]:
     access.require(Right.QUERY)
-    return browse.patients(_core(request).catalog, access.hospitals, hospital)
+    rows = browse.patients(_core(request).catalog, access.hospitals, hospital)
+    if not access.identified:
+        for row in rows:
+            row["patient_id"] = row["patient_name"] = None
+    return rows
 
 
 @router.get("/hospitals/{hospital}/patients/{patient}/studies")

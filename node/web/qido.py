@@ -140,6 +140,8 @@ def search(request: Request, access: Access, level: Level,
     query, returns = parse(request, level, fixed)
     if access.hospitals is not None:
         query = query.restricted_to(access.hospitals)
+    if not access.identified:
+        query = query.pseudonymised()
     core = request.app.state.core
     rows = run(core.catalog, query)
     first = next(rows, None)  # a database failure surfaces here, as a 503, not mid-stream

@@ -29,6 +29,8 @@ from pydicom.uid import UID, ExplicitVRLittleEndian
 from node.access import Access, Right
 from node.archive import Archive
 from node.index.query import InstanceRef
+from node.layout import InstancePath
+from node.pseudonym import allowed_tag, pseudonymise_json
 from node.rendering import Window, render
 from node.web.auth import Caller
 from node.web.dicomjson import retrieve_url
@@ -65,7 +67,8 @@ def _wanted_syntax(request: Request) -> str | None:
     return accepted.params.get("transfer-syntax")
 
 
-def _instances_response(request: Request, refs: list[InstanceRef]) -> StreamingResponse:
+def _instances_response(request: Request, refs: list[InstanceRef],
+                        access: Access) -> StreamingResponse:
     wanted = _wanted_syntax(request)
     if wanted not in (None, "*", str(ExplicitVRLittleEndian)):
         stored = {r.transfer_syntax_uid for r in refs}
@@ -76,21 +79,23 @@ def _instances_response(request: Request, refs: list[InstanceRef]) -> StreamingR
     archive = _archive(request)
     body = Multipart(DICOM)
 
+    def one(ref: InstanceRef, explicit_le: bool) -> Any:
+        if not access.identified:
+            return [archive.pseudonymised(ref, explicit_le)]
+        if explicit_le:
+            return [archive.to_explicit_le(archive.original(ref))]
+        return archive.stream_part10(ref)
+
     def parts() -> Iterator[bytes]:
         for ref in refs:
             as_stored = wanted not in (None, str(ExplicitVRLittleEndian)) or (
                 ref.transfer_syntax_uid == ExplicitVRLittleEndian)
-            if as_stored:
-                chunks: Any = archive.stream_part10(ref)
+            syntax = ref.transfer_syntax_uid if as_stored else str(ExplicitVRLittleEndian)
+            try:
+                chunks = one(ref, not as_stored)
+            except ValueError:  # cannot decode it: send it as stored, labelled so
+                chunks = one(ref, False)
                 syntax = ref.transfer_syntax_uid
-            else:
-                try:
-                    chunks = [archive.to_explicit_le(archive.original(ref))]
-                except ValueError:  # cannot decode it: send it as stored, labelled so
-                    chunks = archive.stream_part10(ref)
-                    syntax = ref.transfer_syntax_uid
-                else:
-                    syntax = str(ExplicitVRLittleEndian)
             yield from body.part(chunks, f"{DICOM}; transfer-syntax={syntax}")
         yield body.end()
 
@@ -99,19 +104,19 @@ def _instances_response(request: Request, refs: list[InstanceRef]) -> StreamingR
 
 @router.get("/studies/{study}")
 def study(study: str, request: Request, access: Caller) -> Response:
-    return _instances_response(request, _refs(request, access, study))
+    return _instances_response(request, _refs(request, access, study), access)
 
 
 @router.get("/studies/{study}/series/{series}")
 def series(study: str, series: str, request: Request,
            access: Caller) -> Response:
-    return _instances_response(request, _refs(request, access, study, series))
+    return _instances_response(request, _refs(request, access, study, series), access)
 
 
 @router.get("/studies/{study}/series/{series}/instances/{sop}")
 def instance(study: str, series: str, sop: str, request: Request,
              access: Caller) -> Response:
-    return _instances_response(request, _refs(request, access, study, series, sop))
+    return _instances_response(request, _refs(request, access, study, series, sop), access)
 
 
 # ---- metadata -----------------------------------------------------------------------------
@@ -134,28 +139,31 @@ def metadata_of(ref: InstanceRef, doc: dict[str, Any]) -> dict[str, Any]:
     return dict(sorted(out.items()))
 
 
-def _metadata(request: Request, refs: list[InstanceRef]) -> JSONResponse:
+def _metadata(request: Request, refs: list[InstanceRef], access: Access) -> JSONResponse:
     archive = _archive(request)
     docs = [metadata_of(ref, archive.description(ref)) for ref in refs]
+    if not access.identified:
+        docs = [pseudonymise_json(doc, InstancePath.parse(ref.object_key).patient)
+                for doc, ref in zip(docs, refs, strict=True)]
     return JSONResponse(docs, media_type="application/dicom+json")
 
 
 @router.get("/studies/{study}/metadata")
 def study_metadata(study: str, request: Request,
                    access: Caller) -> Response:
-    return _metadata(request, _refs(request, access, study))
+    return _metadata(request, _refs(request, access, study), access)
 
 
 @router.get("/studies/{study}/series/{series}/metadata")
 def series_metadata(study: str, series: str, request: Request,
                     access: Caller) -> Response:
-    return _metadata(request, _refs(request, access, study, series))
+    return _metadata(request, _refs(request, access, study, series), access)
 
 
 @router.get("/studies/{study}/series/{series}/instances/{sop}/metadata")
 def instance_metadata(study: str, series: str, sop: str, request: Request,
                       access: Caller) -> Response:
-    return _metadata(request, _refs(request, access, study, series, sop))
+    return _metadata(request, _refs(request, access, study, series, sop), access)
 
 
 # ---- frames and bulk data -----------------------------------------------------------------
@@ -216,6 +224,8 @@ def bulkdata(study: str, series: str, sop: str, tag: str, request: Request,
         key = int(tag, 16)
     except ValueError:
         raise BadRequest("a bulk data tag is 8 hex digits") from None
+    if not access.identified and not allowed_tag(key):
+        raise NotFound("no such bulk data")
     ds = pydicom.dcmread(io.BytesIO(_archive(request).original(ref)), force=True)
     if key not in ds:
         raise NotFound("no such bulk data")

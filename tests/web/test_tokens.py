@@ -5,13 +5,14 @@ from __future__ import annotations
 import io
 import re
 
+import pydicom
 import requests
 from typer.testing import CliRunner
 
 from node.cli import app
 from node.index import schema as s
 from pipelines import synthetic
-from tests.web.conftest import WebNode, stow
+from tests.web.conftest import WebNode, split_multipart, stow
 
 
 def _create(web: WebNode, *args: str) -> str:
@@ -84,3 +85,77 @@ def test_list_and_revoke(web_node: WebNode) -> None:
     assert again.exit_code == 2 and "no active token" in again.output
     dup = runner.invoke(app, ["tokens", "create", "temp", *home])
     assert dup.exit_code == 2 and "exists already" in dup.output
+
+
+def _identified_instance() -> bytes:
+    ds = next(synthetic.ct_series(1, size=32, seed=7, patient=synthetic.Patient(
+        patient_id="MRN-4711", name="Smith^Alice", birth_date="19610203")))
+    ds.InstitutionName = "St Example Hospital"
+    ds.ReferringPhysicianName = "Who^Doctor"
+    ds.AccessionNumber = "ACC-99"
+    ds.OtherPatientIDs = "OLD-4711"
+    item = pydicom.Dataset()
+    item.OperatorsName = "Tech^Tina"
+    ds.RequestAttributesSequence = [item]
+    ds.add_new(0x00291010, "LO", "private Smith")
+    out = io.BytesIO()
+    ds.save_as(out, enforce_file_format=True)
+    return out.getvalue()
+
+
+_IDENTIFYING = ("Smith", "4711", "19610203", "Example", "Doctor", "ACC-99", "Tina")
+
+
+def test_a_pseudonymous_token_sees_pseudonyms_only(web_node: WebNode) -> None:
+    """QIDO, metadata, instances, bulk data and the AI page never show a name, an ID, a
+    birth date or a person to a pseudonymous token; the images and UIDs are all there."""
+    writer = _create(web_node, "modality", "--scope", "write")
+    research = _create(web_node, "research", "--scope", "read", "--pseudonymous")
+    assert stow(web_node.url, [_identified_instance()], bearer(writer)).status_code == 200
+    pseudonym = next(web_node.node.ls()).patient_key
+    head = bearer(research)
+
+    found = requests.get(web_node.url + "/studies?includefield=all", headers=head, timeout=10)
+    assert found.status_code == 200 and len(found.json()) == 1
+    study = found.json()[0]
+    assert study["00100010"]["Value"] == [{"Alphabetic": pseudonym}]
+    assert study["00100020"]["Value"] == [pseudonym]
+    assert not any(word in found.text for word in _IDENTIFYING), found.text
+    # matching works on the pseudonym, never on what the caller may not see
+    by_id = requests.get(f"{web_node.url}/studies?PatientID={pseudonym}", headers=head,
+                         timeout=10)
+    assert len(by_id.json()) == 1
+    assert requests.get(f"{web_node.url}/studies?PatientID=MRN-4711", headers=head,
+                        timeout=10).json() == []
+    assert requests.get(f"{web_node.url}/studies?PatientBirthDate=19610203", headers=head,
+                        timeout=10).status_code == 400
+
+    uid = study["0020000D"]["Value"][0]
+    meta = requests.get(f"{web_node.url}/studies/{uid}/metadata", headers=head, timeout=10)
+    assert meta.status_code == 200 and not any(w in meta.text for w in _IDENTIFYING)
+    doc = meta.json()[0]
+    assert doc["00100020"]["Value"] == [pseudonym] and doc["00120062"]["Value"] == ["YES"]
+    assert "00291010" not in doc and "7FE00010" in doc
+
+    got = requests.get(f"{web_node.url}/studies/{uid}", headers=head, timeout=10)
+    (_, body), = split_multipart(got)
+    assert not any(w.encode() in body for w in _IDENTIFYING)
+    ds = pydicom.dcmread(io.BytesIO(body))
+    assert ds.PatientName == pseudonym and ds.PatientID == pseudonym
+    assert ds.pixel_array.shape == (32, 32) and "PatientBirthDate" not in ds
+    sop = ds.SOPInstanceUID
+    base = f"{web_node.url}/studies/{uid}/series/{ds.SeriesInstanceUID}/instances/{sop}"
+    assert requests.get(f"{base}/bulkdata/00100010", headers=head,
+                        timeout=10).status_code == 404
+
+    # the same token as a person on the AI page: the pseudonym, no name
+    page = requests.get(f"{web_node.root}/api/hospitals/default/patients", headers=head,
+                        timeout=10)
+    assert page.status_code == 200 and page.json()[0]["patient_key"] == pseudonym
+    assert not any(w in page.text for w in _IDENTIFYING)
+    # an identified reader still sees the patient as the PACS sent it
+    reader = _create(web_node, "radiology", "--scope", "read")
+    named = requests.get(web_node.url + "/studies", headers=bearer(reader), timeout=10)
+    assert "Smith^Alice" in named.text and "MRN-4711" in named.text
+    listed = CliRunner().invoke(app, ["tokens", "list", "--home", str(web_node.settings.home)])
+    assert "pseudonyms" in listed.output

@@ -35,7 +35,15 @@ from dataclasses import dataclass, field, replace
 from datetime import datetime
 
 from node.errors import NodeError
-from node.index.attributes import BY_KEYWORD, UNIQUE_KEY, Attribute, Level, Match, lookup
+from node.index.attributes import (
+    BY_KEYWORD,
+    HIDDEN,
+    UNIQUE_KEY,
+    Attribute,
+    Level,
+    Match,
+    lookup,
+)
 
 #: Keywords of the attributes the engine matches on and returns from the index.
 SUPPORTED_KEYWORDS: frozenset[str] = frozenset(BY_KEYWORD)
@@ -104,6 +112,9 @@ class Query:
         hospitals: restricts matches to patients of these hospitals; None for all.
         offset / limit: a page of the matches, in the order of the unique keys (QIDO-RS);
             limit None for all of them, in no particular order.
+        pseudonymous: for a caller who sees pseudonyms only: the patient's pseudonym is
+            matched and returned as PatientID and PatientName, and the attributes marked
+            ``HIDDEN`` in :mod:`node.index.attributes` are returned empty.
     """
 
     level: Level
@@ -114,6 +125,7 @@ class Query:
     hospitals: frozenset[str] | None = field(default=None)
     offset: int = 0
     limit: int | None = None
+    pseudonymous: bool = False
 
     def page(self, offset: int, limit: int | None) -> Query:
         """Returns this query limited to ``limit`` matches after the first ``offset``."""
@@ -122,6 +134,19 @@ class Query:
     def restricted_to(self, hospitals: Collection[str]) -> Query:
         """Returns this query limited to patients of ``hospitals`` (access control)."""
         return replace(self, hospitals=frozenset(hospitals))
+
+    def pseudonymised(self) -> Query:
+        """Returns this query as a pseudonymous caller may ask it.
+
+        Raises:
+            QueryValueError: it matches an attribute such a caller may not see (matching
+                would reveal the value).
+        """
+        for cond in self.conditions:
+            if BY_KEYWORD[cond.keyword].identity == HIDDEN:
+                raise QueryValueError(f"{cond.keyword}: not available to a pseudonymous "
+                                      "caller")
+        return replace(self, pseudonymous=True)
 
     def unique_keywords(self) -> list[str]:
         """Returns the unique keys of the query level and the levels above it."""

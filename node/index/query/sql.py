@@ -15,12 +15,13 @@ from sqlalchemy import (
     exists,
     func,
     literal,
+    null,
     or_,
     select,
 )
 
 from node.index import schema as s
-from node.index.attributes import BY_KEYWORD, Attribute, Level, Match
+from node.index.attributes import BY_KEYWORD, HIDDEN, PSEUDONYM, Attribute, Level, Match
 from node.index.query.model import Condition, MatchKind, Query
 
 _ESCAPE = "!"  # LIKE escape character: never special in DICOM, unlike "\" (value delimiter)
@@ -39,7 +40,8 @@ def select_matches(query: Query, dialect: str) -> Select[Any]:
         dialect: ``"sqlite"`` or ``"postgresql"`` (case-sensitive wildcard matching needs
             GLOB on SQLite, whose LIKE ignores ASCII case).
     """
-    columns = [_output_column(BY_KEYWORD[k]).label(k) for k in query.columns()]
+    columns = [_output_column(BY_KEYWORD[k], query.pseudonymous).label(k)
+               for k in query.columns()]
     stmt = select(*columns).select_from(_from_clause(query.level))
     stmt = stmt.where(*_where(query, dialect))
     if query.limit is not None or query.offset:
@@ -82,7 +84,8 @@ def _where(query: Query, dialect: str) -> list[ColumnElement[bool]]:
         paired |= {date_kw, time_kw}
     for cond in query.conditions:
         if cond.keyword not in paired:
-            clauses.append(_condition_clause(BY_KEYWORD[cond.keyword], cond, dialect))
+            clauses.append(_condition_clause(BY_KEYWORD[cond.keyword], cond, dialect,
+                                             query.pseudonymous))
     if query.hospitals is not None:
         clauses.append(s.patients.c.hospital.in_(sorted(query.hospitals)))
     return clauses
@@ -100,7 +103,11 @@ def _from_clause(level: Level) -> FromClause:
     return joined
 
 
-def _output_column(attr: Attribute) -> ColumnElement[Any]:
+def _output_column(attr: Attribute, pseudonymous: bool = False) -> ColumnElement[Any]:
+    if pseudonymous and attr.identity == PSEUDONYM:
+        return s.patients.c.patient_key
+    if pseudonymous and attr.identity == HIDDEN:
+        return null()
     if attr.column:
         return _column(attr)
     # Patient-level counts: aggregates of the patient's studies. An alias, so that at the
@@ -121,8 +128,11 @@ def _output_column(attr: Attribute) -> ColumnElement[Any]:
     )
 
 
-def _condition_clause(attr: Attribute, cond: Condition, dialect: str) -> ColumnElement[bool]:
+def _condition_clause(attr: Attribute, cond: Condition, dialect: str,
+                      pseudonymous: bool = False) -> ColumnElement[bool]:
     column = _column(attr)  # RETURN_ONLY attributes never become conditions
+    if pseudonymous and attr.identity == PSEUDONYM:
+        column = s.patients.c.patient_key
     if attr.match is Match.MODALITIES:
         # Any series of the study with one of the modalities: exact, and it can use the
         # series' study_pk index, where a LIKE on the joined string could not.
