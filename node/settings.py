@@ -43,15 +43,31 @@ class Secret(str):
         return "Secret('**********')"
 
 
+IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
+RIGHTS = ("store", "query", "retrieve")
+
+
 @dataclass(frozen=True)
 class Caller:
     """A calling AE title on the allow-list: the hospital its images belong to, and whether
-    it may query (C-FIND) and retrieve (C-MOVE, C-GET); it sees its own hospital only."""
+    it may query (C-FIND) and retrieve (C-MOVE, C-GET); it sees its own hospital only.
+
+    Bindings (each optional): ``hosts``, the networks it may connect from; ``cert_cn`` and
+    ``cert_sha256``, the client certificate it must present over TLS (subject common name,
+    SHA-256 fingerprint of the DER certificate in lower-case hex).
+    """
 
     ae_title: str
     hospital: str
     query: bool = True
     retrieve: bool = True
+    hosts: tuple[IPNetwork, ...] = ()
+    cert_cn: str = ""
+    cert_sha256: str = ""
+
+    @property
+    def needs_certificate(self) -> bool:
+        return bool(self.cert_cn or self.cert_sha256)
 
 
 @dataclass(frozen=True)
@@ -73,7 +89,32 @@ class Destination:
 
 
 @dataclass(frozen=True)
+class DimseTlsSettings:
+    """A second DIMSE listener that speaks TLS (1.2 or later) only; on when ``cert`` is set.
+
+    ``ca``: the CAs that client certificates are checked against (none: no client
+    certificate is asked for); ``require_client_cert``: refuse a client without one.
+    """
+
+    port: int = 2762
+    cert: Path | None = None
+    key: Path | None = None
+    ca: Path | None = None
+    require_client_cert: bool = False
+
+    @property
+    def enabled(self) -> bool:
+        return self.cert is not None
+
+
+@dataclass(frozen=True)
 class DimseSettings:
+    """The DIMSE edge. ``max_associations`` counts established associations only;
+    a connection must send its association request (and finish its TLS handshake) within
+    ``association_request_timeout`` seconds; one address holds at most
+    ``max_connections_per_address`` connections. ``any_ae_rights``: what callers that are
+    not on the allow-list may do when ``allow_any_ae`` lets them in (echo always)."""
+
     ae_title: str = "SUPPORT_NODE"
     host: str = "127.0.0.1"
     port: int = 11112
@@ -82,7 +123,11 @@ class DimseSettings:
     max_pdu: int = 1048576
     network_timeout: int = 60
     workers: int = 1
+    association_request_timeout: float = 5.0
+    max_connections_per_address: int = 10
+    any_ae_rights: tuple[str, ...] = ("store",)
     callers: tuple[Caller, ...] = ()
+    tls: DimseTlsSettings = DimseTlsSettings()
 
     @property
     def accepts_any_caller(self) -> bool:
@@ -232,6 +277,16 @@ _SCHEMA: dict[str, dict[str, tuple[type, Any]]] = {
         "max_pdu": (int, 1048576),
         "network_timeout": (int, 60),
         "workers": (int, 1),
+        "association_request_timeout": (float, 5.0),
+        "max_connections_per_address": (int, 10),
+        "any_ae_rights": (tuple, ("store",)),
+    },
+    "dimse.tls": {
+        "port": (int, 2762),
+        "cert": (str, ""),
+        "key": (str, ""),
+        "ca": (str, ""),
+        "require_client_cert": (bool, False),
     },
     "http": {
         "enabled": (bool, True),
@@ -303,6 +358,11 @@ def _coerce(name: str, kind: type, value: Any) -> Any:
         if isinstance(value, str) and value.lower() in ("0", "false", "no", "off"):
             return False
         raise ConfigError(f"{name}: expected true or false, got {value!r}")
+    if kind is tuple:  # a list of strings; a comma-separated string from the environment
+        items = value.split(",") if isinstance(value, str) else value
+        if not isinstance(items, list | tuple) or not all(isinstance(i, str) for i in items):
+            raise ConfigError(f"{name}: expected a list of strings, got {value!r}")
+        return tuple(i.strip() for i in items if i.strip())
     if kind is float:
         if isinstance(value, bool):
             raise ConfigError(f"{name}: expected a number, got {value!r}")
@@ -344,7 +404,7 @@ def _env_layer(environ: Mapping[str, str]) -> tuple[dict[str, dict[str, Any]], d
             continue
         for section, keys in _SCHEMA.items():
             key = rest[len(section) + 1 :]
-            if rest.startswith(section + "_") and key in keys:
+            if rest.startswith(section.replace(".", "_") + "_") and key in keys:
                 values.setdefault(section, {})[key] = value
                 break
         else:
@@ -357,12 +417,15 @@ def _merge(file_data: dict[str, Any], env: dict[str, dict[str, Any]]) -> dict[st
     for section, table in file_data.items():
         if section in ("destinations", "recipes"):
             continue
-        if section not in _SCHEMA:
+        if section not in _SCHEMA or "." in section:
             raise ConfigError(f"[{section}]: unknown configuration section")
         if not isinstance(table, dict):
             raise ConfigError(f"[{section}]: expected a table")
         for key, value in table.items():
             if section == "dimse" and key == "callers":
+                continue
+            if section == "dimse" and key == "tls":
+                _merge_nested("dimse.tls", value, merged)
                 continue
             if section == "store" and key == "options":
                 continue
@@ -381,6 +444,16 @@ def _merge(file_data: dict[str, Any], env: dict[str, dict[str, Any]]) -> dict[st
     return resolved
 
 
+def _merge_nested(section: str, table: Any, merged: dict[str, dict[str, Any]]) -> None:
+    """A table inside a section (``[dimse.tls]``) that has keys of its own in _SCHEMA."""
+    if not isinstance(table, dict):
+        raise ConfigError(f"[{section}]: expected a table")
+    for key, value in table.items():
+        if key not in _SCHEMA[section]:
+            raise ConfigError(f"{section}.{key}: unknown configuration key")
+        merged[section][key] = value
+
+
 def _callers(file_data: dict[str, Any]) -> tuple[Caller, ...]:
     table = file_data.get("dimse", {}).get("callers", {})
     if not isinstance(table, dict):
@@ -390,16 +463,52 @@ def _callers(file_data: dict[str, Any]) -> tuple[Caller, ...]:
         name = f"dimse.callers.{ae_title}"
         if not _AE.fullmatch(ae_title) or ae_title != ae_title.strip():
             raise ConfigError(f"{name}: not a valid AE title")
-        if not isinstance(entry, dict) or set(entry) - {"hospital", "query", "retrieve"}:
-            raise ConfigError(f"{name}: expected a table with the keys 'hospital', 'query', "
-                              "'retrieve'")
+        if not isinstance(entry, dict) or set(entry) - set(_CALLER_KEYS):
+            raise ConfigError(f"{name}: expected a table with the keys "
+                              + ", ".join(f"'{k}'" for k in _CALLER_KEYS))
         hospital = entry.get("hospital", "default")
         if not isinstance(hospital, str) or not valid_hospital(hospital):
             raise ConfigError(f"{name}.hospital: use lower-case letters, digits, '.', '_', '-'")
         query = _coerce(f"{name}.query", bool, entry.get("query", True))
         retrieve = _coerce(f"{name}.retrieve", bool, entry.get("retrieve", True))
-        callers.append(Caller(ae_title, hospital, query, retrieve))
+        callers.append(Caller(ae_title, hospital, query, retrieve,
+                              hosts=_networks(f"{name}.hosts", entry.get("hosts", [])),
+                              cert_cn=_coerce(f"{name}.cert_cn", str, entry.get("cert_cn", "")),
+                              cert_sha256=_fingerprint(f"{name}.cert_sha256",
+                                                       entry.get("cert_sha256", ""))))
     return tuple(callers)
+
+
+_CALLER_KEYS = ("hospital", "query", "retrieve", "hosts", "cert_cn", "cert_sha256")
+
+
+def _networks(name: str, value: Any) -> tuple[IPNetwork, ...]:
+    """Addresses and networks (``10.0.0.7``, ``10.1.0.0/16``, ``::1``); no host names."""
+    out = []
+    for item in _coerce(name, tuple, value):
+        try:
+            out.append(ipaddress.ip_network(item, strict=False))
+        except ValueError:
+            raise ConfigError(f"{name}: {item!r} is not an IP address or network") from None
+    return tuple(out)
+
+
+def _fingerprint(name: str, value: Any) -> str:
+    """A SHA-256 fingerprint as ``openssl x509 -fingerprint -sha256`` prints it (any case,
+    colons optional), normalised to lower-case hex."""
+    text = _coerce(name, str, value).strip().lower().removeprefix("sha256:").replace(":", "")
+    if text and not re.fullmatch(r"[0-9a-f]{64}", text):
+        raise ConfigError(f"{name}: expected a SHA-256 fingerprint (64 hex digits)")
+    return text
+
+
+def _dimse_tls(v: dict[str, Any], home: Path) -> DimseTlsSettings:
+    files = {k: _under(home, v[k]) if v[k] else None for k in ("cert", "key", "ca")}
+    for key, path in files.items():
+        if path is not None and not path.is_file():
+            raise ConfigError(f"dimse.tls.{key}: no such file {path}")
+    return DimseTlsSettings(port=v["port"], require_client_cert=v["require_client_cert"],
+                            **files)
 
 
 def _destinations(file_data: dict[str, Any], home: Path) -> tuple[Destination, ...]:
@@ -480,6 +589,7 @@ def _validate(s: Settings) -> None:
         raise ConfigError("dimse.max_associations: must be at least 1")
     if d.max_pdu != 0 and d.max_pdu < 4096:
         raise ConfigError("dimse.max_pdu: 0 (unlimited) or at least 4096")
+    _validate_dimse_guards(d)
     if not d.callers and not d.allow_any_ae and not _is_loopback(d.host):
         raise ConfigError(
             f"dimse.host: binding to {d.host} with no [dimse.callers] allow-list; "
@@ -518,6 +628,32 @@ def _validate(s: Settings) -> None:
         raise ConfigError("pretrain.arch: fcn, unet or unetpp")
     if s.log.level.upper() not in ("DEBUG", "INFO", "WARNING", "ERROR"):
         raise ConfigError("log.level: DEBUG, INFO, WARNING or ERROR")
+
+
+def _validate_dimse_guards(d: DimseSettings) -> None:
+    if not 0 < d.association_request_timeout <= 300:
+        raise ConfigError("dimse.association_request_timeout: seconds, more than 0, at most 300")
+    if d.max_connections_per_address < 1:
+        raise ConfigError("dimse.max_connections_per_address: must be at least 1")
+    unknown = set(d.any_ae_rights) - set(RIGHTS)
+    if unknown:
+        raise ConfigError(f"dimse.any_ae_rights: {sorted(unknown)} unknown; use "
+                          + ", ".join(f'"{r}"' for r in RIGHTS) + " (echo is always allowed)")
+    t = d.tls
+    if not 0 <= t.port <= 65535:
+        raise ConfigError(f"dimse.tls.port: {t.port} is not a TCP port")
+    if bool(t.cert) != bool(t.key):
+        raise ConfigError("dimse.tls.cert and dimse.tls.key: give both or neither")
+    if (t.ca or t.require_client_cert) and not t.enabled:
+        raise ConfigError("dimse.tls.ca, require_client_cert: need dimse.tls.cert and key")
+    if t.require_client_cert and not t.ca:
+        raise ConfigError("dimse.tls.require_client_cert: needs dimse.tls.ca to check them")
+    if t.enabled and t.port == d.port and t.port != 0:
+        raise ConfigError("dimse.tls.port: must differ from dimse.port")
+    for caller in d.callers:
+        if caller.needs_certificate and not t.ca:
+            raise ConfigError(f"dimse.callers.{caller.ae_title}: a certificate binding needs "
+                              "dimse.tls.ca (client certificates are checked against it)")
 
 
 def _under(home: Path, value: str) -> Path:
@@ -567,7 +703,8 @@ def load(
     index_url = _sqlite_under(home_path, v["index"]["url"] or "sqlite:///index.sqlite")
     settings = Settings(
         home=home_path,
-        dimse=DimseSettings(**v["dimse"], callers=_callers(file_data)),
+        dimse=DimseSettings(**v["dimse"], callers=_callers(file_data),
+                            tls=_dimse_tls(v["dimse.tls"], home_path)),
         store=StoreSettings(
             url=store_url, options=options, fsync=v["store"]["fsync"],
             chunk_size=v["store"]["chunk_size"],
