@@ -19,5 +19,7 @@ def configure(level: str = "INFO") -> None:
     logging.getLogger("pynetdicom").setLevel(logging.WARNING)
     # pydicom logs invalid element values verbatim (names, IDs): keep it quiet.
     logging.getLogger("pydicom").setLevel(logging.CRITICAL)
-    for noisy in ("botocore", "aiobotocore", "s3fs", "fsspec", "urllib3", "asyncio"):
+    # highdicom: ~18 INFO lines per SEG it writes or reads.
+    for noisy in ("botocore", "aiobotocore", "s3fs", "fsspec", "urllib3", "asyncio",
+                  "highdicom"):
         logging.getLogger(noisy).setLevel(logging.WARNING)

@@ -20,6 +20,12 @@ from pydicom.uid import ExplicitVRLittleEndian, generate_uid
 SEG_STORAGE = "1.2.840.10008.5.1.4.1.1.66.4"
 
 
+class CannotMakeSegError(ValueError):
+    """Source images no SEG can be made for: for example no Frame of Reference UID and no
+    image position, orientation and pixel spacing to derive one for. The message is one
+    line, starting "no DICOM SEG:"."""
+
+
 def make(sources: Sequence[Dataset], labels: Sequence[np.ndarray], names: Sequence[str],
          *, series_number: int = 900, algorithm: str = "support-node", version: str = "0",
          series_description: str = "AI segmentation",
@@ -28,10 +34,14 @@ def make(sources: Sequence[Dataset], labels: Sequence[np.ndarray], names: Sequen
     per name (segment k is label value k), as a new series of the sources' study.
     ``manufacturer``: this software's name marks the SEG as a prediction (``made_here``).
 
-    Raises ValueError for mismatched shapes or multi-frame sources.
+    Sources without a Frame of Reference UID get one derived from their series
+    (:func:`with_frame_of_reference`). Raises ValueError for mismatched shapes,
+    multi-frame sources; CannotMakeSegError (a ValueError) for sources no SEG can be made
+    for (no geometry at all).
     """
     if len(sources) != len(labels) or not sources:
         raise ValueError("one label map per source image is needed")
+    sources = with_frame_of_reference(sources)
     for ds, lab in zip(sources, labels, strict=True):
         if int(ds.get("NumberOfFrames") or 1) != 1:
             raise ValueError("multi-frame source images are not supported")
@@ -50,6 +60,19 @@ def make(sources: Sequence[Dataset], labels: Sequence[np.ndarray], names: Sequen
             algorithm_identification=algorithm_id)
         for k, name in enumerate(names, start=1)]
     stack = np.stack([np.asarray(lab, dtype=np.uint8) for lab in labels])
+    try:
+        return _segmentation(sources, stack, descriptions, algorithm=algorithm,
+                             version=version, series_number=series_number,
+                             series_description=series_description, manufacturer=manufacturer)
+    except (AttributeError, KeyError, TypeError, ValueError) as exc:  # highdicom refused
+        raise CannotMakeSegError(f"no DICOM SEG: {' '.join(str(exc).split())[:200]}"
+                                 ) from exc
+
+
+def _segmentation(sources: Sequence[Dataset], stack: np.ndarray,
+                  descriptions: list[hd.seg.SegmentDescription], *, algorithm: str,
+                  version: str, series_number: int, series_description: str,
+                  manufacturer: str) -> Dataset:
     seg = hd.seg.Segmentation(
         source_images=list(sources), pixel_array=stack,
         segmentation_type=hd.seg.SegmentationTypeValues.BINARY,
@@ -60,6 +83,42 @@ def make(sources: Sequence[Dataset], labels: Sequence[np.ndarray], names: Sequen
         series_description=series_description, omit_empty_frames=False,
         transfer_syntax_uid=ExplicitVRLittleEndian)
     return seg
+
+
+_GEOMETRY = ("ImagePositionPatient", "ImageOrientationPatient", "PixelSpacing")
+
+
+def has_frame_of_reference(sources: Sequence[Dataset]) -> bool:
+    """True when every source image names its Frame of Reference UID."""
+    return all(str(ds.get("FrameOfReferenceUID", "")) for ds in sources)
+
+
+def with_frame_of_reference(sources: Sequence[Dataset]) -> list[Dataset]:
+    """``sources`` as they are when each has a Frame of Reference UID; else header copies
+    (the originals untouched) given one derived from their series UID, the same on every
+    run, so a SEG can be made. A single image of a class that does not need one (secondary
+    capture) is left as it is.
+
+    Raises CannotMakeSegError when an image lacks its position, orientation or pixel spacing
+    too: nothing to place a SEG frame on.
+    """
+    if has_frame_of_reference(sources):
+        return list(sources)
+    if any(not ds.get(name) for ds in sources for name in _GEOMETRY):
+        if len(sources) == 1 and "FrameOfReferenceUID" not in sources[0]:
+            return list(sources)  # highdicom places one image without a frame of reference
+        raise CannotMakeSegError("no DICOM SEG: the source images have no Frame of Reference "
+                              "UID and no image position, orientation and pixel spacing")
+    series = {str(ds.get("SeriesInstanceUID", "")) for ds in sources}
+    frame = generate_uid(entropy_srcs=["frame-of-reference", *sorted(series)])
+    copies = []
+    for ds in sources:
+        copy = Dataset(dict(ds.items()))  # a new element table: the original keeps its own
+        if hasattr(ds, "file_meta"):
+            copy.file_meta = ds.file_meta
+        copy.FrameOfReferenceUID = frame
+        copies.append(copy)
+    return copies
 
 
 MANUFACTURER = "support-node"

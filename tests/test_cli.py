@@ -268,7 +268,7 @@ def two_hospitals(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
 def _count(home: Path, *parts: str) -> int:
     result = cli("ls", *parts, "--home", home)
     assert result.exit_code == 0, result.output
-    match = re.search(r"^(\d+) instances", result.output, re.M)
+    match = re.search(r"^(\d+) instances?", result.output, re.M)
     assert match, result.output
     assert len(ls_json(home, *parts)) == int(match.group(1))
     return int(match.group(1))

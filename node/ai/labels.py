@@ -16,10 +16,12 @@ from typing import Any
 
 import numpy as np
 from PIL import Image
+from sqlalchemy import select
 
 from node import describe
-from node.index.records import InstanceRecord
-from node.layout import DESCRIPTION, LABELS
+from node.index import schema
+from node.index.records import InstanceRecord, State
+from node.layout import DESCRIPTION, LABELS, ORIGINAL
 from pipelines import dicom_seg
 
 SUFFIXES = (".png", ".npy")
@@ -66,8 +68,9 @@ def from_seg(services: Any, data: bytes, seg_uid: str) -> dict[str, Any]:
     """Matches a received DICOM SEG to its source images by the references inside and
     stores a label map on each one that is stored here.
 
-    Returns {"matched": [...], "missing": [...]} (source UIDs). Raises ValueError for a
-    SEG that cannot be read, LabelError for one that does not fit its images.
+    Returns {"matched": [...], "missing": [...]} (source UIDs); a missing image gets its
+    map when it arrives (:func:`match_waiting`). Raises ValueError for a SEG that cannot be
+    read, LabelError for one that does not fit its images.
     """
     matched, missing = [], []
     for uid, labels in dicom_seg.read(data).items():
@@ -78,6 +81,43 @@ def from_seg(services: Any, data: bytes, seg_uid: str) -> dict[str, Any]:
         store(services, rec, labels, f"seg:{seg_uid}")
         matched.append(uid)
     return {"matched": matched, "missing": missing}
+
+
+def waiting_segs(services: Any, rec: InstanceRecord) -> list[tuple[str, str]]:
+    """(SOP Instance UID, object key) of the SEGs of ``rec``'s study, in its hospital and
+    patient, that were read as labels before every source image had arrived. Raises
+    CatalogError."""
+    prefix = rec.object_key.rsplit("/", 2)[0] + "/"  # hospital/patient/study/
+    t = schema.instances
+    stmt = select(t.c.sop_uid, t.c.object_key).where(
+        t.c.sop_class_uid == dicom_seg.SEG_STORAGE, t.c.state == State.LABELS,
+        t.c.object_key.startswith(prefix, autoescape=True))
+    return services.catalog.reading(
+        "looking for waiting DICOM SEG", lambda conn: [(r[0], r[1]) for r in conn.execute(stmt)])
+
+
+def match_waiting(services: Any, rec: InstanceRecord) -> list[str]:
+    """Label maps for an image that arrived after its DICOM SEG: every SEG of its study
+    that listed it as missing is read again and its map stored; the SEG's description
+    moves the image from "missing" to "matched". Returns the UIDs of those SEGs.
+
+    Raises LabelError (a map that does not fit), ValueError (an unreadable SEG),
+    StoreError / CatalogError.
+    """
+    fs = services.fs
+    used = []
+    for seg_uid, folder in waiting_segs(services, rec):
+        doc = describe.decode(fs.cat_file(f"{folder}/{DESCRIPTION}"))
+        section = doc.get("processing") or {}
+        if rec.sop_uid not in section.get("missing", []):
+            continue
+        maps = dicom_seg.read(fs.cat_file(f"{folder}/{ORIGINAL}"))
+        store(services, rec, maps[rec.sop_uid], f"seg:{seg_uid}")
+        section["missing"] = [u for u in section["missing"] if u != rec.sop_uid]
+        section["matched"] = [*section.get("matched", []), rec.sop_uid]
+        fs.pipe_file(f"{folder}/{DESCRIPTION}", describe.encode(doc))
+        used.append(seg_uid)
+    return used
 
 
 def read_mask_file(path: Path) -> np.ndarray:

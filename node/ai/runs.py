@@ -158,8 +158,10 @@ def segment_series(node: Any, entry_id: str, records: Sequence[InstanceRecord],
     original's size (``prediction-{arch}-{version}.npy``), and per series a DICOM SEG
     stored through ingest as a new series of the same study (a PACS pulls it with C-MOVE).
 
-    Multi-frame images get their label maps but no SEG (noted). Raises LibraryError,
-    StoreError, IngestError.
+    Multi-frame images, and images no SEG can be made for (no geometry at all), get their
+    label maps but no SEG; images with no Frame of Reference UID get a SEG with one derived
+    from their series. Both are said in ``note``. Raises LibraryError, StoreError,
+    IngestError.
     """
     lib = Library.of(node)
     entry = lib.get(entry_id)
@@ -188,9 +190,17 @@ def segment_series(node: Any, entry_id: str, records: Sequence[InstanceRecord],
         if any((r.number_of_frames or 1) > 1 for r, _ in items):
             notes.append("multi-frame images: label maps written, no DICOM SEG")
             continue
-        sources = [pydicom.dcmread(io.BytesIO(node.read_original(r))) for r, _ in items]
-        seg = dicom_seg.make(sources, [lab[0] for _, lab in items], _segment_names(entry),
-                             algorithm=f"support-node {entry_id}", version=entry_id)
+        sources = [pydicom.dcmread(io.BytesIO(node.read_original(r)), stop_before_pixels=True)
+                   for r, _ in items]
+        try:
+            seg = dicom_seg.make(sources, [lab[0] for _, lab in items], _segment_names(entry),
+                                 algorithm=f"support-node {entry_id}", version=entry_id)
+        except dicom_seg.CannotMakeSegError as exc:  # the label maps stand; say why no SEG
+            notes.append(f"series {items[0][0].series_uid}: {exc}")
+            continue
+        if not dicom_seg.has_frame_of_reference(sources):
+            notes.append(f"series {items[0][0].series_uid}: the images have no Frame of "
+                         "Reference UID; the DICOM SEG has one derived from the series")
         result = node.write(dicom_seg.encode(seg), hospital=items[0][0].hospital,
                             via="segment")
         seg_uid = result.sop_uid

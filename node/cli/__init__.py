@@ -2,22 +2,36 @@
 
 ``common`` builds the app, the context object and the error table; each other module
 registers its commands on the app: ``data`` (init, serve, import, ls, get, ...), ``models``
-(library, pretrain, train, evaluate, segment), ``tokens`` (web API tokens).
+(library, pretrain, train, evaluate, segment), ``demo`` (labelled phantoms), ``tokens``
+(web API tokens).
 """
 
 from __future__ import annotations
 
 import sys
 
-if len(sys.argv) > 1 and sys.argv[1] == "serve":
+
+def _command(argv: list[str]) -> str | None:
+    """The command named on the line, after any ``--home DIR`` / ``--config FILE``."""
+    args = iter(argv)
+    for arg in args:
+        if arg in ("--home", "--config"):
+            next(args, None)
+        elif not arg.startswith("-"):
+            return arg
+    return None
+
+
+if _command(sys.argv[1:]) == "serve":
     # Before anything imports prometheus_client: every process of the node adds its metrics
     # to one folder, so /metrics shows the receivers' and workers' too.
     from node.metrics_folder import use_folder
 
     use_folder()
 
-from node.cli import data, models, tokens  # noqa: F401  (they register their commands)
-from node.cli.common import app
+# After the metrics folder is chosen (above), hence not at the top.
+from node.cli import data, demo, models, tokens  # noqa: E402, F401  (they register commands)
+from node.cli.common import app  # noqa: E402
 
 
 def main() -> None:

@@ -14,6 +14,7 @@ from typing import Annotated, Any
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 from rich.measure import Measurement
 from rich.progress import (
     BarColumn,
@@ -32,7 +33,7 @@ from node.index.query import QueryError
 from node.settings import load
 
 app = typer.Typer(help="support-node: a DICOM node that keeps images encrypted and AI-ready.",
-                  no_args_is_help=True, pretty_exceptions_enable=False)
+                  no_args_is_help=True, pretty_exceptions_enable=False, add_completion=False)
 keys_app = typer.Typer(help="List and rotate the encryption keys.", no_args_is_help=True)
 app.add_typer(keys_app, name="keys")
 labels_app = typer.Typer(help="Label maps (masks) of stored images.", no_args_is_help=True)
@@ -69,13 +70,26 @@ _BLANK_CHOICES: dict[Blank, bool | None] = {Blank.show: None, Blank.hide: False,
                                             Blank.only: True}
 
 
+# --home / --config given before the command (``support-node --config FILE serve``): the
+# defaults for the command's own options, set again by every invocation.
+_BEFORE: dict[str, Path | None] = {"home": None, "config": None}
+
+
+@app.callback()
+def _options_before_the_command(home: HomeOpt = None, config: ConfigOpt = None) -> None:
+    """support-node: a DICOM node that keeps images encrypted and AI-ready. --home and
+    --config may come before the command or after it."""
+    _BEFORE.update(home=home, config=config)
+
+
 class Context:
     """What every command gets: the settings, read once."""
 
     def __init__(self, home: Path | None, config: Path | None,
                  overrides: dict[str, dict[str, Any]] | None = None,
                  service: bool = False) -> None:
-        self.settings = load(config=config, home=home, overrides=overrides)
+        self.settings = load(config=config or _BEFORE["config"],
+                             home=home or _BEFORE["home"], overrides=overrides)
         # One-shot commands report through their own output; the log is for the service.
         level = self.settings.log.level
         logs.configure(level if service or level in ("WARNING", "ERROR") else "WARNING")
@@ -108,7 +122,8 @@ ERRORS: tuple[tuple[type[NodeError], str, ExitCode], ...] = (
 
 
 def fail(message: str, code: int) -> typer.Exit:
-    err.print(f"[bold red]error:[/] {message}", highlight=False)
+    # escaped: a message naming a config section ("[dimse.callers]") is not markup
+    err.print(f"[bold red]error:[/] {escape(message)}", highlight=False)
     return typer.Exit(code)
 
 
@@ -126,6 +141,11 @@ def run(fn: Any) -> Any:
 def counted(counts: Mapping[str, int], empty: str) -> str:
     """``3 processed, 1 refused``: counts by name, sorted by name; ``empty`` for none."""
     return ", ".join(f"{n} {name}" for name, n in sorted(counts.items())) or empty
+
+
+def plural(n: int, noun: str) -> str:
+    """``1 instance``, ``2 instances``."""
+    return f"{n} {noun}{'' if n == 1 else 's'}"
 
 
 def print_table(table: Table) -> None:

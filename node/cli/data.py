@@ -35,6 +35,7 @@ from node.cli.common import (
     keys_app,
     labels_app,
     out,
+    plural,
     print_table,
     progress,
     run,
@@ -140,6 +141,14 @@ def _dicom_files(paths: list[Path]) -> Iterator[Path]:
             yield path
 
 
+def _looks_like_dicom(data: bytes) -> bool:
+    """A Part-10 file ("DICM" after the preamble), or a bare data set that starts with a
+    file meta or identifying element (group 0002 or 0008, either byte order)."""
+    if data[128:132] == b"DICM":
+        return True
+    return len(data) >= 8 and data[:2] in (b"\x02\x00", b"\x08\x00", b"\x00\x08")
+
+
 @app.command("import")
 def import_(paths: Annotated[list[Path], typer.Argument(help="Files or folders of DICOM.")],
             home: HomeOpt = None, config: ConfigOpt = None,
@@ -160,9 +169,16 @@ def import_(paths: Annotated[list[Path], typer.Argument(help="Files or folders o
         with ctx.node(create_keys=True) as node, progress() as bar:
             task = bar.add_task("importing", total=len(files))
             for path in files:
+                data = path.read_bytes()
+                if not _looks_like_dicom(data):
+                    counts["refused"] += 1
+                    refused.append((path, "not a DICOM file (no DICM preamble, and it does "
+                                          "not start with a DICOM element)"))
+                    bar.advance(task)
+                    continue
                 try:
                     result = node.core.ingest.accept(
-                        path.read_bytes(), Source(hospital=hospital, via="import"))
+                        data, Source(hospital=hospital, via="import"))
                     counts[result.outcome.value] += 1
                 except IngestError as exc:
                     counts["refused"] += 1
@@ -209,17 +225,17 @@ def ls(hospital: Annotated[str | None, typer.Argument()] = None,
                 return
             table = Table("hospital", "patient", "study", "series", "sop instance", "modality",
                           "size", "state", "note", box=None)
-            n = 0
+            n = shown = 0
             for rec in records:
                 n += 1
+                shown += rec.sop_uid in conflicts
                 notes = ["BLANK"] if rec.blank else []
                 notes += ["CONFLICT"] if rec.sop_uid in conflicts else []
                 table.add_row(rec.hospital, rec.patient_key, rec.study_uid, rec.series_uid,
                               rec.sop_uid, rec.modality or "", str(rec.size), rec.state,
                               " ".join(notes))
             print_table(table)
-            out.print(f"{n} instances" + (f", {len(conflicts)} with conflicts" if conflicts
-                                          else ""))
+            out.print(plural(n, "instance") + (f", {shown} with conflicts" if shown else ""))
     run(body)
 
 
@@ -361,6 +377,13 @@ def _drain(node: Node, what: str, kinds: tuple[str, ...] | None = None) -> None:
     with progress() as bar:
         task = bar.add_task(what, total=work.queue.counts().queue_depth)
         counts = work.drain(lambda _state: bar.advance(task))
+    left = work.queue.counts().queue_depth
+    if not counts and left:
+        # Another process (serve's workers, `support-node worker`) holds the jobs.
+        out.print(f"{what}: {left} jobs are being worked on by the node's running workers "
+                  "(serve, or support-node worker); `support-node status` shows the queue "
+                  "going down", highlight=False)
+        return
     out.print(f"{what}: {counted(counts, 'nothing queued')}", highlight=False)
     if counts["failed"] or counts["retry"]:
         for sop_uid, error in work.queue.failures():
@@ -368,25 +391,55 @@ def _drain(node: Node, what: str, kinds: tuple[str, ...] | None = None) -> None:
         raise typer.Exit(1)
 
 
+def _wait_for_queue(queue: Any, timeout: float) -> bool:
+    """Polls until no job is queued or running, or ``timeout`` runs out. True: empty.
+    A job waiting on another (a segmentation waiting for its images) counts as queued."""
+    import time
+
+    end = time.monotonic() + timeout
+    while queue.counts().queue_depth:
+        if time.monotonic() >= end:
+            return False
+        time.sleep(0.5)
+    return True
+
+
+_WHAT_FAILED = {"process": "processing", "segment": "segmentation of series",
+                "pretrain": "pretraining"}
+
+
 @app.command()
 def status(home: HomeOpt = None, config: ConfigOpt = None,
            as_json: Annotated[bool, typer.Option("--json", help="As one JSON object.")] = False,
+           wait: Annotated[bool, typer.Option(
+               "--wait", help="First wait until the queue is empty (the running workers "
+                              "are done), at most --timeout seconds.")] = False,
+           timeout: Annotated[float, typer.Option(help="Seconds --wait waits at most.")
+                              ] = 600.0,
            ) -> None:
-    """Processing queue depth and how many instances were processed, flagged blank,
-    described only, or failed."""
+    """Processing queue depth; how many instances were processed, flagged blank, described
+    only, or failed; segmentation and pretraining jobs that failed, with their reasons."""
     from node.index.jobs import JobQueue
 
     def body() -> None:
         ctx = Context(home, config)
         with ctx.node() as node:
             queue = JobQueue(node.core.catalog)
+            if wait and not _wait_for_queue(queue, timeout):
+                raise fail(f"the queue is not empty after {timeout:g} s: are the workers "
+                           "running (serve, or support-node worker)?", 1)
             counts = queue.counts()
-            failures = queue.failures(5)
+            failures = queue.failed_jobs(8)
             stored = node.core.catalog.counts()["instances"]
         states = {state: counts.instances.get(state, 0) for state in State.ALL}
+        failed = counts.failed_jobs
         doc = {"instances": stored, "queue_depth": counts.queue_depth,
                "running": counts.jobs.get("running", 0), **states,
-               "filtered": counts.blank, "recipe": ctx.settings.recipe().recipe_id}
+               "filtered": counts.blank, "labelled": counts.labelled,
+               "failed_segment": failed.get("segment", 0),
+               "failed_pretrain": failed.get("pretrain", 0),
+               "errors": [{"kind": k, "target": t, "error": e} for k, t, e in failures],
+               "recipe": ctx.settings.recipe().recipe_id}
         if as_json:
             print(json.dumps(doc))
             return
@@ -395,15 +448,20 @@ def status(home: HomeOpt = None, config: ConfigOpt = None,
                              ("  of which running", doc["running"]),
                              ("processed", states[State.PROCESSED]),
                              ("  flagged blank (filtered)", counts.blank),
+                             ("  with a label map", counts.labelled),
                              ("not images (described only)", states[State.NOT_IMAGE]),
                              ("undecodable", states[State.UNDECODABLE]),
-                             ("DICOM SEG matched as labels", states[State.LABELS]),
-                             ("failed", states[State.FAILED])):
+                             ("DICOM SEG read as labels", states[State.LABELS]),
+                             ("failed", states[State.FAILED]),
+                             ("segmentations failed", doc["failed_segment"]),
+                             ("pretrainings failed", doc["failed_pretrain"])):
             table.add_row(label, str(value))
         out.print(table)
         out.print(f"default recipe: {doc['recipe']}", highlight=False)
-        for sop_uid, error in failures:
-            err.print(f"failed {sop_uid}: {error}", highlight=False)
+        for kind, target, error in failures:
+            what = _WHAT_FAILED.get(kind, kind)
+            err.print(f"failed: {what}{'' if kind == 'pretrain' else ' ' + target}: {error}",
+                      highlight=False)
     run(body)
 
 
@@ -415,7 +473,8 @@ def reprocess(hospital: Annotated[str | None, typer.Argument()] = None,
               series: Annotated[str | None, typer.Argument()] = None,
               sop: Annotated[str | None, typer.Argument()] = None,
               recipe: Annotated[str | None, typer.Option(
-                  help="A [recipes.NAME] of the config (default: processing.recipe).")] = None,
+                  help="A \\[recipes.NAME] section of the config (default: "
+                       "processing.recipe).")] = None,
               queue_only: Annotated[bool, typer.Option(
                   "--queue-only", help="Only queue the jobs, for the running workers.")] = False,
               home: HomeOpt = None, config: ConfigOpt = None) -> None:

@@ -16,7 +16,7 @@ import os
 import secrets
 import socket
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 
 from sqlalchemy import ColumnElement, Connection, and_, delete, func, or_, select, update
@@ -46,11 +46,14 @@ class Job:
 
 @dataclass(frozen=True)
 class Counts:
-    """Jobs by state, instances by processing state, and images flagged blank."""
+    """Jobs by state, instances by processing state, images flagged blank, images with a
+    label map, and jobs failed for good by kind (process, segment, pretrain)."""
 
     jobs: dict[str, int]
     instances: dict[str, int]
     blank: int
+    labelled: int = 0
+    failed_jobs: dict[str, int] = field(default_factory=dict)
 
     @property
     def queue_depth(self) -> int:
@@ -235,18 +238,33 @@ class JobQueue:
                 select(s.instances.c.state, func.count()).group_by(s.instances.c.state))}
             blank = conn.scalar(select(func.count()).select_from(s.instances)
                                 .where(s.instances.c.blank.is_(True))) or 0
-            return Counts(jobs, states, int(blank))
+            labelled = conn.scalar(select(func.count()).select_from(s.instances)
+                                   .where(s.instances.c.labels.is_not(None))) or 0
+            failed = {str(r[0]): int(r[1]) for r in conn.execute(
+                select(s.jobs.c.kind, func.count()).where(s.jobs.c.state == FAILED)
+                .group_by(s.jobs.c.kind))}
+            return Counts(jobs, states, int(blank), int(labelled), failed)
 
         return self.catalog.reading("counting jobs", read)
 
-    def failures(self, limit: int = 20) -> list[tuple[str, str]]:
-        """(sop_uid, error) of jobs failed for good, newest first. Raises CatalogError."""
-        stmt = (select(s.jobs.c.target, s.jobs.c.error).where(s.jobs.c.state == FAILED,
-                                                                s.jobs.c.kind == PROCESS)
-                .order_by(s.jobs.c.pk.desc()).limit(limit))
+    def failures(self, limit: int = 20, kinds: tuple[str, ...] = (PROCESS,)
+                 ) -> list[tuple[str, str]]:
+        """(target, error) of jobs of ``kinds`` failed for good, newest first: for
+        processing the SOP Instance UID, for segmentation the series. Raises CatalogError."""
+        return [(target, error) for _, target, error in self.failed_jobs(limit, kinds)]
+
+    def failed_jobs(self, limit: int = 20, kinds: tuple[str, ...] | None = None
+                    ) -> list[tuple[str, str, str]]:
+        """(kind, target, error) of jobs failed for good (of ``kinds``; None: every kind),
+        newest first. Raises CatalogError."""
+        stmt = select(s.jobs.c.kind, s.jobs.c.target, s.jobs.c.error).where(
+            s.jobs.c.state == FAILED)
+        if kinds is not None:
+            stmt = stmt.where(s.jobs.c.kind.in_(kinds))
+        stmt = stmt.order_by(s.jobs.c.pk.desc()).limit(limit)
         return self.catalog.reading(
             "listing failed jobs",
-            lambda conn: [(r.target, r.error or "") for r in conn.execute(stmt)])
+            lambda conn: [(r.kind, r.target, r.error or "") for r in conn.execute(stmt)])
 
 
 def _mine(job: Job) -> ColumnElement[bool]:

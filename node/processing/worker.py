@@ -20,7 +20,7 @@ from datetime import UTC, datetime
 from node.core import Core
 from node.errors import NodeError
 from node.index.jobs import PROCESS, Job, JobQueue
-from node.index.records import State
+from node.index.records import InstanceRecord, State
 from node.index.series_watch import (
     PRETRAIN,
     SEGMENT,
@@ -145,7 +145,20 @@ class Worker:
             self.filter.learnt(result.learn)
         log.info("processed %s: %s%s", job.target, result.state,
                  " (blank)" if result.blank else "")
+        if result.state == State.PROCESSED:
+            self._labels_from_earlier_segs(rec)
         return result.state
+
+    def _labels_from_earlier_segs(self, rec: InstanceRecord) -> None:
+        """An image that arrived after its DICOM SEG gets its label map now."""
+        from node.ai import labels
+
+        try:
+            for seg_uid in labels.match_waiting(self.core, rec):
+                log.info("labels of %s from DICOM SEG %s, which arrived before it",
+                         rec.sop_uid, seg_uid)
+        except (NodeError, OSError, ValueError, KeyError) as exc:  # the image stays processed
+            log.warning("labels of %s from an earlier DICOM SEG: %s", rec.sop_uid, exc)
 
     def segment_job(self, job: Job) -> str:
         """Segments a complete series with the job's model, once its images are processed.
