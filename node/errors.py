@@ -62,3 +62,8 @@ class InconsistentError(IngestError):
 
 class UidMismatchError(InconsistentError):
     """The data set's SOP Instance UID differs from the one in the command."""
+
+
+class UidCollisionError(NodeError):
+    """The instance's study or series UID is indexed under another patient or hospital:
+    the instance is kept apart as a conflict, never merged into that study or series."""

@@ -28,7 +28,13 @@ from pydicom.uid import UID
 from node import describe, metrics
 from node.dicom.header import Header, parse
 from node.dicom.jsonmodel import to_json
-from node.errors import CatalogError, InconsistentError, StoreError, UidMismatchError
+from node.errors import (
+    CatalogError,
+    InconsistentError,
+    StoreError,
+    UidCollisionError,
+    UidMismatchError,
+)
 from node.index.catalog import Catalog
 from node.index.records import ConflictRecord
 from node.layout import DESCRIPTION, ORIGINAL, InstancePath, Pseudonymiser, patient_key
@@ -125,6 +131,10 @@ class Ingest:
             except CatalogError:
                 self._remove(path.folder)
                 raise
+            except UidCollisionError as exc:
+                self._remove(path.folder)
+                return self._conflict(path.conflict(receipt.sha256), data, header, path,
+                                      receipt, str(exc))
             if not inserted:  # another node process indexed it first: treat as known
                 known = self.catalog.known_digest(header.sop_instance_uid)
                 if known is not None and known[1] != path.folder:
@@ -148,12 +158,22 @@ class Ingest:
     def _known(self, sha256: str, object_key: str, data: bytes, header: Header,
                path: InstancePath, receipt: describe.Receipt) -> Result:
         """An instance with this SOP Instance UID is indexed (``sha256`` at ``object_key``)."""
+        first = InstancePath.parse(object_key)
+        if first.hospital != path.hospital:
+            # Another hospital's instance: never filed beside it, never a duplicate of it
+            # (the sender would lose its copy); kept apart in the sender's own hospital.
+            return self._conflict(path.conflict(receipt.sha256), data, header, path,
+                                  receipt, "its SOP Instance UID is another hospital's")
         if sha256 == receipt.sha256:
             log.info("duplicate %s: same bytes already stored", header.sop_instance_uid)
             return Result(Outcome.DUPLICATE, header.sop_instance_uid, object_key)
         # Keep the newcomer under the FIRST copy's folder so both are found together.
-        home = InstancePath.parse(object_key)
-        folder = home.conflict(receipt.sha256)
+        return self._conflict(first.conflict(receipt.sha256), data, header, path, receipt,
+                              "different bytes under a stored SOP Instance UID")
+
+    def _conflict(self, folder: str, data: bytes, header: Header, path: InstancePath,
+                  receipt: describe.Receipt, why: str) -> Result:
+        """Keeps the instance apart in ``folder`` and records it as a conflict."""
         conflict = ConflictRecord(
             sop_uid=header.sop_instance_uid, sha256=receipt.sha256, size=receipt.size,
             object_key=folder, calling_ae=receipt.calling_ae, received_at=receipt.received_at,
@@ -165,8 +185,7 @@ class Ingest:
         except CatalogError:
             self._remove(folder)
             raise
-        log.warning("conflict %s: different bytes under a stored SOP Instance UID, kept apart "
-                    "as %s", header.sop_instance_uid, folder)
+        log.warning("conflict %s: %s; kept apart as %s", header.sop_instance_uid, why, folder)
         return Result(Outcome.CONFLICT, header.sop_instance_uid, folder)
 
     def _write(self, folder: str, data: bytes, doc: dict[str, Any]) -> None:

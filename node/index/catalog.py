@@ -35,7 +35,7 @@ from sqlalchemy import (
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.exc import DBAPIError, SQLAlchemyError
 
-from node.errors import CatalogError
+from node.errors import CatalogError, UidCollisionError
 from node.index import schema as s
 from node.index.attributes import Level, described_at
 from node.index.engine import (
@@ -133,7 +133,7 @@ class Catalog:
         # series_uid -> (series pk, study pk) of committed rows. SQLite only: its writers
         # are serialised, so skipping the hierarchy look-ups cannot race; PostgreSQL keeps
         # the top-down locking of the full path.
-        self._series_cache: dict[str, tuple[int, int, int]] = {}
+        self._series_cache: dict[tuple[str, str, str], tuple[int, int, int]] = {}
         self._writer_lock: AbstractContextManager[Any] = (
             sqlite_lock_for(self._url) if self._dialect == "sqlite" else nullcontext()
         )
@@ -183,10 +183,12 @@ class Catalog:
 
         Raises:
             ValueError: ``rec.received_at`` has no time zone.
+            UidCollisionError: its study is another patient's (or hospital's), or its
+                series another study's; nothing is changed.
             CatalogError: the database failed.
         """
         _require_aware(rec.received_at, "received_at")
-        made: dict[str, tuple[int, int, int]] = {}
+        made: dict[tuple[str, str, str], tuple[int, int, int]] = {}
         inserted = self._write(
             f"indexing instance {rec.sop_uid}", lambda conn: self._add_instance(conn, rec, made)
         )
@@ -298,6 +300,8 @@ class Catalog:
 
         Raises:
             ValueError: ``rec.received_at`` has no time zone.
+            UidCollisionError: its study is another patient's (or hospital's), or its
+                series another study's; nothing is changed.
             CatalogError: the database failed.
         """
         _require_aware(rec.received_at, "received_at")
@@ -490,7 +494,7 @@ class Catalog:
         instance row and the counts only (SQLite, writers serialised)."""
         # Another process may have removed the series (and SQLite may reuse its pk).
         if conn.scalar(_SERIES_STILL, {"k_pk": series_pk, "k_uid": rec.series_uid}) is None:
-            self._series_cache.pop(rec.series_uid, None)
+            self._series_cache.pop(_cache_key(rec), None)
             raise _Retry()
         self._insert_instance(conn, rec, series_pk)
         _update_row(conn, s.patients, patient_pk, fill=_present(rec, _PATIENT_FIELDS))
@@ -515,7 +519,7 @@ class Catalog:
             enqueue(conn, [rec.sop_uid], rec.received_at)
 
     def _add_instance(self, conn: Connection, rec: InstanceRecord,
-                      made: dict[str, tuple[int, int, int]]) -> bool:
+                      made: dict[tuple[str, str, str], tuple[int, int, int]]) -> bool:
         """Returns True once the instance row and its hierarchy are written.
 
         On PostgreSQL the hierarchy is locked top-down (patient, study), the order in which
@@ -523,7 +527,7 @@ class Catalog:
         row only if it has NULLs to fill, the study row always (it serialises the adds of
         one study, which all update its counts anyway).
         """
-        cached = self._series_cache.get(rec.series_uid)
+        cached = self._series_cache.get(_cache_key(rec))
         if cached is not None:
             return self._add_cached(conn, rec, *cached)
         if conn.scalar(_INSTANCE_EXISTS, {"k_sop_uid": rec.sop_uid}) is not None:
@@ -534,22 +538,27 @@ class Catalog:
         )
         _update_row(conn, s.patients, patient_pk, fill=patient)
         study = _present(rec, _STUDY_FIELDS)
-        study_pk, _ = self._get_or_create(
+        study_pk, new_study = self._get_or_create(
             conn,
             s.studies,
             {"study_uid": rec.study_uid},
             {"patient_pk": patient_pk, **study},
             lock=True,
         )
+        if not new_study and conn.scalar(_STUDY_PATIENT, {"k_pk": study_pk}) != patient_pk:
+            raise UidCollisionError("its Study Instance UID belongs to another patient's "
+                                    "study (or another hospital's)")
         series = _present(rec, _SERIES_FIELDS)
         series_pk, new_series = self._get_or_create(
             conn, s.series, {"series_uid": rec.series_uid}, {"study_pk": study_pk, **series}
         )
+        if not new_series and conn.scalar(_SERIES_STUDY, {"k_pk": series_pk}) != study_pk:
+            raise UidCollisionError("its Series Instance UID belongs to another study")
         self._insert_instance(conn, rec, series_pk)
         self._bump_study(conn, study_pk, rec.modality, study, new_series)
         _update_row(conn, s.series, series_pk, fill=series, increment=("number_of_instances",),
                     assign=_arrival(rec))
-        made[rec.series_uid] = (series_pk, study_pk, patient_pk)
+        made[_cache_key(rec)] = (series_pk, study_pk, patient_pk)
         return True
 
     def _get_or_create(
@@ -715,6 +724,8 @@ def _update_row(
 # Statements are built once and reused: building and hashing a new expression for every
 # instance costs more than running it on SQLite.
 
+_STUDY_PATIENT = select(s.studies.c.patient_pk).where(s.studies.c.pk == bindparam("k_pk"))
+_SERIES_STUDY = select(s.series.c.study_pk).where(s.series.c.pk == bindparam("k_pk"))
 _INSTANCE_EXISTS = select(s.instances.c.pk).where(s.instances.c.sop_uid == bindparam("k_sop_uid"))
 _SERIES_STILL = select(s.series.c.pk).where(
     s.series.c.pk == bindparam("k_pk"), s.series.c.series_uid == bindparam("k_uid")
@@ -762,6 +773,12 @@ def _update_stmt(
     values.update({col: table.c[col] + 1 for col in increment})
     values.update({col: bindparam(f"v_{col}", type_=table.c[col].type) for col in assign})
     return stmt.values(values)
+
+
+def _cache_key(rec: InstanceRecord) -> tuple[str, str, str]:
+    """The series cache's key: the series of one patient of one hospital, so that an
+    instance claiming the series UID from elsewhere misses it and meets the full checks."""
+    return (rec.hospital, rec.patient_key, rec.series_uid)
 
 
 def _merge_modalities(current: str | None, *modalities: str | None) -> str | None:
