@@ -29,7 +29,7 @@ from node.errors import IntegrityError, NodeError
 from node.index.query import Level, Model, build, run
 from node.index.records import ConflictRecord, InstanceRecord
 from node.ingest import Result, Source
-from node.layout import CONFLICTS, DESCRIPTION, ORIGINAL, OUTPUT, PREVIEW
+from node.layout import CONFLICTS, DESCRIPTION, ORIGINAL, OUTPUT, PREVIEW, QUARANTINE
 from node.settings import Settings, load, valid_hospital
 from node.wiring import open_core
 
@@ -235,8 +235,9 @@ class Node:
     # -- maintenance ---------------------------------------------------------------------
 
     def objects(self) -> list[str]:
-        """Every object key in the store."""
-        return sorted(self.core.fs.find(""))
+        """Every object key in the store, but those set aside under ``_quarantine/`` (which
+        decrypt only under their original path: see ``node.consistency``)."""
+        return sorted(k for k in self.core.fs.find("") if not k.startswith(QUARANTINE + "/"))
 
     def verify_object(self, key: str) -> Problem | None:
         """Decrypts one object fully; for originals, also checks the sha256 in its description."""

@@ -5,6 +5,7 @@
                                                            /output.npy, preview.png
     {hospital}/{patient}/{study_uid}/{series_uid}/{sop_uid}/conflicts/{sha256}/...
     _state/blank-filter/{version}.npz
+    _quarantine/{any of the above}     set aside by `verify --repair`, bytes unchanged
 
 ``patient`` is a keyed pseudonym (HMAC-SHA256 of PatientID and IssuerOfPatientID under
 the keyring's pseudonym key), because object names are not encrypted.
@@ -24,6 +25,9 @@ PREDICTION = "prediction-{arch}-{version}.npy"  # a library model's label map of
 LABELS = "labels.npy"  # a label map (frames, rows, cols) uint8 at the original's size
 CONFLICTS = "conflicts"
 STATE = "_state"  # {STATE}/{name}/{version}: versioned shared state (the filter's model)
+# {QUARANTINE}/{original path}: objects `verify --repair` set aside, bytes unchanged (so still
+# bound to, and decryptable only with, the original path).
+QUARANTINE = "_quarantine"
 # A safe object-name part: what UIDs (PS3.5 9.1: digits and dots, plus real-world letters)
 # and pseudonyms look like; never a slash or a leading dot.
 PART = re.compile(r"[0-9A-Za-z][0-9A-Za-z._-]{0,63}")

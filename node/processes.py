@@ -5,6 +5,14 @@ once durable, so with several senders at once the node scales by processes: each
 opens its own store and index connections and binds the port with SO_REUSEPORT; the kernel
 spreads new associations over them. The index (SQLite WAL or PostgreSQL) and the object
 store serialise what must be serialised.
+
+Signals: SIGINT/SIGTERM stop a process; SIGHUP makes every process of the node (the receivers,
+the processing workers, the web server's process) read the key file again: the parent reloads
+its own keyring and passes the signal to its children. Children are started with SIGHUP
+ignored (an ignored signal stays ignored across exec) until they install their handler, so a
+SIGHUP during start-up cannot kill one. Reloading also happens without SIGHUP: a keyring checks
+its file before every write and on an unknown key id (node.crypto.keyring), so `keys rotate`
+needs no signal; SIGHUP forces it (a key file restored with the same time and size).
 """
 
 from __future__ import annotations
@@ -16,13 +24,19 @@ import signal
 import socket
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from typing import Any
 
 from threadpoolctl import threadpool_limits
 
 from node import logs, metrics, wiring
+from node.core import Core
+from node.crypto.keyring import Keyring
+from node.errors import KeyringError
 from node.settings import Settings
+from node.store.modes import warn_exposed
+from node.store.sweep import sweep_temp_files
 
 log = logging.getLogger("support_node")
 _STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM)
@@ -35,6 +49,53 @@ def stop_event() -> threading.Event:
     for sig in _STOP_SIGNALS:
         signal.signal(sig, lambda *_: stop.set())
     return stop
+
+
+def reload_keys_on_hangup(keyring: Keyring) -> None:
+    """On SIGHUP: reload ``keyring`` from its file and pass SIGHUP on to this process's
+    children (worker processes). The work runs in a thread, not in the signal handler, which
+    may interrupt the main thread anywhere (inside logging's locks, say)."""
+    def reload() -> None:
+        try:
+            keyring.refresh(force=True)
+            log.info("SIGHUP: key file read again; key %d is active", keyring.active.id)
+        except KeyringError as exc:
+            log.error("SIGHUP: key file not read again: %s", exc)
+        for child in multiprocessing.active_children():
+            if child.pid is not None:
+                try:
+                    os.kill(child.pid, signal.SIGHUP)
+                except ProcessLookupError:
+                    pass
+
+    signal.signal(signal.SIGHUP,
+                  lambda *_: threading.Thread(target=reload, name="keys-reload",
+                                              daemon=True).start())
+
+
+@contextmanager
+def _hangup_ignored() -> Iterator[None]:
+    """SIGHUP ignored while child processes are started: they inherit "ignore" until they
+    install their own handler."""
+    previous = signal.signal(signal.SIGHUP, signal.SIG_IGN)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGHUP, previous)
+
+
+def at_start(core: Core) -> None:
+    """Once per start of the node: warn about a home that others can read, and sweep stale
+    temporary files of the store (in the background: it walks a local store)."""
+    warn_exposed(core.settings)
+    threading.Thread(target=_sweep, args=(core,), name="sweep", daemon=True).start()
+
+
+def _sweep(core: Core) -> None:
+    try:
+        sweep_temp_files(core.fs)
+    except OSError as exc:
+        log.warning("could not sweep temporary files: %s", exc.strerror)
 
 
 def serve_one(settings: Settings, ready: Callable[[int, str | None], None],
@@ -50,6 +111,9 @@ def serve_one(settings: Settings, ready: Callable[[int, str | None], None],
     """
     stop = stop or stop_event()
     core = wiring.open_core(settings)
+    reload_keys_on_hangup(core.keyring)
+    if not shared_port:  # one of several workers: the parent did it
+        at_start(core)
     servers: list[Any] = []
     try:
         scp = wiring.start_dimse(core, shared_port=shared_port)
@@ -75,6 +139,8 @@ def serve_web(settings: Settings) -> tuple[str, Callable[[], None]]:
     """Starts the HTTP server in this process on a core of its own (used beside several DIMSE
     worker processes); returns its URL and a function that stops it. Raises OSError."""
     core = wiring.open_core(settings)
+    reload_keys_on_hangup(core.keyring)  # also passes SIGHUP on to the DIMSE workers
+    at_start(core)
     try:
         server = wiring.start_web(core)
     except BaseException:
@@ -129,14 +195,21 @@ def serve_workers(settings: Settings, ready: Callable[[int, str | None], None],
     """
     _probe_port(settings.dimse.host, settings.dimse.port)
     stop = stop_event()
-    url, close_web = serve_web(settings) if web else (None, None)
+    if web:
+        url, close_web = serve_web(settings)  # reloads keys on SIGHUP, passes it on
+    else:
+        core = wiring.open_core(settings)
+        reload_keys_on_hangup(core.keyring)
+        at_start(core)
+        url, close_web = None, core.close
     context = multiprocessing.get_context("spawn")
     started = context.Queue()
     workers = [context.Process(target=_worker, args=(settings, started, i, os.getpid()),
                                name=f"support-node-dimse-{i}", daemon=False)
                for i in range(settings.dimse.workers)]
-    for proc in workers:
-        proc.start()
+    with _hangup_ignored():
+        for proc in workers:
+            proc.start()
     try:
         for _ in workers:
             _index, port, error = started.get(timeout=120)
@@ -174,6 +247,7 @@ def _process_jobs(settings: Settings, parent: int, kinds: tuple[str, ...]) -> No
     stop = stop_event()
     threading.Thread(target=_orphan_watch, args=(stop, parent), daemon=True).start()
     node = Node.from_settings(settings)
+    reload_keys_on_hangup(node.core.keyring)
     try:
         # One worker, one core: BLAS's own threads (the filter's PCA updates) only fight
         # the receiver and the other workers for the same cores (measured: 2 s stalls).
@@ -220,7 +294,8 @@ class ProcessingPool:
         proc = self._context.Process(target=_process_jobs,
                                      args=(self.settings, os.getpid(), self._kinds[index]),
                                      name=f"support-node-processing-{index}", daemon=False)
-        proc.start()
+        with _hangup_ignored():
+            proc.start()
         return proc
 
     def check(self) -> None:

@@ -8,35 +8,52 @@ the edges: the DIMSE SCP (:func:`start_dimse`) and the HTTP server (:func:`start
 from __future__ import annotations
 
 import logging
+import os
 from typing import Any
 
 from node.access import AccessPolicy
 from node.core import Core
 from node.crypto.keyring import Keyring
+from node.errors import KeyringError
 from node.index.catalog import Catalog
 from node.index.tokens import Tokens
 from node.ingest import Ingest
 from node.settings import Settings
 from node.store.backends import open_backend
 from node.store.encrypted_fs import EncryptedFileSystem
+from node.store.modes import sqlite_file
 
 log = logging.getLogger("support_node")
 
 
 def make_home(settings: Settings) -> None:
-    """Creates the home folder, readable by its owner only: the index holds patient names."""
+    """Creates the home folder, readable by its owner only: the index holds patient names.
+    A SQLite index file is created empty, 0600, before SQLite would create it with the
+    umask's mode (its WAL and shared-memory files take the database file's mode)."""
     if not settings.home.exists():
         settings.home.mkdir(mode=0o700, parents=True)
+    index = sqlite_file(settings.index.url)
+    if index is not None and not index.exists() and index.parent.is_dir():
+        try:
+            os.close(os.open(index, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600))
+        except FileExistsError:
+            pass  # another process made it first
 
 
 def ensure_keyring(settings: Settings) -> Keyring:
-    """Loads the key file, creating it (mode 0600) when there is none yet."""
+    """Loads the key file, creating it (mode 0600) when there is none yet; when several
+    processes start at once, one creates it and the others load it."""
     make_home(settings)
     path = settings.keys.file
     if path.exists():
         return Keyring.load(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    keyring = Keyring.create(path, bits=settings.keys.bits)
+    path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+    try:
+        keyring = Keyring.create(path, bits=settings.keys.bits)
+    except KeyringError:
+        if path.exists():  # lost the race to create it (create never overwrites)
+            return Keyring.load(path)
+        raise
     log.info("created a new key file at %s", path)
     return keyring
 

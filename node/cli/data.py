@@ -287,10 +287,20 @@ def get(hospital: Annotated[str, typer.Argument()],
 
 
 @app.command()
-def verify(home: HomeOpt = None, config: ConfigOpt = None) -> None:
-    """Decrypt and hash every object; report any that fail. Exit 1 if any did."""
+def verify(home: HomeOpt = None, config: ConfigOpt = None,
+           repair: Annotated[bool, typer.Option(
+               "--repair", help="Index folders that have no index row (or quarantine them), "
+                                "drop rows whose objects are gone, remove stale temporary "
+                                "files.")] = False) -> None:
+    """Decrypt and hash every object; hold the store against the index (folders without a
+    row, rows without objects, stale temporary files). Exit 1 if anything is wrong (after
+    --repair: if anything is left)."""
+    from node import consistency
+    from node.store.modes import warn_exposed
+
     def body() -> None:
         ctx = Context(home, config)
+        warn_exposed(ctx.settings)
         problems = []
         with ctx.node() as node:
             keys = node.objects()
@@ -301,13 +311,44 @@ def verify(home: HomeOpt = None, config: ConfigOpt = None) -> None:
                     if problem:
                         problems.append(problem)
                     bar.advance(task)
+            found = consistency.check(node.core, keys)
+            fixed = (consistency.repair(node.core, found, keys,
+                                        lambda line: out.print(line, highlight=False))
+                     if repair else None)
         for p in problems:
             err.print(f"FAILED {p.key}: {p.error}", highlight=False)
         out.print(f"verified {len(keys)} objects: {len(keys) - len(problems)} ok, "
                   f"{len(problems)} failed")
-        if problems:
+        left = _report_consistency(found, fixed)
+        if problems or left:
             raise typer.Exit(1)
     run(body)
+
+
+def _report_consistency(found: Any, fixed: Any) -> int:
+    """Prints what ``consistency.check`` found (and ``repair`` did); returns how many
+    problems are left."""
+    for folder in found.unindexed:
+        err.print(f"NOT INDEXED {folder}", highlight=False)
+    for row in found.missing:
+        err.print(f"MISSING {row.folder} (indexed as {row.sop_uid})", highlight=False)
+    for rel in found.temp_files:
+        err.print(f"STALE TEMPORARY FILE {rel}", highlight=False)
+    for folder in found.recent:
+        out.print(f"not indexed yet (received in the last few minutes, left alone): {folder}",
+                  highlight=False)
+    out.print(f"index: {len(found.unindexed)} folders without an index row, "
+              f"{len(found.missing)} rows without their objects, "
+              f"{len(found.temp_files)} stale temporary files")
+    if fixed is None:
+        return len(found.unindexed) + len(found.missing) + len(found.temp_files)
+    if fixed.refused:
+        err.print(f"not repaired: {fixed.refused}", highlight=False)
+    out.print(f"repaired: {len(fixed.indexed)} indexed, {len(fixed.quarantined)} quarantined, "
+              f"{len(fixed.rows_removed)} rows removed, {fixed.temp_removed} temporary files "
+              "removed")
+    return (len(found.missing) - len(fixed.rows_removed)
+            + len(found.temp_files) - fixed.temp_removed)
 
 
 @app.command()
@@ -538,24 +579,49 @@ def keys_rotate(home: HomeOpt = None, config: ConfigOpt = None,
                 bits: Annotated[int | None, typer.Option(help="128 or 256.")] = None,
                 reencrypt: Annotated[bool, typer.Option(
                     help="Re-encrypt every object under the new key.")] = False) -> None:
-    """Add a new key and make it active; old keys keep reading old objects."""
+    """Add a new key and make it active; old keys keep reading old objects. Safe while the
+    node runs: it writes under the new key from its next object on, and reads what this
+    rewrites. Interrupted re-encryption: run `keys reencrypt`."""
+    from node.crypto.keyring import Keyring
+
     def body() -> None:
         ctx = Context(home, config)
-        with ctx.node() as node:
-            keyring = node.core.keyring
-            key = keyring.add(bits=bits)
-            keyring.save(ctx.settings.keys.file)
-            out.print(f"key {key.id} ({key.bits} bits) is now active")
-            if reencrypt:
-                objects = node.objects()
-                changed = 0
-                with progress() as bar:
-                    task = bar.add_task("re-encrypting", total=len(objects))
-                    for obj in objects:
-                        changed += bool(node.core.fs.reencrypt(obj))
-                        bar.advance(task)
-                out.print(f"re-encrypted {changed} of {len(objects)} objects")
+        if not ctx.settings.keys.file.exists():
+            ctx.node().close()  # raises: key file not found (run init first)
+        _, key = Keyring.rotate(ctx.settings.keys.file, bits=bits)
+        out.print(f"key {key.id} ({key.bits} bits) is now active")
+        if reencrypt:
+            _reencrypt(ctx)
     run(body)
+
+
+@keys_app.command("reencrypt")
+def keys_reencrypt(home: HomeOpt = None, config: ConfigOpt = None) -> None:
+    """Rewrite every object still under an older key under the active one (resumes an
+    interrupted `keys rotate --reencrypt`; safe while the node runs)."""
+    def body() -> None:
+        _reencrypt(Context(home, config))
+    run(body)
+
+
+def _reencrypt(ctx: Context) -> None:
+    from node.store.reencrypt import reencrypt_store
+    from node.store.sweep import sweep_temp_files
+
+    with ctx.node() as node, progress() as bar:
+        sweep_temp_files(node.core.fs)  # what a killed earlier run left
+        task = bar.add_task("re-encrypting", total=None)
+
+        def advance(done: int, total: int) -> None:
+            bar.update(task, completed=done, total=total)
+        report = reencrypt_store(node.core.fs, node.objects, advance)
+    out.print(f"re-encrypted {report.rewritten} of {report.listed} objects"
+              + (f" ({report.passes} passes: the node wrote meanwhile)" if report.passes > 2
+                 else ""))
+    if not report.complete:
+        err.print(f"{report.unsettled} objects changed while re-encrypting; run "
+                  "`support-node keys reencrypt` again", highlight=False)
+        raise typer.Exit(1)
 
 
 def _load_keyring(settings: Settings) -> Any:

@@ -220,11 +220,14 @@ def _new_header(key: Key, chunk_size: int) -> ObjectHeader:
 
 
 def _opener(header: ObjectHeader, keyring: Keyring, path: str) -> _ChunkCipher:
-    if header.key_id not in keyring:
+    # lookup() reloads a followed key file once for an unknown id: another process (a
+    # rotation) may have rewritten the object under a key this one has not seen yet.
+    key = keyring.lookup(header.key_id)
+    if key is None:
         raise IntegrityError(
             f"object failed authentication (key id {header.key_id} not in keyring): {path}"
         )
-    return _ChunkCipher(keyring.get(header.key_id), header, path)
+    return _ChunkCipher(key, header, path)
 
 
 # -- one-shot ---------------------------------------------------------------------------------

@@ -6,10 +6,27 @@ File format (JSON, one object)::
      "active": 2,
      "keys": [{"id": 1, "bits": 128, "created": "2025-01-01T00:00:00+00:00",
                "material": "<base64>"}, ...],
-     "pseudonym_key": "<base64 of 32 bytes>"}
+     "pseudonym_key": "<base64 of 32 bytes>",
+     "generation": 3,
+     "highest_id": 2}
 
 - New objects are written under the active key; old keys stay so old objects still decrypt.
-  Rotation = `add()` (the new key becomes active) + `save()`; re-encryption is the store's job.
+  Rotation = `Keyring.rotate(path)` (a new key becomes active, saved at once); re-encryption is
+  the store's job (`node.store.reencrypt`).
+- Several processes share one key file (the receivers, the processing workers, the web server,
+  a `keys rotate` beside them). Changes are made under an exclusive `fcntl.flock` on the key
+  file, read-modify-write: `rotate` re-reads the file under the lock, and `save` refuses
+  (compare-and-swap on `generation`, which every save increments) when the file changed since
+  this keyring read it. The file is replaced by writing a temporary file, fsync, rename, so a
+  reader sees the old file or the new one. `highest_id` is the highest id ever issued: a key id
+  is never issued twice, even for a key that was later removed from the file.
+- A keyring loaded from a file follows it: `active` checks the file's identity (inode, mtime,
+  size: one `stat`) and reloads when it changed, so new objects are written under the key made
+  active by another process; `lookup` of an unknown key id reloads too (an object re-encrypted by
+  another process). `refresh(force=True)` reloads unconditionally (serve does so on SIGHUP). A
+  reload keeps the keys already known and refuses a file whose pseudonym key, or the material of
+  a known key id, differs (KeyringError): that is another node's key file, not a rotation.
+  Both fields after "pseudonym_key" are optional (files written before they existed load).
 - `pseudonym_key` never rotates: object paths are derived from it (patient pseudonyms), so a new
   pseudonym key would move every patient.
 - Key material never appears in a repr, a log line or an exception message; messages name the
@@ -20,13 +37,17 @@ from __future__ import annotations
 
 import base64
 import binascii
+import fcntl
 import hashlib
 import hmac
 import json
+import logging
 import os
 import secrets
 import stat
-from collections.abc import Iterable
+import threading
+from collections.abc import Iterable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -35,6 +56,8 @@ from typing import Any, NamedTuple
 from node.errors import KeyringError
 
 __all__ = ["FORMAT", "PSEUDONYM_HEX_CHARS", "Key", "KeyInfo", "Keyring"]
+
+log = logging.getLogger("support_node.keys")
 
 #: Version of the key file layout.
 FORMAT = 1
@@ -47,6 +70,10 @@ PSEUDONYM_HEX_CHARS = 24
 _PSEUDONYM_KEY_BYTES = 32
 _MASK = "**********"
 _EXISTS = "key file already exists, not overwritten: {}"
+_CHANGED = ("key file {} changed since it was read (another `keys` command?); nothing was "
+            "saved: run the command again")
+# (inode, mtime in ns, size): a save always renames a new file into place, so it changes.
+_Stamp = tuple[int, int, int]
 
 
 def _now_iso() -> str:
@@ -105,9 +132,11 @@ class Keyring:
     Build one with `create` (new file), `load` (existing file) or `generate` (in memory only).
     """
 
-    def __init__(self, keys: Iterable[Key], active_id: int, pseudonym_key: bytes) -> None:
+    def __init__(self, keys: Iterable[Key], active_id: int, pseudonym_key: bytes,
+                 *, highest_id: int = 0, generation: int = 0) -> None:
         """Raises KeyringError if the ids repeat, `active_id` is not among them, there are no
-        keys, or the pseudonym key is not 32 bytes."""
+        keys, or the pseudonym key is not 32 bytes. `highest_id`: the highest id ever issued
+        (never below the highest present); `generation`: the file's save counter."""
         self._keys: dict[int, Key] = {}
         for key in keys:
             if key.id in self._keys:
@@ -121,6 +150,12 @@ class Keyring:
             raise KeyringError("pseudonym key must be 32 bytes")
         self._active_id = active_id
         self._pseudonym_key = pseudonym_key
+        self._highest = max(highest_id, max(self._keys))
+        self._generation = generation
+        # The file this keyring follows (set by load/create/rotate) and its identity when read.
+        self._path: Path | None = None
+        self._stamp: _Stamp | None = None
+        self._reloading = threading.Lock()
 
     # -- construction ----------------------------------------------------------------------
 
@@ -136,36 +171,24 @@ class Keyring:
         Raises KeyringError if the file already exists or cannot be written.
         """
         keyring = cls.generate(bits)
-        keyring._write(Path(path), overwrite=False)
+        keyring._generation = 1
+        p = Path(path)
+        keyring._write(p, overwrite=False)
+        keyring._path, keyring._stamp = p, _stamp_of(p)
         return keyring
 
     @classmethod
     def load(cls, path: str | os.PathLike[str]) -> Keyring:
-        """Read the key file at `path`.
+        """Read the key file at `path`; the keyring follows it from then on (module docstring).
 
         Raises KeyringError if it is missing, unreadable, accessible by group or others
         (fix: chmod 600), or malformed. Messages name the file, never its contents.
         """
         p = Path(path)
-        try:
-            st = p.stat()
-        except FileNotFoundError:
-            raise KeyringError(f"key file not found: {p}") from None
-        except OSError as exc:
-            raise KeyringError(f"key file not readable: {p} ({exc.strerror})") from None
-        if not stat.S_ISREG(st.st_mode):
-            raise KeyringError(f"key file is not a regular file: {p}")
-        if os.name == "posix" and st.st_mode & 0o077:
-            mode = stat.S_IMODE(st.st_mode)
-            raise KeyringError(
-                f"key file {p} is accessible by group or others (mode {mode:04o}); "
-                f"restrict it with: chmod 600 {p}"
-            )
-        try:
-            raw = p.read_bytes()
-        except OSError as exc:
-            raise KeyringError(f"key file not readable: {p} ({exc.strerror})") from None
-        return cls._from_document(raw, p)
+        raw, stamp = _read(p)
+        keyring = cls._from_document(raw, p)
+        keyring._path, keyring._stamp = p, stamp
+        return keyring
 
     @classmethod
     def _from_document(cls, raw: bytes, p: Path) -> Keyring:
@@ -204,8 +227,11 @@ class Keyring:
         if not isinstance(active, int):
             raise KeyringError(f"key file is malformed (active): {p}")
         pseudonym_key = _b64(pseudonym_b64, "pseudonym_key", p)
+        highest, generation = doc.get("highest_id", 0), doc.get("generation", 0)
+        if not isinstance(highest, int) or not isinstance(generation, int):
+            raise KeyringError(f"key file is malformed (highest_id/generation): {p}")
         try:
-            return cls(keys, active, pseudonym_key)
+            return cls(keys, active, pseudonym_key, highest_id=highest, generation=generation)
         except KeyringError as exc:
             raise KeyringError(f"key file is malformed ({exc}): {p}") from None
 
@@ -213,7 +239,10 @@ class Keyring:
 
     @property
     def active(self) -> Key:
-        """The key new objects are written under."""
+        """The key new objects are written under: the file's active key as of now (one `stat`
+        of the followed file; reloaded if it changed). Raises KeyringError if a changed file
+        cannot be read or is not a rotation of this keyring."""
+        self.refresh()
         return self._keys[self._active_id]
 
     def get(self, key_id: int) -> Key:
@@ -222,6 +251,58 @@ class Keyring:
             return self._keys[key_id]
         except KeyError:
             raise KeyringError(f"no key with id {key_id} in the keyring") from None
+
+    def lookup(self, key_id: int) -> Key | None:
+        """Key `key_id`, reloading the followed file once if it is unknown (another process
+        may have rotated); None if it is still unknown."""
+        key = self._keys.get(key_id)
+        if key is None and self.refresh():
+            key = self._keys.get(key_id)
+        return key
+
+    @property
+    def path(self) -> Path | None:
+        """The key file this keyring follows, or None (in memory only)."""
+        return self._path
+
+    def refresh(self, force: bool = False) -> bool:
+        """Reload the followed key file if it changed (or, with `force`, at all); returns True
+        if it was read again. Keys already known stay known.
+
+        Raises KeyringError if the file is unreadable, malformed, or not a rotation of this
+        keyring (another pseudonym key, or other material under a known key id).
+        """
+        if self._path is None:
+            return False
+        if not force and self._stamp == _stamp_of(self._path):
+            return False
+        with self._reloading:
+            stamp = _stamp_of(self._path)
+            if not force and stamp == self._stamp:
+                return False  # another thread reloaded meanwhile
+            raw, stamp = _read(self._path)
+            self._merge(Keyring._from_document(raw, self._path))
+            self._stamp = stamp
+        return True
+
+    def _merge(self, newer: Keyring) -> None:
+        p = self._path
+        if not hmac.compare_digest(newer._pseudonym_key, self._pseudonym_key):
+            raise KeyringError(f"key file {p} now holds another pseudonym key; not reloaded")
+        for key_id, key in newer._keys.items():
+            known = self._keys.get(key_id)
+            if known is not None and not hmac.compare_digest(known.material, key.material):
+                raise KeyringError(f"key file {p} holds other material under key id {key_id}; "
+                                   "not reloaded")
+        before = self._active_id
+        # Keys first, then the active id: a reader in between sees a superset of keys.
+        self._keys = {**self._keys, **newer._keys}
+        self._active_id = newer._active_id
+        self._highest = max(self._highest, newer._highest)
+        self._generation = newer._generation
+        if self._active_id != before:
+            log.info("key file reloaded: key %d is now active (keys %s)", self._active_id,
+                     sorted(self._keys))
 
     def __contains__(self, key_id: object) -> bool:
         return key_id in self._keys
@@ -244,14 +325,31 @@ class Keyring:
     # -- changes ---------------------------------------------------------------------------
 
     def add(self, bits: int | None = None, activate: bool = True) -> Key:
-        """Add a new random key with id max+1 (same size as the active key unless `bits`),
-        make it active unless `activate=False`, and return it. Call `save` to keep it."""
-        new_id = max(self._keys) + 1
-        key = Key.generate(new_id, bits if bits is not None else self.active.bits)
-        self._keys[new_id] = key
+        """Add a new random key with an id never issued before (highest ever + 1; same size as
+        the active key unless `bits`), make it active unless `activate=False`, and return it.
+        Call `save` to keep it (or use `rotate`, which does both under the file's lock)."""
+        new_id = self._highest + 1
+        key = Key.generate(new_id, bits if bits is not None else self._keys[self._active_id].bits)
+        self._keys = {**self._keys, new_id: key}
+        self._highest = new_id
         if activate:
             self._active_id = new_id
         return key
+
+    @classmethod
+    def rotate(cls, path: str | os.PathLike[str], bits: int | None = None) -> tuple[Keyring, Key]:
+        """Add a new active key to the key file at `path`, atomically with respect to every
+        other process using the file: read, add and save happen under its lock, so two
+        rotations at once give two different keys. Returns (the saved keyring, the new key).
+
+        Raises KeyringError if the file cannot be read or written.
+        """
+        p = Path(path)
+        with _locked(p):
+            keyring = cls.load(p)
+            key = keyring.add(bits=bits)
+            keyring._save_locked(p)
+        return keyring, key
 
     def activate(self, key_id: int) -> None:
         """Make key `key_id` the active one. Raises KeyringError if unknown."""
@@ -259,11 +357,34 @@ class Keyring:
         self._active_id = key_id
 
     def save(self, path: str | os.PathLike[str]) -> None:
-        """Write the keyring to `path` atomically with mode 0600, replacing any file there.
+        """Write the keyring to `path` atomically with mode 0600, replacing the file there only
+        if it is still the one this keyring read (compare-and-swap on its generation, under the
+        file's lock).
 
-        Raises KeyringError if it cannot be written.
+        Raises KeyringError if it cannot be written, or if the file changed since it was read.
         """
-        self._write(Path(path), overwrite=True)
+        p = Path(path)
+        if not p.exists():
+            self._write(p, overwrite=False)
+            self._path, self._stamp = p, _stamp_of(p)
+            return
+        with _locked(p):
+            self._save_locked(p)
+
+    def _save_locked(self, p: Path) -> None:
+        raw, _ = _read(p)
+        on_file = Keyring._from_document(raw, p)
+        if on_file._generation != self._generation or any(
+                k not in self._keys for k in on_file._keys):
+            raise KeyringError(_CHANGED.format(p))
+        self._highest = max(self._highest, on_file._highest)
+        self._generation += 1
+        try:
+            self._write(p, overwrite=True)
+        except KeyringError:
+            self._generation -= 1
+            raise
+        self._path, self._stamp = p, _stamp_of(p)
 
     # -- pseudonyms ------------------------------------------------------------------------
 
@@ -297,6 +418,8 @@ class Keyring:
                 for k in sorted(self._keys.values(), key=lambda k: k.id)
             ],
             "pseudonym_key": base64.b64encode(self._pseudonym_key).decode("ascii"),
+            "generation": self._generation,
+            "highest_id": self._highest,
         }
 
     def _write(self, path: Path, overwrite: bool) -> None:
@@ -346,6 +469,73 @@ def _b64(value: object, what: str, p: Path) -> bytes:
         return base64.b64decode(value.encode("ascii"), validate=True)
     except (binascii.Error, UnicodeEncodeError, ValueError):
         raise KeyringError(f"key file is malformed ({what} is not valid base64): {p}") from None
+
+
+def _stamp_of(p: Path) -> _Stamp | None:
+    try:
+        st = p.stat()
+    except OSError:
+        return None
+    return (st.st_ino, st.st_mtime_ns, st.st_size)
+
+
+def _read(p: Path) -> tuple[bytes, _Stamp]:
+    """The bytes of the key file `p` and its identity when read (checked before and after the
+    read, so the two belong together). Raises KeyringError as `Keyring.load` documents."""
+    for _ in range(10):
+        st = _checked_stat(p)
+        try:
+            raw = p.read_bytes()
+        except OSError as exc:
+            raise KeyringError(f"key file not readable: {p} ({exc.strerror})") from None
+        stamp = (st.st_ino, st.st_mtime_ns, st.st_size)
+        if _stamp_of(p) == stamp:
+            return raw, stamp
+    raise KeyringError(f"key file keeps changing while read: {p}")
+
+
+def _checked_stat(p: Path) -> os.stat_result:
+    try:
+        st = p.stat()
+    except FileNotFoundError:
+        raise KeyringError(f"key file not found: {p}") from None
+    except OSError as exc:
+        raise KeyringError(f"key file not readable: {p} ({exc.strerror})") from None
+    if not stat.S_ISREG(st.st_mode):
+        raise KeyringError(f"key file is not a regular file: {p}")
+    if os.name == "posix" and st.st_mode & 0o077:
+        mode = stat.S_IMODE(st.st_mode)
+        raise KeyringError(
+            f"key file {p} is accessible by group or others (mode {mode:04o}); "
+            f"restrict it with: chmod 600 {p}"
+        )
+    return st
+
+
+@contextmanager
+def _locked(p: Path) -> Iterator[None]:
+    """Holds an exclusive flock on the key file `p` (the file itself: no lock file beside it).
+    A save replaces the file, so after waiting for the lock, check that the locked file is
+    still the one at `p`; if not, lock the new one."""
+    for _ in range(100):
+        try:
+            fd = os.open(p, os.O_RDONLY)
+        except FileNotFoundError:
+            raise KeyringError(f"key file not found: {p}") from None
+        except OSError as exc:
+            raise KeyringError(f"key file not readable: {p} ({exc.strerror})") from None
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX)
+            try:
+                current = os.stat(p).st_ino
+            except FileNotFoundError:
+                current = -1
+            if os.fstat(fd).st_ino == current:
+                yield
+                return
+        finally:
+            os.close(fd)  # closing releases the lock
+    raise KeyringError(f"key file keeps being replaced; could not lock it: {p}")
 
 
 def _fsync_dir(directory: Path) -> None:

@@ -30,6 +30,7 @@ botocore errors) are StoreError, chained to the original.
 
 from __future__ import annotations
 
+import enum
 import errno
 import io
 import os
@@ -56,9 +57,19 @@ from node.crypto.aead import (
 from node.crypto.keyring import Keyring
 from node.errors import IntegrityError, StoreError
 
-__all__ = ["EncryptedFileSystem", "EncryptedWriter"]
+__all__ = ["TMP_SUFFIX", "EncryptedFileSystem", "EncryptedWriter", "Reencrypted"]
 
-_TMP_SUFFIX = ".snenc-tmp"
+#: Suffix of the hidden temporary files a local write goes through (swept by node.store.sweep).
+TMP_SUFFIX = ".snenc-tmp"
+_TMP_SUFFIX = TMP_SUFFIX
+
+
+class Reencrypted(enum.Enum):
+    """What `EncryptedFileSystem.reencrypt` did with one object."""
+
+    REWRITTEN = "rewritten"  # it was under another key; now under the active key
+    CURRENT = "current"  # already under the active key: nothing to do
+    CHANGED = "changed"  # someone else replaced it meanwhile: left as they wrote it
 
 
 def _store_errors() -> tuple[type[BaseException], ...]:
@@ -467,17 +478,67 @@ class EncryptedFileSystem(AbstractFileSystem):
         with self.open(rel1, "rb") as src, self.open(rel2, "wb") as dst:
             shutil.copyfileobj(src, dst, length=self.chunk_size)
 
-    def reencrypt(self, path: str) -> bool:
-        """Rewrite the object at `path` under the keyring's active key (key rotation).
+    def reencrypt(self, path: str) -> Reencrypted:
+        """Rewrite the object at `path` under the keyring's active key (key rotation), safely
+        beside other writers: if the object is replaced while this runs (a worker rewrote a
+        description), the newer object is kept and CHANGED returned; a later pass checks it
+        again. The check compares the object's identity (`ukey`: inode and mtime on local
+        disk, the ETag on S3) just before the rename or PUT, so only a write landing in that
+        last instant could still be overwritten by the same plaintext it replaced.
 
-        Returns True if it was under another key (and is now rewritten), False if it already
-        used the active key. Raises FileNotFoundError, IntegrityError, StoreError.
+        Raises FileNotFoundError, IntegrityError, StoreError.
         """
         rel = self._strip_protocol(path)
-        if self._read_header(rel).key_id == self.keyring.active.id:
-            return False
-        self.pipe_file(rel, self.cat_file(rel))
-        return True
+        full = self._join(rel)
+        active = self.keyring.active
+        if self._read_header(rel).key_id == active.id:
+            return Reencrypted.CURRENT
+        before = self._version(full)
+        try:
+            blob = self.fs.cat_file(full)
+        except _store_errors() as exc:
+            raise _translate(exc, rel, "read") from exc
+        if before is None or self._version(full) != before:
+            return Reencrypted.CHANGED
+        new = encrypt_to_buffer(decrypt(blob, self.keyring, rel), active, rel, self.chunk_size)
+        sink = None
+        try:
+            sink = self._sink(rel)
+            sink.write(new)
+            sink.finish()
+            if self._version(full) != before:
+                sink.discard()
+                return Reencrypted.CHANGED
+            sink.commit()
+        except BaseException as exc:
+            if sink is not None:
+                sink.discard()
+            if isinstance(exc, _store_errors()):
+                raise _translate(exc, rel, "write") from exc
+            raise
+        return Reencrypted.REWRITTEN
+
+    def move_stored(self, path1: str, path2: str) -> None:
+        """Move the stored bytes of the object at `path1` to `path2` unchanged (quarantine).
+
+        The object stays bound to `path1`: read at `path2` it fails authentication; decrypt its
+        bytes with `path1` (the caller keeps `path1` derivable from `path2`). Raises
+        FileNotFoundError, StoreError.
+        """
+        rel1, rel2 = self._strip_protocol(path1), self._strip_protocol(path2)
+        try:
+            self.fs.mv(self._join(rel1), self._join(rel2))
+        except _store_errors() as exc:
+            raise _translate(exc, rel1, "move") from exc
+
+    def _version(self, full: str) -> str | None:
+        """The identity of the stored object at `full` (None if there is none)."""
+        try:
+            return str(self.fs.ukey(full))
+        except FileNotFoundError:
+            return None
+        except _store_errors() as exc:
+            raise _translate(exc, full, "lookup") from exc
 
 
 # -- file objects ---------------------------------------------------------------------------------
@@ -496,7 +557,9 @@ class _StoreReader(DecryptingReader):
 
 
 def _make_directories(directory: str) -> list[str]:
-    """Creates ``directory`` and missing parents; returns the parents of those it made."""
+    """Creates ``directory`` and missing parents, each 0700 (whatever the umask: the names
+    are UIDs and pseudonyms, still no one else's business); returns the parents of those it
+    made."""
     missing = []
     path = directory
     while path and not os.path.isdir(path):
@@ -505,7 +568,12 @@ def _make_directories(directory: str) -> list[str]:
         if parent == path:
             break
         path = parent
-    os.makedirs(directory, exist_ok=True)
+    for folder in reversed(missing):
+        try:
+            os.mkdir(folder, 0o700)
+        except FileExistsError:
+            if not os.path.isdir(folder):
+                raise
     return [os.path.dirname(p) for p in missing]
 
 
@@ -531,7 +599,9 @@ class _LocalSink:
         self._sync_directory = sync_directory
         self._fsync = fsync
         self._tmp = os.path.join(directory, f".{base}.{secrets.token_hex(6)}{_TMP_SUFFIX}")
-        self._file: io.FileIO | None = io.FileIO(self._tmp, "xb")
+        # 0600 whatever the umask: ciphertext, but no one else's to copy.
+        fd = os.open(self._tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        self._file: io.FileIO | None = io.FileIO(fd, "wb")
 
     def write(self, data: bytes | bytearray | memoryview) -> None:
         assert self._file is not None

@@ -17,7 +17,7 @@ from fsspec import AbstractFileSystem
 from node.crypto.aead import DEFAULT_CHUNK_SIZE, HEADER_SIZE, TAG_SIZE
 from node.crypto.keyring import Key, Keyring
 from node.errors import IntegrityError
-from node.store.encrypted_fs import EncryptedFileSystem
+from node.store.encrypted_fs import EncryptedFileSystem, Reencrypted
 
 CHUNK = 4096
 STRIDE = CHUNK + TAG_SIZE
@@ -512,11 +512,30 @@ class EncryptedFSSuite:
         assert efs.cat_file("rot/old") == old  # still readable with key 1
         efs.pipe_file("rot/new", b"new")
         assert efs.key_id("rot/new") == 2
-        assert efs.reencrypt("rot/new") is False
-        assert efs.reencrypt("rot/old") is True
+        assert efs.reencrypt("rot/new") is Reencrypted.CURRENT
+        assert efs.reencrypt("rot/old") is Reencrypted.REWRITTEN
         assert efs.key_id("rot/old") == 2
         assert efs.cat_file("rot/old") == old
         # Readable without key 1 at all now.
         only_new = Keyring([keyring.get(2)], 2, os.urandom(32))
         efs2 = EncryptedFileSystem(efs.fs, only_new, root=efs.root, chunk_size=CHUNK)
         assert efs2.cat_file("rot/old") == old
+
+    def test_reencrypt_keeps_an_object_rewritten_meanwhile(
+        self, efs: EncryptedFileSystem, keyring: Keyring, monkeypatch: pytest.MonkeyPatch
+    ) -> None:
+        efs.pipe_file("rot/busy", b"description, first version")
+        keyring.add()
+        real = efs.fs.cat_file
+
+        def read_while_the_node_writes(path: str, *args: Any, **kwargs: Any) -> Any:
+            blob = real(path, *args, **kwargs)
+            if not args and not kwargs:  # the whole-object read of the re-encryption
+                efs.pipe_file("rot/busy", b"description, second version (processed)")
+            return blob
+
+        monkeypatch.setattr(efs.fs, "cat_file", read_while_the_node_writes)
+        assert efs.reencrypt("rot/busy") is Reencrypted.CHANGED
+        monkeypatch.undo()
+        assert efs.cat_file("rot/busy") == b"description, second version (processed)"
+        assert efs.reencrypt("rot/busy") is Reencrypted.CURRENT

@@ -1,0 +1,158 @@
+"""Key rotation beside a running node, as an operator does it: `serve` runs (receiver and
+processing workers in their own processes), `support-node keys rotate --reencrypt` runs in
+another process, then a workstation retrieves with dcmtk's movescu and a modality stores with
+storescu. The node must read what the rotation rewrote and write new objects under the new key;
+two rotations at once must give two different key ids and leave every object readable."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import pytest
+
+from node.api import Node
+from node.layout import DESCRIPTION, ORIGINAL, OUTPUT
+from pipelines import synthetic
+from tests.fixtures.node import free_port
+from tests.test_serve import READY, SUPPORT_NODE, Served
+
+pytestmark = pytest.mark.slow
+Dcmtk = Callable[..., subprocess.CompletedProcess[str]]
+
+
+def _env() -> dict[str, str]:
+    clean = {k: v for k, v in os.environ.items() if not k.startswith("SUPPORT_NODE_")}
+    return clean | {"PYTHONUNBUFFERED": "1"}
+
+
+def cli(*args: str | Path, home: Path) -> subprocess.Popen[str]:
+    """`support-node ARGS --home HOME` as its own process."""
+    return subprocess.Popen([str(SUPPORT_NODE), *map(str, args), "--home", str(home)],
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                            env=_env())
+
+
+def finished(proc: subprocess.Popen[str], timeout: float = 120) -> str:
+    out, _ = proc.communicate(timeout=timeout)
+    assert proc.returncode == 0, out
+    return out
+
+
+def wait_until(check: Callable[[], bool], timeout: float = 60.0) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if check():
+            return
+        time.sleep(0.2)
+    raise AssertionError("timed out")
+
+
+@pytest.fixture
+def destination(tmp_path: Path) -> Iterator[tuple[int, Path]]:
+    """pynetdicom's storescp on 127.0.0.1 as the C-MOVE destination DEST."""
+    port, out = free_port(), tmp_path / "dest"
+    out.mkdir()
+    proc = subprocess.Popen([sys.executable, "-m", "pynetdicom", "storescp", "-ba", "127.0.0.1",
+                             "-aet", "DEST", "-od", str(out), str(port)],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    time.sleep(1.5)
+    yield port, out
+    proc.terminate()
+    proc.wait(10)
+
+
+@pytest.fixture
+def running(tmp_path: Path, destination: tuple[int, Path]) -> Iterator[dict[str, object]]:
+    """A home with one 6-instance study, served by `support-node serve` (one processing
+    worker) with DEST as a C-MOVE destination."""
+    home = tmp_path / "home"
+    config = tmp_path / "node.toml"
+    config.write_text(f'[destinations.DEST]\nhost = "127.0.0.1"\nport = {destination[0]}\n')
+    study = synthetic.ct_study(series=2, per_series=3, size=64, seed=31)
+    with Node.open(home=home, create_keys=True) as node:
+        for ds in study:
+            node.write(synthetic.write(ds, tmp_path / "src").read_bytes())
+    served = Served("--config", config, "--dimse-port", "0", "--processing-workers", "1",
+                    home=home)
+    try:
+        port = int(served.wait_for(READY, timeout=60).group(2))
+        yield {"home": home, "port": port, "study": study, "served": served}
+    finally:
+        served.proc.send_signal(signal.SIGTERM)
+        served.proc.wait(30)
+    assert "Traceback" not in served.output()
+
+
+def move(dcmtk: Dcmtk, port: int, study_uid: str, dest: Path) -> subprocess.CompletedProcess[str]:
+    for old in dest.glob("*"):
+        old.unlink()
+    return dcmtk("movescu", "-S", "-aem", "DEST", "-aec", "SUPPORT_NODE",
+                 "-k", "QueryRetrieveLevel=STUDY", "-k", f"StudyInstanceUID={study_uid}",
+                 "127.0.0.1", str(port))
+
+
+def key_ids(home: Path) -> dict[str, int]:
+    with Node.open(home=home) as node:
+        return {k: node.core.fs.key_id(k) for k in node.objects() if not k.startswith("_")}
+
+
+def test_rotation_beside_a_running_node(running: dict[str, object], destination: tuple[int, Path],
+                                        dcmtk: Dcmtk, tmp_path: Path) -> None:
+    home, port = running["home"], running["port"]
+    assert isinstance(home, Path) and isinstance(port, int)
+    study_uid = str(running["study"][0].StudyInstanceUID)  # type: ignore[index]
+    assert move(dcmtk, port, study_uid, destination[1]).returncode == 0
+    assert len(list(destination[1].iterdir())) == 6
+
+    out = finished(cli("keys", "rotate", "--reencrypt", home=home))
+    assert "key 2 (128 bits) is now active" in out
+
+    result = move(dcmtk, port, study_uid, destination[1])
+    assert result.returncode == 0, result.stderr
+    assert "0xa702" not in (result.stdout + result.stderr).lower()
+    assert len(list(destination[1].iterdir())) == 6  # every instance arrived
+
+    new = synthetic.ct_study(synthetic.Patient("PAT-0009", "Roe^Rita", "19900909", "F"),
+                             series=1, per_series=1, size=64, seed=32)[0]
+    sent = dcmtk("storescu", "-aec", "SUPPORT_NODE", "127.0.0.1", str(port),
+                 str(synthetic.write(new, tmp_path / "new")))
+    assert sent.returncode == 0, sent.stderr
+    folder_of = {k.rsplit("/", 2)[-2]: k.rsplit("/", 1)[0] for k in key_ids(home)}
+    folder = folder_of[str(new.SOPInstanceUID)]
+    # The processing worker (another process) writes output.npy under the new key too.
+    wait_until(lambda: f"{folder}/{OUTPUT}" in key_ids(home))
+    ids = key_ids(home)
+    for name in (ORIGINAL, DESCRIPTION, OUTPUT):
+        assert ids[f"{folder}/{name}"] == 2, name
+    assert set(ids.values()) == {2}  # the rotation left nothing under key 1
+
+
+def test_two_rotations_at_once(running: dict[str, object], destination: tuple[int, Path],
+                               dcmtk: Dcmtk) -> None:
+    home, port = running["home"], running["port"]
+    assert isinstance(home, Path) and isinstance(port, int)
+    first = cli("keys", "rotate", "--reencrypt", home=home)
+    second = cli("keys", "rotate", "--reencrypt", home=home)
+    outputs = finished(first) + finished(second)
+    assert "key 2 " in outputs and "key 3 " in outputs
+
+    doc = json.loads((home / "keys.json").read_text())
+    assert [k["id"] for k in doc["keys"]] == [1, 2, 3]
+    assert len({k["material"] for k in doc["keys"]}) == 3
+    assert doc["active"] == 3
+    verify = subprocess.run([str(SUPPORT_NODE), "verify", "--home", str(home)],
+                            capture_output=True, text=True, env=_env(), timeout=120)
+    assert verify.returncode == 0, verify.stdout + verify.stderr
+    assert set(key_ids(home).values()) == {3}
+
+    study_uid = str(running["study"][0].StudyInstanceUID)  # type: ignore[index]
+    result = move(dcmtk, port, study_uid, destination[1])
+    assert result.returncode == 0, result.stderr
+    assert len(list(destination[1].iterdir())) == 6
