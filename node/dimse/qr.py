@@ -20,6 +20,7 @@ import pydicom
 from pydicom.uid import UID, ExplicitVRLittleEndian, ImplicitVRLittleEndian
 from pynetdicom import evt
 from pynetdicom.presentation import build_context
+from pynetdicom.sop_class import Verification  # type: ignore[attr-defined]
 
 from node.access import AccessPolicy, NotAllowedError, Right
 from node.dimse.identifier import Identifier, find, model_for_sop_class, parse_identifier
@@ -164,7 +165,12 @@ def handle_move(event: Any, deps: QRDeps) -> Iterator[Any]:
         return
     failure, refs = _matches(event, deps)
     if failure is not None:
-        yield destination.host, destination.port
+        # pynetdicom sends a failure status only from within the sub-operations (with no
+        # sub-operations it answers Success, and a status in their place is a 0xC513), so
+        # the refusal comes as the first "sub-operation": its status ends the move (on an
+        # association to the destination that carries nothing but Verification).
+        yield destination.host, destination.port, {"contexts": [build_context(Verification)]}
+        yield 1
         yield failure, None
         return
     # The outgoing association gets the same socket tuning as incoming ones: without it the

@@ -213,10 +213,24 @@ def build(level: Level, keys: Iterable[tuple[str, Sequence[str]]], *,
                   returns=tuple(dict.fromkeys(returns)), ignored=tuple(ignored))
     if model is not None:
         _check_hierarchy(query, model)
+    if retrieve:
+        _check_retrieve_keys(query)
     if retrieve and UNIQUE_KEY[level] not in {c.keyword for c in conditions}:
         raise QueryLevelError(f"a retrieve at the {level.value} level needs "
                               f"{UNIQUE_KEY[level]}")
     return query
+
+
+def _check_retrieve_keys(query: Query) -> None:
+    """PS3.4 C.4.2.2.1: a retrieve's unique keys are single values, or lists of UIDs; a
+    wildcard (``PatientID=*``) would move what nobody named."""
+    for cond in query.conditions:
+        uid = BY_KEYWORD[cond.keyword].match is Match.UID
+        if cond.kind is MatchKind.SINGLE or (uid and cond.kind is MatchKind.LIST):
+            continue
+        raise QueryLevelError(f"{cond.keyword}: a retrieve takes a single value"
+                              + (" or a list of UIDs" if uid else "") + ", not a wildcard,"
+                              " range or list")
 
 
 def _check_hierarchy(query: Query, model: Model) -> None:
