@@ -175,7 +175,7 @@ def test_serve_with_worker_processes_shares_one_port(tmp_path: Path,
     def send(chunk: list[Path]) -> list[int]:
         ae = AE(ae_title="PYTEST")
         ae.add_requested_context(CTImageStorage, "1.2.840.10008.1.2.1")
-        assoc = ae.associate("127.0.0.1", port)
+        assoc = ae.associate("127.0.0.1", port, ae_title="SUPPORT_NODE")
         assert assoc.is_established
         try:
             return [int(assoc.send_c_store(p).Status) for p in chunk]

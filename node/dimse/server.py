@@ -1,16 +1,17 @@
-"""The DIMSE service: Verification and Storage SCP over pynetdicom.
+"""The DIMSE service: Verification, Storage and Query/Retrieve SCP over pynetdicom.
 
 Handlers receive what they need as arguments (pynetdicom's ``(event, handler, args)``);
-exceptions become a status in exactly one place (``status_for``).
+exceptions become a status in exactly one place (``status_for``). Who gets an association
+is ``node.dimse.gate``'s decision; how many connections a stranger may hold, and for how
+long, ``node.dimse.listener``'s. With ``[dimse.tls]`` a second listener speaks TLS only.
 """
 
 from __future__ import annotations
 
 import logging
-import socket
 import threading
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, cast
 
 import pydicom.uid
 from pynetdicom import AE, AllStoragePresentationContexts, evt
@@ -23,12 +24,15 @@ from pynetdicom.sop_class import (  # type: ignore[attr-defined]
     StudyRootQueryRetrieveInformationModelMove,
     Verification,
 )
-from pynetdicom.transport import ThreadedAssociationServer
 
 from node import metrics
 from node.access import AccessPolicy
+from node.dimse.gate import ACSE_TIMEOUT, Gate
+from node.dimse.limits import ConnectionLimit
+from node.dimse.listener import Listener
 from node.dimse.qr import QRDeps, handle_find, handle_get, handle_move
 from node.dimse.status import Status, status_for
+from node.dimse.tls import server_context
 from node.dimse.transport import tune_connection
 from node.errors import IngestError, NodeError
 from node.ingest import Ingest, Source
@@ -132,13 +136,20 @@ QR_MODELS = (
 )
 
 
+# pynetdicom's own association limit counts connections that never sent a request; the
+# gate counts admitted associations instead, so pynetdicom's is set out of the way.
+_PYNETDICOM_LIMIT = 1 << 16
+
+
 def build_ae(dimse: DimseSettings) -> AE:
-    """The application entity with every storage SOP class and transfer syntax supported."""
+    """The application entity with every storage SOP class and transfer syntax supported.
+
+    Admission (called and calling AE titles, ``max_associations``) is left to the gate."""
     ae = AE(ae_title=dimse.ae_title)
-    ae.maximum_associations = dimse.max_associations
+    ae.maximum_associations = _PYNETDICOM_LIMIT
     ae.maximum_pdu_size = dimse.max_pdu
     ae.network_timeout = dimse.network_timeout
-    ae.acse_timeout = 30
+    ae.acse_timeout = ACSE_TIMEOUT
     ae.dimse_timeout = dimse.network_timeout
     ae.add_supported_context(Verification)
     for model in QR_MODELS:
@@ -148,31 +159,48 @@ def build_ae(dimse: DimseSettings) -> AE:
         # Both roles: peers store to us (SCU) and take C-GET sub-operations from us (SCP).
         ae.add_supported_context(context.abstract_syntax, TRANSFER_SYNTAXES,
                                  scu_role=True, scp_role=True)
-    if not dimse.accepts_any_caller:
-        ae.require_calling_aet = [c.ae_title for c in dimse.callers]
     return ae
 
 
-class SharedPortServer(ThreadedAssociationServer):
-    """An association server whose port other worker processes may bind too (SO_REUSEPORT):
-    the kernel hands each new connection to one of them."""
+class DimseService:
+    """The running SCP: the plain listener and, with ``[dimse.tls]``, the TLS one.
 
-    def server_bind(self) -> None:
-        assert self.socket is not None
-        self.socket.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
-        super().server_bind()
+    ``server_address`` / ``tls_address``: where they listen (``tls_address`` None without
+    TLS); ``shutdown()`` stops both.
+    """
+
+    def __init__(self, plain: Listener, tls: Listener | None, gate: Gate) -> None:
+        self.plain = plain
+        self.tls = tls
+        self.gate = gate
+
+    @property
+    def server_address(self) -> Any:
+        return self.plain.server_address
+
+    @property
+    def tls_address(self) -> Any:
+        return None if self.tls is None else self.tls.server_address
+
+    def shutdown(self) -> None:
+        for listener in (self.tls, self.plain):
+            if listener is not None:
+                listener.shutdown()
 
 
 def start(dimse: DimseSettings, ingest: Ingest, policy: AccessPolicy,
-          shared_port: bool = False, qr: QRDeps | None = None) -> ThreadedAssociationServer:
-    """Starts the SCP in the background on ``dimse.host:dimse.port`` (port 0: any free port).
+          shared_port: bool = False, qr: QRDeps | None = None) -> DimseService:
+    """Starts the SCP in the background on ``dimse.host:dimse.port`` (port 0: any free port)
+    and, with ``[dimse.tls]``, its TLS listener on ``dimse.tls.port``.
 
-    ``shared_port``: let other worker processes listen on the same port.
-    Returns the running server; ``server.server_address[1]`` is the bound port;
-    ``server.shutdown()`` stops it. Raises OSError when the port cannot be bound.
+    ``shared_port``: let other worker processes listen on the same ports.
+    Raises OSError when a port cannot be bound, ConfigError when the TLS files cannot be
+    loaded.
     """
     ae = build_ae(dimse)
+    gate = Gate(dimse, policy)
     handlers: list[Any] = [
+        *gate.handlers(),
         (evt.EVT_CONN_OPEN, tune_connection),
         (evt.EVT_ESTABLISHED, _opened), (evt.EVT_RELEASED, _closed), (evt.EVT_ABORTED, _closed),
         (evt.EVT_C_STORE, handle_store, [StoreDeps(ingest, policy)]),
@@ -180,12 +208,34 @@ def start(dimse: DimseSettings, ingest: Ingest, policy: AccessPolicy,
     if qr is not None:
         handlers += [(evt.EVT_C_FIND, handle_find, [qr]), (evt.EVT_C_MOVE, handle_move, [qr]),
                      (evt.EVT_C_GET, handle_get, [qr])]
-    server = ae.make_server(
-        (dimse.host, dimse.port), evt_handlers=handlers,
-        server_class=SharedPortServer if shared_port else ThreadedAssociationServer,
-    )
-    thread = threading.Thread(target=server.serve_forever, name="dimse-acceptor", daemon=True)
-    thread.start()
-    ae._servers.append(server)  # noqa: SLF001 - so ae.shutdown() stops it, as start_server does
-    log.info("DIMSE %s listening on %s:%d", dimse.ae_title, dimse.host, server.server_address[1])
-    return server
+    limit = ConnectionLimit(dimse.max_connections_per_address)
+    context = server_context(dimse.tls) if dimse.tls.enabled else None
+
+    def listen(port: int, ssl_context: Any) -> Listener:
+        server = cast(Listener, ae.make_server(
+            (dimse.host, port), evt_handlers=handlers, ssl_context=ssl_context,
+            server_class=Listener, limit=limit,
+            request_timeout=dimse.association_request_timeout, reuse_port=shared_port))
+        threading.Thread(target=server.serve_forever, name="dimse-acceptor",
+                         daemon=True).start()
+        ae._servers.append(server)  # noqa: SLF001 - so ae.shutdown() stops it too
+        return server
+
+    plain = listen(dimse.port, None)
+    log.info("DIMSE %s listening on %s:%d", dimse.ae_title, dimse.host, plain.server_address[1])
+    tls = None
+    if context is not None:
+        try:
+            tls = listen(dimse.tls.port, context)
+        except BaseException:
+            plain.shutdown()
+            raise
+        log.info("DIMSE %s listening for TLS on %s:%d (client certificates %s)",
+                 dimse.ae_title, dimse.host, tls.server_address[1], _client_certs(dimse))
+    return DimseService(plain, tls, gate)
+
+
+def _client_certs(dimse: DimseSettings) -> str:
+    if dimse.tls.require_client_cert:
+        return "required"
+    return "checked when given" if dimse.tls.ca else "not asked for"
