@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -156,3 +157,41 @@ def test_two_rotations_at_once(running: dict[str, object], destination: tuple[in
     result = move(dcmtk, port, study_uid, destination[1])
     assert result.returncode == 0, result.stderr
     assert len(list(destination[1].iterdir())) == 6
+
+
+def test_sighup_reloads_every_process_and_stops_none(running: dict[str, object],
+                                                     dcmtk: Dcmtk, tmp_path: Path) -> None:
+    home, port, served = running["home"], running["port"], running["served"]
+    assert isinstance(home, Path) and isinstance(port, int) and isinstance(served, Served)
+    for _ in range(2):  # both processing workers up (a SIGHUP before is ignored)
+        served.wait_for(re.compile(r"processing worker \S+ ready"))
+    finished(cli("keys", "rotate", home=home))
+    served.proc.send_signal(signal.SIGHUP)
+    # serve itself and its two processing workers (images; segmentation and pretraining)
+    for _ in range(3):
+        served.wait_for(re.compile(r"SIGHUP: key file read again; key 2 is active"))
+    time.sleep(1)
+    assert served.proc.poll() is None
+    new = synthetic.ct_study(series=1, per_series=1, size=64, seed=33)[0]
+    sent = dcmtk("storescu", "-aec", "SUPPORT_NODE", "127.0.0.1", str(port),
+                 str(synthetic.write(new, tmp_path / "new")))
+    assert sent.returncode == 0, sent.stderr
+    assert "Traceback" not in served.output()
+
+
+def test_an_interrupted_reencryption_resumes(running: dict[str, object]) -> None:
+    home = running["home"]
+    assert isinstance(home, Path)
+    finished(cli("keys", "rotate", home=home))
+    with Node.open(home=home) as node:  # what a run killed half-way leaves
+        objects = node.objects()
+        for key in objects[: len(objects) // 2]:
+            node.core.fs.reencrypt(key)
+        folder = node.core.fs.root + "/" + objects[0].rsplit("/", 1)[0]
+    stale = Path(folder) / ".original.dcm.0123456789ab.snenc-tmp"
+    stale.write_bytes(b"ciphertext of a write that never finished")
+    os.utime(stale, (time.time() - 7200, time.time() - 7200))
+    out = finished(cli("keys", "reencrypt", home=home))
+    assert f"re-encrypted {len(objects) - len(objects) // 2} of {len(objects)} objects" in out
+    assert set(key_ids(home).values()) == {2}
+    assert not stale.exists()

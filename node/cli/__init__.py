@@ -32,9 +32,13 @@ if _command(sys.argv[1:]) == "serve":
 # After the metrics folder is chosen (above), hence not at the top.
 from node.cli import data, demo, models, tokens  # noqa: E402, F401  (they register commands)
 from node.cli.common import app  # noqa: E402
+from node.store.modes import restrict_umask  # noqa: E402
 
 
 def main() -> None:
+    # Every file and folder this process (and the processes it starts) creates is its
+    # owner's only: the index holds patient names, exports hold images (node.store.modes).
+    restrict_umask()
     app()
 
 

@@ -304,6 +304,12 @@ def verify(home: HomeOpt = None, config: ConfigOpt = None,
         problems = []
         with ctx.node() as node:
             keys = node.objects()
+            found = consistency.check(node.core, keys)
+            fixed = None
+            if repair:  # first, so that what it sets aside is not reported below
+                fixed = consistency.repair(node.core, found, keys,
+                                           lambda line: out.print(line, highlight=False))
+                keys = node.objects()
             with progress() as bar:
                 task = bar.add_task("verifying", total=len(keys))
                 for key in keys:
@@ -311,10 +317,6 @@ def verify(home: HomeOpt = None, config: ConfigOpt = None,
                     if problem:
                         problems.append(problem)
                     bar.advance(task)
-            found = consistency.check(node.core, keys)
-            fixed = (consistency.repair(node.core, found, keys,
-                                        lambda line: out.print(line, highlight=False))
-                     if repair else None)
         for p in problems:
             err.print(f"FAILED {p.key}: {p.error}", highlight=False)
         out.print(f"verified {len(keys)} objects: {len(keys) - len(problems)} ok, "

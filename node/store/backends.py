@@ -64,7 +64,7 @@ def _local(url: str, netloc: str, path: str, scheme: str) -> tuple[AbstractFileS
         raw = url
     root = os.path.abspath(os.path.expanduser(raw))
     try:
-        os.makedirs(root, exist_ok=True)
+        os.makedirs(root, mode=0o700, exist_ok=True)  # its owner's only (node.store.modes)
     except OSError as exc:
         raise StoreError(f"cannot create store directory {root}: {exc.strerror}") from exc
     return LocalFileSystem(auto_mkdir=True), LocalFileSystem._strip_protocol(root)
