@@ -60,6 +60,10 @@ class InconsistentError(IngestError):
     """The data set disagrees with the command that carried it."""
 
 
+class TooLargeError(IngestError):
+    """The instance is larger than the node accepts (as received or once inflated)."""
+
+
 class UidMismatchError(InconsistentError):
     """The data set's SOP Instance UID differs from the one in the command."""
 

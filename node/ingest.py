@@ -74,8 +74,10 @@ class Ingest:
     """
 
     def __init__(self, fs: Any, catalog: Catalog, keys: Pseudonymiser,
-                 clock: Callable[[], datetime] = lambda: datetime.now(UTC)) -> None:
+                 clock: Callable[[], datetime] = lambda: datetime.now(UTC),
+                 max_bytes: int | None = None) -> None:
         self.fs = fs
+        self.max_bytes = max_bytes
         self.catalog = catalog
         self.keys = keys
         self.clock = clock
@@ -84,19 +86,23 @@ class Ingest:
         self._locks = [threading.Lock() for _ in range(64)]
 
     def accept(self, data: bytes, source: Source, *, sop_class_uid: str | None = None,
-               sop_instance_uid: str | None = None, study_uid: str | None = None) -> Result:
+               sop_instance_uid: str | None = None, study_uid: str | None = None,
+               max_bytes: int | None = None) -> Result:
         """Stores one instance durably, or raises.
 
         ``sop_class_uid`` / ``sop_instance_uid``: what the command said it carries (C-STORE);
         ``study_uid``: the study it must belong to (STOW-RS to ``/studies/{study}``).
+        ``max_bytes``: the largest instance accepted, as given and once inflated (default:
+        the node's ``[dimse] max_instance_bytes``).
         Returns the outcome (stored, duplicate, conflict) and where the instance lives.
         Raises:
             MalformedError: not DICOM or cut short.
+            TooLargeError: larger than ``max_bytes``.
             InconsistentError: the data set disagrees with the command.
             StoreError / CatalogError: the store or the index failed; nothing was kept.
         """
         with metrics.timed(metrics.INGEST_SECONDS, "parse"):
-            header = parse(data)
+            header = parse(data, max_bytes or self.max_bytes)
         self._check(header, sop_class_uid, sop_instance_uid)
         if study_uid is not None and study_uid.strip() != header.study_uid:
             raise InconsistentError("Study Instance UID differs from the one requested")

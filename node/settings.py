@@ -113,7 +113,9 @@ class DimseSettings:
     a connection must send its association request (and finish its TLS handshake) within
     ``association_request_timeout`` seconds; one address holds at most
     ``max_connections_per_address`` connections. ``any_ae_rights``: what callers that are
-    not on the allow-list may do when ``allow_any_ae`` lets them in (echo always)."""
+    not on the allow-list may do when ``allow_any_ae`` lets them in (echo always).
+    ``max_instance_bytes``: the largest instance accepted, as received and once inflated
+    (a deflated one); larger ones are refused (0xA700) and their association aborted."""
 
     ae_title: str = "SUPPORT_NODE"
     host: str = "127.0.0.1"
@@ -126,6 +128,7 @@ class DimseSettings:
     association_request_timeout: float = 5.0
     max_connections_per_address: int = 10
     any_ae_rights: tuple[str, ...] = ("store",)
+    max_instance_bytes: int = 2 << 30
     callers: tuple[Caller, ...] = ()
     tls: DimseTlsSettings = DimseTlsSettings()
 
@@ -192,7 +195,8 @@ class ProcessingSettings:
     ``workers`` processes run beside the DIMSE receiver in ``serve`` (0: none; then a
     ``support-node worker`` elsewhere takes the jobs). A job not finished within
     ``lease_seconds`` of being taken (its worker died) is taken again; after
-    ``max_attempts`` tries it is marked failed.
+    ``max_attempts`` tries it is marked failed. An image of more than ``max_pixels``
+    pixels (rows × columns × frames × samples) is not decoded: it is marked undecodable.
     """
 
     workers: int = 1
@@ -204,6 +208,7 @@ class ProcessingSettings:
     filter_downsample: int = 64
     filter_variance: float = 0.95
     filter_min_images: int = 64
+    max_pixels: int = 1 << 28
 
 
 @dataclass(frozen=True)
@@ -280,6 +285,7 @@ _SCHEMA: dict[str, dict[str, tuple[type, Any]]] = {
         "association_request_timeout": (float, 5.0),
         "max_connections_per_address": (int, 10),
         "any_ae_rights": (tuple, ("store",)),
+        "max_instance_bytes": (int, 2 << 30),
     },
     "dimse.tls": {
         "port": (int, 2762),
@@ -318,6 +324,7 @@ _SCHEMA: dict[str, dict[str, tuple[type, Any]]] = {
         "filter_downsample": (int, 64),
         "filter_variance": (float, 0.95),
         "filter_min_images": (int, 64),
+        "max_pixels": (int, 1 << 28),
     },
     "segment": {
         "model": (str, ""),
@@ -587,6 +594,8 @@ def _validate(s: Settings) -> None:
         raise ConfigError("dimse.workers: several workers share one port; set dimse.port")
     if d.max_associations < 1:
         raise ConfigError("dimse.max_associations: must be at least 1")
+    if d.max_instance_bytes < 1024:
+        raise ConfigError("dimse.max_instance_bytes: at least 1024")
     if d.max_pdu != 0 and d.max_pdu < 4096:
         raise ConfigError("dimse.max_pdu: 0 (unlimited) or at least 4096")
     _validate_dimse_guards(d)

@@ -75,7 +75,8 @@ def open_core(settings: Settings, create_keys: bool = False) -> Core:
     policy = AccessPolicy(settings.dimse, tokens, anonymous_web=settings.http.anonymous_allowed)
     from node.dimse.send import DimseSender  # the DIMSE edge's C-STORE SCU
 
-    return Core(settings, keyring, fs, catalog, Ingest(fs, catalog, keyring), tokens, policy,
+    ingest = Ingest(fs, catalog, keyring, max_bytes=settings.dimse.max_instance_bytes)
+    return Core(settings, keyring, fs, catalog, ingest, tokens, policy,
                 sender=DimseSender(settings, fs))
 
 

@@ -65,11 +65,13 @@ class Decoded:
         return self.frames.ndim == 4
 
 
-def decode(data: bytes) -> Decoded:
+def decode(data: bytes, max_pixels: int | None = None) -> Decoded:
     """Decodes one Part-10 instance (a file meta header is optional).
 
     Returns the frames and facts. Raises ``NotAnImage`` when the object has no pixel data and
-    ``UndecodableError`` when it cannot be parsed or its pixels cannot be decoded.
+    ``UndecodableError`` when it cannot be parsed, its pixels cannot be decoded, or it has
+    more than ``max_pixels`` pixels (rows × columns × frames × samples: checked from the
+    header, before any pixel is decoded).
     """
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
@@ -79,7 +81,21 @@ def decode(data: bytes) -> Decoded:
             raise UndecodableError(f"not a readable DICOM object: {exc}") from exc
         if not any(k in ds for k in PIXEL_KEYWORDS):
             raise NotAnImage("no pixel data")
+        if max_pixels is not None:
+            _check_size(ds, max_pixels)
         return _decode_pixels(ds)
+
+
+def _check_size(ds: Dataset, max_pixels: int) -> None:
+    try:
+        pixels = (int(ds.Rows) * int(ds.Columns) * int(ds.get("NumberOfFrames") or 1)
+                  * int(ds.get("SamplesPerPixel") or 1))
+    except Exception as exc:
+        raise UndecodableError(f"no usable image size in the header: {_first_lines(exc)}"
+                               ) from exc
+    if pixels > max_pixels:
+        raise UndecodableError(f"too large to decode: {pixels} pixels, more than the "
+                               f"{max_pixels} allowed (processing.max_pixels)")
 
 
 def _decode_pixels(ds: Dataset) -> Decoded:

@@ -8,7 +8,11 @@ import sys
 import warnings
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
+from node import describe
+from node.api import Node
+from node.processing.worker import Worker
 from pipelines import synthetic
 from tests.fixtures.node import RunningNode
 from tests.test_qr import destination  # noqa: F401  (a fixture: storescp as DEST)
@@ -60,3 +64,55 @@ def test_library_warnings_go_to_the_log_without_the_values(tmp_path: Path) -> No
     assert result.returncode == 0, result.stderr
     assert "Smith" not in result.stderr
     assert "py.warnings" in result.stderr and "Invalid value for VR UI: '…'" in result.stderr
+
+
+def _big_ct(path: Path, rows: int, frames: int) -> Path:
+    """A multi-frame CT of zeros (compresses to almost nothing), written uncompressed."""
+    ds = synthetic.ct_study(synthetic.Patient("BIG-1", "Big^Zero"), series=1, per_series=1,
+                            size=32, seed=5)[0]
+    ds.Rows = ds.Columns = rows
+    ds.NumberOfFrames = frames
+    ds.PixelData = bytes(rows * rows * 2 * frames)
+    return synthetic.write(ds, path)
+
+
+def test_an_inflation_bomb_and_an_oversized_instance_are_refused(
+        dimse_factory: Callable[..., RunningNode], dcmtk: Dcmtk, tmp_path: Path) -> None:
+    """The review's bomb: a small deflated C-STORE that inflates to far more than the node
+    takes was acknowledged (and held in memory several times). Now it is refused with
+    0xA700 (out of resources) once inflation passes [dimse] max_instance_bytes, and so is an
+    instance over the limit as sent; nothing is stored, and a smaller one still is."""
+    node = dimse_factory({"dimse": {"max_instance_bytes": 8 << 20}})
+    bomb = _big_ct(tmp_path / "bomb", 1024, 16)  # 32 MiB of zeros: ~32 KiB deflated
+    sent = dcmtk("storescu", "-xd", "+cl", "9", "-v", "-aec", node.ae_title, "127.0.0.1",
+                 str(node.port), str(bomb))
+    assert "Refused: OutOfResources" in sent.stderr, sent.stderr
+    assert "-> Deflated Explicit VR" in sent.stderr  # it did travel deflated
+    plain = dcmtk("storescu", "-v", "-aec", node.ae_title, "127.0.0.1", str(node.port),
+                  str(bomb))
+    assert "Refused: OutOfResources" in plain.stderr, plain.stderr
+    assert list(node.node.ls()) == []
+    small = _big_ct(tmp_path / "small", 512, 4)  # 2 MiB: under the limit
+    ok = dcmtk("storescu", "-xd", "-aec", node.ae_title, "127.0.0.1", str(node.port),
+               str(small))
+    assert ok.returncode == 0, ok.stderr
+    assert len(list(node.node.ls())) == 1
+
+
+def test_a_worker_does_not_decode_an_image_over_max_pixels(
+        settings_factory: Callable[..., Any], tmp_path: Path) -> None:
+    """Decoding is bounded: an image over [processing] max_pixels is marked undecodable
+    with the reason, from its header, without decoding a pixel."""
+    settings = settings_factory({"processing": {"max_pixels": 512 * 512 * 3}})
+    node = Node.from_settings(settings, create_keys=True)
+    try:
+        node.write(_big_ct(tmp_path / "big", 512, 4).read_bytes())
+        node.write(_big_ct(tmp_path / "ok", 512, 2).read_bytes())
+        Worker(node.core).drain()
+        states = sorted(rec.state for rec in node.ls())
+        assert states == ["processed", "undecodable"]
+        big = next(rec for rec in node.ls() if rec.state == "undecodable")
+        doc = describe.decode(node.core.fs.cat_file(f"{big.object_key}/description.json"))
+        assert "processing.max_pixels" in doc["processing"]["reason"]
+    finally:
+        node.close()

@@ -11,8 +11,8 @@ import pydicom
 from pydicom.dataset import Dataset
 from pydicom.errors import InvalidDicomError
 
-from node.dicom.structure import IMPLICIT_LE, check_dataset, split_part10
-from node.errors import MalformedError
+from node.dicom.structure import DEFLATED, IMPLICIT_LE, check_dataset, inflate, split_part10
+from node.errors import MalformedError, TooLargeError
 from node.layout import PART
 
 _EXPLICIT_LE = "1.2.840.10008.1.2.1"
@@ -69,15 +69,20 @@ def _syntax_from_encoding(ds: Dataset) -> str:
     return _EXPLICIT_LE if little else _EXPLICIT_BE
 
 
-def parse(data: bytes) -> Header:
+def parse(data: bytes, max_bytes: int | None = None) -> Header:
     """Parses and structurally checks one encoded instance (Part-10 file or bare data set).
 
     Returns:
         the header data set (no pixel data) and the identifying UIDs.
     Raises:
+        TooLargeError: larger than ``max_bytes``, as given or once inflated.
         MalformedError: not DICOM, cut short, or a required UID missing or unsafe.
     """
+    if max_bytes is not None and len(data) > max_bytes:
+        raise TooLargeError(f"the instance is larger than {max_bytes} bytes")
     offset, syntax = split_part10(data)
+    # A deflated data set is inflated (capped) before pydicom inflates it all at once.
+    inflated = inflate(memoryview(data)[offset:], max_bytes) if syntax == DEFLATED else None
     try:
         with warnings.catch_warnings():
             # pydicom warns on many harmless real-world deviations; they are not errors here.
@@ -89,7 +94,7 @@ def parse(data: bytes) -> Header:
         raise MalformedError(f"not a readable DICOM data set ({type(exc).__name__})") from exc
     if syntax is None:
         syntax = _syntax_from_encoding(ds)
-    has_pixels = check_dataset(memoryview(data)[offset:], syntax)
+    has_pixels = check_dataset(memoryview(data)[offset:], syntax, inflated)
     sop_uid = _uid(ds, "SOPInstanceUID")
     derived: list[str] = []
     return Header(

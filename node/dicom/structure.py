@@ -15,7 +15,7 @@ from __future__ import annotations
 import struct
 import zlib
 
-from node.errors import MalformedError
+from node.errors import MalformedError, TooLargeError
 
 UNDEFINED = 0xFFFFFFFF
 ITEM = 0xFFFEE000
@@ -145,23 +145,45 @@ class _Walker:
             pos += length
 
 
-def check_dataset(buf: bytes | memoryview, transfer_syntax: str) -> bool:
+def inflate(buf: bytes | memoryview, max_bytes: int | None = None) -> bytes:
+    """Inflates a deflated data set (raw deflate, PS3.5 A.5) a MiB at a time.
+
+    Raises:
+        TooLargeError: it would inflate to more than ``max_bytes`` (an inflation bomb is
+            stopped there, not after it filled the memory).
+        MalformedError: it cannot be inflated, or is cut short.
+    """
+    inflater = zlib.decompressobj(-zlib.MAX_WBITS)
+    out = bytearray()
+    pending = bytes(buf)
+    try:
+        while pending and not inflater.eof:
+            out += inflater.decompress(pending, 1 << 20)
+            pending = inflater.unconsumed_tail
+            if max_bytes is not None and len(out) > max_bytes:
+                raise TooLargeError(f"the deflated data set inflates to more than "
+                                    f"{max_bytes} bytes")
+        out += inflater.flush()
+    except zlib.error as exc:
+        raise MalformedError("deflated data set cannot be inflated") from exc
+    if not inflater.eof:
+        raise MalformedError("deflated data set cut short")
+    return bytes(out)
+
+
+def check_dataset(buf: bytes | memoryview, transfer_syntax: str,
+                  inflated: bytes | None = None) -> bool:
     """Checks that the encoded data set ``buf`` (no file meta) is structurally whole.
 
     Returns whether the data set carries pixel data (float, double or integer).
+    ``inflated``: a deflated data set's inflated bytes, when the caller has them.
 
     Raises:
         MalformedError: an element, item or fragment runs past the end, a delimiter is
             missing, or the data cannot be inflated (deflated transfer syntax).
     """
     if transfer_syntax == DEFLATED:
-        try:
-            inflater = zlib.decompressobj(-zlib.MAX_WBITS)
-            buf = inflater.decompress(bytes(buf)) + inflater.flush()
-        except zlib.error as exc:
-            raise MalformedError("deflated data set cannot be inflated") from exc
-        if not inflater.eof:
-            raise MalformedError("deflated data set cut short")
+        buf = inflated if inflated is not None else inflate(buf)
     explicit = transfer_syntax != IMPLICIT_LE
     little = transfer_syntax != EXPLICIT_BE
     if len(buf) >= 6:

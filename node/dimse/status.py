@@ -11,6 +11,7 @@ from node.errors import (
     IngestError,
     MalformedError,
     StoreError,
+    TooLargeError,
     UidMismatchError,
 )
 from node.index.query import QueryLevelError, QueryValueError
@@ -38,6 +39,8 @@ class Status(enum.IntEnum):
 
 def status_for(exc: BaseException) -> Status:
     """The one place where an exception becomes a C-STORE status."""
+    if isinstance(exc, TooLargeError):
+        return Status.OUT_OF_RESOURCES  # 0xA700: refused, out of resources
     if isinstance(exc, MalformedError):
         return Status.CANNOT_UNDERSTAND
     if isinstance(exc, UidMismatchError):

@@ -45,8 +45,10 @@ class Derived:
     learn: np.ndarray | None = None
 
 
-def derive(fs: Any, folder: str, recipe: Recipe, judge: Judge) -> Derived:
-    """Derives and writes the outputs of the instance stored in ``folder``.
+def derive(fs: Any, folder: str, recipe: Recipe, judge: Judge,
+           max_pixels: int | None = None) -> Derived:
+    """Derives and writes the outputs of the instance stored in ``folder`` (an image of
+    more than ``max_pixels`` pixels is not decoded: undecodable).
 
     Raises StoreError / IntegrityError / FileNotFoundError when the store fails or the
     stored objects cannot be read; a decode failure is a result (undecodable), not an error.
@@ -57,7 +59,7 @@ def derive(fs: Any, folder: str, recipe: Recipe, judge: Judge) -> Derived:
     at = datetime.now(UTC).isoformat()
     try:
         with metrics.timed(metrics.PROCESSING_SECONDS, "decode"):
-            decoded = decode(data)
+            decoded = decode(data, max_pixels)
     except NotAnImage:
         return _describe_only(fs, folder, doc, {"state": State.NOT_IMAGE, "at": at})
     except UndecodableError as exc:

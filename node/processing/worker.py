@@ -134,7 +134,8 @@ class Worker:
             else:
                 recipe = (Recipe.from_mapping(json.loads(job.params)) if job.params
                           else self.default)
-                result = derive(self.core.fs, rec.object_key, recipe, self.filter)
+                result = derive(self.core.fs, rec.object_key, recipe, self.filter,
+                                self.core.settings.processing.max_pixels)
         except (NodeError, OSError, ValueError, MemoryError) as exc:
             # MemoryError: an image too large for this worker; others may be fine.
             return self._failed(job, exc, f"processing {job.target}")

@@ -28,7 +28,13 @@ from starlette.concurrency import run_in_threadpool
 
 from node import metrics
 from node.access import Access, Right
-from node.errors import CatalogError, InconsistentError, IngestError, StoreError
+from node.errors import (
+    CatalogError,
+    InconsistentError,
+    IngestError,
+    StoreError,
+    TooLargeError,
+)
 from node.ingest import Source
 from node.web.auth import Caller
 from node.web.dicomjson import retrieve_url
@@ -153,9 +159,11 @@ def _store_part(request: Request, part: _Part, access: Access, study: str | None
     assert access.hospital is not None  # access.require(Right.STORE) passed
     try:
         result = core.ingest.accept(data, Source(access.hospital, "web", access.name),
-                                    study_uid=study)
+                                    study_uid=study,
+                                    max_bytes=core.settings.http.max_instance_bytes)
     except (IngestError, StoreError, CatalogError) as exc:
         reason = (SOP_CLASS_MISMATCH if isinstance(exc, InconsistentError) else
+                  OUT_OF_RESOURCES if isinstance(exc, TooLargeError) else
                   CANNOT_UNDERSTAND if isinstance(exc, IngestError) else OUT_OF_RESOURCES)
         if isinstance(exc, StoreError | CatalogError):
             outcome.unavailable += 1
