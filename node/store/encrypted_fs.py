@@ -532,8 +532,11 @@ class EncryptedFileSystem(AbstractFileSystem):
             raise _translate(exc, rel1, "move") from exc
 
     def _version(self, full: str) -> str | None:
-        """The identity of the stored object at `full` (None if there is none)."""
+        """The identity of the stored object at `full` (None if there is none), asked of the
+        store itself: a listing cached by this process would not show another's write."""
         try:
+            if not self._local:
+                self.fs.invalidate_cache(full)
             return str(self.fs.ukey(full))
         except FileNotFoundError:
             return None
