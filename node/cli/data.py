@@ -239,6 +239,9 @@ def ls(hospital: Annotated[str | None, typer.Argument()] = None,
     run(body)
 
 
+_NO_PIXELS = (State.NOT_IMAGE, State.LABELS)
+
+
 @app.command()
 def get(hospital: Annotated[str, typer.Argument()],
         patient: Annotated[str | None, typer.Argument(help="Pseudonym or Patient ID.")] = None,
@@ -278,10 +281,16 @@ def get(hospital: Annotated[str, typer.Argument()],
                     bar.advance(task)
         note = f" and {copies} conflict copies" if copies else ""
         out.print(f"wrote {written} files{note} under {out_dir}", highlight=False)
-        if missing:
-            states = counted(missing, "")
-            err.print(f"{sum(missing.values())} instances have no {kind.value} ({states})",
-                      highlight=False)
+        # A SEG or a report has no output or preview by nature: said, not a failure.
+        natural = Counter({k: n for k, n in missing.items() if k in _NO_PIXELS})
+        if natural:
+            err.print(f"skipped {plural(sum(natural.values()), 'instance')} with no pixels to "
+                      f"derive from ({counted(natural, '')})", highlight=False)
+        lacking = missing - natural
+        if lacking:
+            n = sum(lacking.values())
+            err.print(f"{plural(n, 'instance')} {'has' if n == 1 else 'have'} no {kind.value} "
+                      f"({counted(lacking, '')})", highlight=False)
             raise typer.Exit(1)
     run(body)
 

@@ -533,10 +533,12 @@ def test_get_writes_outputs_previews_and_descriptions_that_load(
         if kind == "description":
             assert result.exit_code == 0, result.output
             assert "wrote 6 files" in result.output
-        else:  # the two instances that were not processed have no output or preview
+        else:  # the undecodable image has no output: a failure; the report, by nature
             assert result.exit_code == 1, result.output
             assert "wrote 4 files" in result.output
-            assert f"2 instances have no {kind} (1 not_image, 1 undecodable)" in result.output
+            assert f"1 instance has no {kind} (1 undecodable)" in result.output
+            assert "skipped 1 instance with no pixels to derive from (1 not_image)" \
+                in result.output
         assert "Traceback" not in result.output
         for path in out.rglob(f"*{suffix}"):
             written.setdefault(path.name[: -len(suffix)], {})[kind] = path
