@@ -16,11 +16,15 @@ VIEWER := .viewer/ohif-$(OHIF_VERSION)
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
 
+INSTALLING := @echo "installing into $(VENV) (pyproject.toml changed, or first run): the first install downloads torch (CPU) and MONAI, about 1.8 GB installed; this takes minutes"
+
 $(VENV)/.installed-run: pyproject.toml | $(BIN)/python
+	$(INSTALLING)
 	$(PIP) -e . 2>&1 | grep -v "is ignored" || true
 	$(BIN)/python -c "import node, pynetdicom, Crypto" && touch $@
 
 $(VENV)/.installed-test: pyproject.toml | $(BIN)/python
+	$(INSTALLING)
 	$(PIP) -e '.[test,dev]' 2>&1 | grep -v "is ignored" || true
 	$(BIN)/python -c "import node, pytest, psycopg" && touch $@ $(VENV)/.installed-run
 

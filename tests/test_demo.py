@@ -94,3 +94,10 @@ def test_demo_patients_have_the_same_pixels_for_the_same_seed() -> None:
     b = next(demo_patients(1, 2, 32, seed=5))
     assert a.images[0].PixelData == b.images[0].PixelData
     assert a.images[0].SOPInstanceUID != b.images[0].SOPInstanceUID
+
+
+def test_home_may_come_before_the_command(tmp_path: Path) -> None:
+    home = tmp_path / "var"
+    assert cli("--home", home, "demo", "--patients", "1", *SMALL).exit_code == 0
+    listed = cli("--home", home, "ls", "default", "LES-0001")
+    assert listed.exit_code == 0 and "4 instances" in listed.output
