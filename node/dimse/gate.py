@@ -140,6 +140,6 @@ class Gate:
         sock = getattr(assoc.dul.socket, "socket", None)
         if sock is not None:
             try:
-                sock.settimeout(self.dimse.network_timeout)
+                sock.settimeout(self.dimse.network_timeout or None)  # 0: no limit
             except OSError:
                 pass  # already closed: the association ends on its own
