@@ -28,8 +28,9 @@ def server_context(tls: DimseTlsSettings) -> ssl.SSLContext:
     try:
         context.load_cert_chain(str(tls.cert), str(tls.key))
     except (OSError, ssl.SSLError) as exc:
-        raise ConfigError(f"dimse.tls.cert / dimse.tls.key: cannot load them: "
-                          f"{failure_reason(exc)}") from None
+        raise ConfigError("dimse.tls.cert / dimse.tls.key: cannot load them "
+                          f"({failure_reason(exc)}); expected a PEM certificate (chain) and "
+                          "its unencrypted PEM private key") from None
     if tls.ca is None:
         context.verify_mode = ssl.CERT_NONE
         return context
