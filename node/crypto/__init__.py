@@ -1,5 +1,5 @@
-"""Keys and the encrypted object format: `keyring` (numbered keys, pseudonyms), `aead` (chunked
-AES-GCM objects)."""
+"""Keys and the encrypted object format: `keyring` (numbered keys, pseudonyms), `keyfile` (the
+key file on disk: read, locked, written atomically), `aead` (chunked AES-GCM objects)."""
 
 from node.crypto.aead import (
     DEFAULT_CHUNK_SIZE,

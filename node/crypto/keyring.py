@@ -37,22 +37,20 @@ from __future__ import annotations
 
 import base64
 import binascii
-import fcntl
 import hashlib
 import hmac
 import json
 import logging
 import os
 import secrets
-import stat
 import threading
-from collections.abc import Iterable, Iterator
-from contextlib import contextmanager
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, NamedTuple
 
+from node.crypto import keyfile
 from node.errors import KeyringError
 
 __all__ = ["FORMAT", "PSEUDONYM_HEX_CHARS", "Key", "KeyInfo", "Keyring"]
@@ -69,11 +67,8 @@ MAX_KEY_ID = 2**32 - 1
 PSEUDONYM_HEX_CHARS = 24
 _PSEUDONYM_KEY_BYTES = 32
 _MASK = "**********"
-_EXISTS = "key file already exists, not overwritten: {}"
 _CHANGED = ("key file {} changed since it was read (another `keys` command?); nothing was "
             "saved: run the command again")
-# (inode, mtime in ns, size): a save always renames a new file into place, so it changes.
-_Stamp = tuple[int, int, int]
 
 
 def _now_iso() -> str:
@@ -154,7 +149,7 @@ class Keyring:
         self._generation = generation
         # The file this keyring follows (set by load/create/rotate) and its identity when read.
         self._path: Path | None = None
-        self._stamp: _Stamp | None = None
+        self._stamp: keyfile.Stamp | None = None
         self._reloading = threading.Lock()
 
     # -- construction ----------------------------------------------------------------------
@@ -174,7 +169,7 @@ class Keyring:
         keyring._generation = 1
         p = Path(path)
         keyring._write(p, overwrite=False)
-        keyring._path, keyring._stamp = p, _stamp_of(p)
+        keyring._path, keyring._stamp = p, keyfile.stamp_of(p)
         return keyring
 
     @classmethod
@@ -185,7 +180,7 @@ class Keyring:
         (fix: chmod 600), or malformed. Messages name the file, never its contents.
         """
         p = Path(path)
-        raw, stamp = _read(p)
+        raw, stamp = keyfile.read(p)
         keyring = cls._from_document(raw, p)
         keyring._path, keyring._stamp = p, stamp
         return keyring
@@ -274,13 +269,13 @@ class Keyring:
         """
         if self._path is None:
             return False
-        if not force and self._stamp == _stamp_of(self._path):
+        if not force and self._stamp == keyfile.stamp_of(self._path):
             return False
         with self._reloading:
-            stamp = _stamp_of(self._path)
+            stamp = keyfile.stamp_of(self._path)
             if not force and stamp == self._stamp:
                 return False  # another thread reloaded meanwhile
-            raw, stamp = _read(self._path)
+            raw, stamp = keyfile.read(self._path)
             self._merge(Keyring._from_document(raw, self._path))
             self._stamp = stamp
         return True
@@ -345,7 +340,7 @@ class Keyring:
         Raises KeyringError if the file cannot be read or written.
         """
         p = Path(path)
-        with _locked(p):
+        with keyfile.locked(p):
             keyring = cls.load(p)
             key = keyring.add(bits=bits)
             keyring._save_locked(p)
@@ -366,13 +361,13 @@ class Keyring:
         p = Path(path)
         if not p.exists():
             self._write(p, overwrite=False)
-            self._path, self._stamp = p, _stamp_of(p)
+            self._path, self._stamp = p, keyfile.stamp_of(p)
             return
-        with _locked(p):
+        with keyfile.locked(p):
             self._save_locked(p)
 
     def _save_locked(self, p: Path) -> None:
-        raw, _ = _read(p)
+        raw, _ = keyfile.read(p)
         on_file = Keyring._from_document(raw, p)
         if on_file._generation != self._generation or any(
                 k not in self._keys for k in on_file._keys):
@@ -384,7 +379,7 @@ class Keyring:
         except KeyringError:
             self._generation -= 1
             raise
-        self._path, self._stamp = p, _stamp_of(p)
+        self._path, self._stamp = p, keyfile.stamp_of(p)
 
     # -- pseudonyms ------------------------------------------------------------------------
 
@@ -424,42 +419,7 @@ class Keyring:
 
     def _write(self, path: Path, overwrite: bool) -> None:
         data = (json.dumps(self._document(), indent=2) + "\n").encode("utf-8")
-        directory = path.parent
-        tmp = directory / f".{path.name}.{secrets.token_hex(6)}.tmp"
-        try:
-            # Created 0600 from the start: the material is never on disk with wider rights.
-            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-        except OSError as exc:
-            raise KeyringError(f"cannot write key file: {path} ({exc.strerror})") from None
-        try:
-            with os.fdopen(fd, "wb") as fh:  # owns (and closes) fd from here on
-                os.fchmod(fh.fileno(), 0o600)  # a restrictive umask may have dropped bits
-                fh.write(data)
-                fh.flush()
-                os.fsync(fh.fileno())
-            if overwrite:
-                os.replace(tmp, path)
-            else:
-                # link() fails if `path` exists: an atomic "create, never overwrite".
-                try:
-                    os.link(tmp, path)
-                except FileExistsError:
-                    raise KeyringError(_EXISTS.format(path)) from None
-                except OSError:
-                    # Filesystems without hard links: check, then rename (small race, noted).
-                    if path.exists():
-                        raise KeyringError(_EXISTS.format(path)) from None
-                    os.replace(tmp, path)
-            _fsync_dir(directory)
-        except KeyringError:
-            raise
-        except OSError as exc:
-            raise KeyringError(f"cannot write key file: {path} ({exc.strerror})") from None
-        finally:
-            try:
-                os.unlink(tmp)
-            except FileNotFoundError:
-                pass
+        keyfile.write(path, data, overwrite)
 
 
 def _b64(value: object, what: str, p: Path) -> bytes:
@@ -469,84 +429,3 @@ def _b64(value: object, what: str, p: Path) -> bytes:
         return base64.b64decode(value.encode("ascii"), validate=True)
     except (binascii.Error, UnicodeEncodeError, ValueError):
         raise KeyringError(f"key file is malformed ({what} is not valid base64): {p}") from None
-
-
-def _stamp_of(p: Path) -> _Stamp | None:
-    try:
-        st = p.stat()
-    except OSError:
-        return None
-    return (st.st_ino, st.st_mtime_ns, st.st_size)
-
-
-def _read(p: Path) -> tuple[bytes, _Stamp]:
-    """The bytes of the key file `p` and its identity when read (checked before and after the
-    read, so the two belong together). Raises KeyringError as `Keyring.load` documents."""
-    for _ in range(10):
-        st = _checked_stat(p)
-        try:
-            raw = p.read_bytes()
-        except OSError as exc:
-            raise KeyringError(f"key file not readable: {p} ({exc.strerror})") from None
-        stamp = (st.st_ino, st.st_mtime_ns, st.st_size)
-        if _stamp_of(p) == stamp:
-            return raw, stamp
-    raise KeyringError(f"key file keeps changing while read: {p}")
-
-
-def _checked_stat(p: Path) -> os.stat_result:
-    try:
-        st = p.stat()
-    except FileNotFoundError:
-        raise KeyringError(f"key file not found: {p}") from None
-    except OSError as exc:
-        raise KeyringError(f"key file not readable: {p} ({exc.strerror})") from None
-    if not stat.S_ISREG(st.st_mode):
-        raise KeyringError(f"key file is not a regular file: {p}")
-    if os.name == "posix" and st.st_mode & 0o077:
-        mode = stat.S_IMODE(st.st_mode)
-        raise KeyringError(
-            f"key file {p} is accessible by group or others (mode {mode:04o}); "
-            f"restrict it with: chmod 600 {p}"
-        )
-    return st
-
-
-@contextmanager
-def _locked(p: Path) -> Iterator[None]:
-    """Holds an exclusive flock on the key file `p` (the file itself: no lock file beside it).
-    A save replaces the file, so after waiting for the lock, check that the locked file is
-    still the one at `p`; if not, lock the new one."""
-    for _ in range(100):
-        try:
-            fd = os.open(p, os.O_RDONLY)
-        except FileNotFoundError:
-            raise KeyringError(f"key file not found: {p}") from None
-        except OSError as exc:
-            raise KeyringError(f"key file not readable: {p} ({exc.strerror})") from None
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX)
-            try:
-                current = os.stat(p).st_ino
-            except FileNotFoundError:
-                current = -1
-            if os.fstat(fd).st_ino == current:
-                yield
-                return
-        finally:
-            os.close(fd)  # closing releases the lock
-    raise KeyringError(f"key file keeps being replaced; could not lock it: {p}")
-
-
-def _fsync_dir(directory: Path) -> None:
-    """Make a rename in `directory` durable (POSIX); a no-op where directories cannot be opened."""
-    try:
-        fd = os.open(directory, os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass
-    finally:
-        os.close(fd)
