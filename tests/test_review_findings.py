@@ -10,6 +10,8 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+import pytest
+
 from node import describe
 from node.api import Node
 from node.processing.worker import Worker
@@ -77,7 +79,8 @@ def _big_ct(path: Path, rows: int, frames: int) -> Path:
 
 
 def test_an_inflation_bomb_and_an_oversized_instance_are_refused(
-        dimse_factory: Callable[..., RunningNode], dcmtk: Dcmtk, tmp_path: Path) -> None:
+        dimse_factory: Callable[..., RunningNode], dcmtk: Dcmtk, tmp_path: Path,
+        caplog: pytest.LogCaptureFixture) -> None:
     """The review's bomb: a small deflated C-STORE that inflates to far more than the node
     takes was acknowledged (and held in memory several times). Now it is refused with
     0xA700 (out of resources) once inflation passes [dimse] max_instance_bytes, and so is an
@@ -88,9 +91,16 @@ def test_an_inflation_bomb_and_an_oversized_instance_are_refused(
                  str(node.port), str(bomb))
     assert "Refused: OutOfResources" in sent.stderr, sent.stderr
     assert "-> Deflated Explicit VR" in sent.stderr  # it did travel deflated
+    # as sent, far over the limit: cut off once the limit (plus a MiB) has arrived
     plain = dcmtk("storescu", "-v", "-aec", node.ae_title, "127.0.0.1", str(node.port),
                   str(bomb))
-    assert "Refused: OutOfResources" in plain.stderr, plain.stderr
+    assert plain.returncode != 0 and "Store Response" not in plain.stderr, plain.stderr
+    assert any("aborted: a message passed" in r.getMessage() for r in caplog.records)
+    # just over the limit: it arrives whole, and ingest refuses it with 0xA700
+    near = _big_ct(tmp_path / "near", 1024, 4)  # 8 MiB of pixels + header > 8 MiB
+    refused = dcmtk("storescu", "-v", "-aec", node.ae_title, "127.0.0.1", str(node.port),
+                    str(near))
+    assert "Refused: OutOfResources" in refused.stderr, refused.stderr
     assert list(node.node.ls()) == []
     small = _big_ct(tmp_path / "small", 512, 4)  # 2 MiB: under the limit
     ok = dcmtk("storescu", "-xd", "-aec", node.ae_title, "127.0.0.1", str(node.port),

@@ -31,6 +31,7 @@ from node.dimse.gate import ACSE_TIMEOUT, Gate
 from node.dimse.limits import ConnectionLimit
 from node.dimse.listener import Listener
 from node.dimse.qr import QRDeps, handle_find, handle_get, handle_move
+from node.dimse.size_guard import SizeGuard
 from node.dimse.status import Status, status_for
 from node.dimse.tls import server_context
 from node.dimse.transport import tune_connection
@@ -201,6 +202,7 @@ def start(dimse: DimseSettings, ingest: Ingest, policy: AccessPolicy,
     gate = Gate(dimse, policy)
     handlers: list[Any] = [
         *gate.handlers(),
+        *SizeGuard(dimse.max_instance_bytes).handlers(),
         (evt.EVT_CONN_OPEN, tune_connection),
         (evt.EVT_ESTABLISHED, _opened), (evt.EVT_RELEASED, _closed), (evt.EVT_ABORTED, _closed),
         (evt.EVT_C_STORE, handle_store, [StoreDeps(ingest, policy)]),
