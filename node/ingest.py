@@ -17,7 +17,6 @@ from __future__ import annotations
 import enum
 import hashlib
 import logging
-import threading
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -38,6 +37,7 @@ from node.errors import (
 from node.index.catalog import Catalog
 from node.index.records import ConflictRecord
 from node.layout import DESCRIPTION, ORIGINAL, InstancePath, Pseudonymiser, patient_key
+from node.uid_lock import UidLocks
 
 log = logging.getLogger("support_node.ingest")
 
@@ -75,15 +75,15 @@ class Ingest:
 
     def __init__(self, fs: Any, catalog: Catalog, keys: Pseudonymiser,
                  clock: Callable[[], datetime] = lambda: datetime.now(UTC),
-                 max_bytes: int | None = None) -> None:
+                 max_bytes: int | None = None, locks: UidLocks | None = None) -> None:
         self.fs = fs
         self.max_bytes = max_bytes
+        # Two receipts of one SOP Instance UID (threads, receiving processes, nodes) must
+        # not both write its path: each holds the UID from the index check to the commit.
+        self.locks = locks or UidLocks(None)
         self.catalog = catalog
         self.keys = keys
         self.clock = clock
-        # Two associations carrying the same SOP Instance UID at once must not both write
-        # the same path; striped locks keep that to one at a time without a lock per UID.
-        self._locks = [threading.Lock() for _ in range(64)]
 
     def accept(self, data: bytes, source: Source, *, sop_class_uid: str | None = None,
                sop_instance_uid: str | None = None, study_uid: str | None = None,
@@ -121,8 +121,7 @@ class Ingest:
             via=source.via,
             received_at=self.clock(),
         )
-        lock = self._locks[hash(header.sop_instance_uid) % len(self._locks)]
-        with lock:
+        with self.locks.hold(header.sop_instance_uid):
             existing = self.catalog.known_digest(header.sop_instance_uid)
             if existing is not None:
                 return self._known(*existing, data, header, path, receipt)

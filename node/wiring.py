@@ -22,6 +22,7 @@ from node.settings import Settings
 from node.store.backends import open_backend
 from node.store.encrypted_fs import EncryptedFileSystem
 from node.store.modes import sqlite_file
+from node.uid_lock import UidLocks
 
 log = logging.getLogger("support_node")
 
@@ -75,7 +76,9 @@ def open_core(settings: Settings, create_keys: bool = False) -> Core:
     policy = AccessPolicy(settings.dimse, tokens, anonymous_web=settings.http.anonymous_allowed)
     from node.dimse.send import DimseSender  # the DIMSE edge's C-STORE SCU
 
-    ingest = Ingest(fs, catalog, keyring, max_bytes=settings.dimse.max_instance_bytes)
+    locks = UidLocks(settings.home / "run" / "uid-locks", catalog.engine)
+    ingest = Ingest(fs, catalog, keyring, max_bytes=settings.dimse.max_instance_bytes,
+                    locks=locks)
     return Core(settings, keyring, fs, catalog, ingest, tokens, policy,
                 sender=DimseSender(settings, fs))
 

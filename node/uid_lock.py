@@ -1,0 +1,90 @@
+"""One receipt at a time per SOP Instance UID, across threads, processes and nodes.
+
+Ingest checks the index for the UID, writes the objects under the UID's path, then indexes
+them. Two receipts of one UID with different bytes must not interleave there: both would
+write the same path, the index would keep one hash while the object held the other's
+bytes, and one sender's success would be a lie. So a receipt holds its UID from the check
+to the commit:
+
+* threads of one process: a striped ``threading.Lock``;
+* processes sharing a home (``serve`` with several receivers, ``import`` beside it): a
+  striped ``flock`` on files under ``HOME/run/uid-locks`` (released by the kernel if a
+  process dies);
+* nodes sharing one PostgreSQL index (scale-out): a session advisory lock on the UID's
+  stripe, held on a connection of its own.
+
+Stripes (a stable hash of the UID, 256 of them) keep the lock files and locks few; two
+UIDs on one stripe merely wait for each other.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import os
+import threading
+import zlib
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+from sqlalchemy import func, select
+
+STRIPES = 256
+_PG_KEY_BASE = 0x534E0000  # "SN": keeps the node's advisory keys apart from others'
+
+
+class UidLocks:
+    """Striped locks on UIDs (see the module docstring)."""
+
+    def __init__(self, folder: Path | None, engine: Any | None = None) -> None:
+        self.folder = folder
+        self.engine = engine if engine is not None and engine.dialect.name == "postgresql" \
+            else None
+        self._threads = [threading.Lock() for _ in range(STRIPES)]
+        self._fds: dict[int, int] = {}
+        self._fds_lock = threading.Lock()
+        self._pid = os.getpid()
+        if folder is not None:
+            folder.mkdir(parents=True, exist_ok=True, mode=0o700)
+
+    @contextmanager
+    def hold(self, uid: str) -> Iterator[None]:
+        stripe = zlib.crc32(uid.encode()) % STRIPES
+        with self._threads[stripe]:
+            fd = self._fd(stripe)
+            if fd is not None:
+                fcntl.flock(fd, fcntl.LOCK_EX)
+            try:
+                if self.engine is None:
+                    yield
+                else:
+                    with self.engine.connect() as conn:
+                        conn.execute(select(func.pg_advisory_lock(_PG_KEY_BASE + stripe)))
+                        try:
+                            yield
+                        finally:
+                            conn.execute(select(func.pg_advisory_unlock(_PG_KEY_BASE + stripe)))
+                            conn.commit()
+            finally:
+                if fd is not None:
+                    fcntl.flock(fd, fcntl.LOCK_UN)
+
+    def _fd(self, stripe: int) -> int | None:
+        if self.folder is None:
+            return None
+        with self._fds_lock:
+            if self._pid != os.getpid():  # a forked child: its own open files, or the
+                self._fds.clear()         # parent's flocks would be shared with it
+                self._pid = os.getpid()
+            fd = self._fds.get(stripe)
+            if fd is None:
+                fd = os.open(self.folder / f"{stripe:03d}.lock", os.O_CREAT | os.O_RDWR, 0o600)
+                self._fds[stripe] = fd
+            return fd
+
+    def close(self) -> None:
+        with self._fds_lock:
+            for fd in self._fds.values():
+                os.close(fd)
+            self._fds.clear()
