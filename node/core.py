@@ -11,6 +11,7 @@ from dataclasses import dataclass
 
 from node.access import AccessPolicy
 from node.crypto.keyring import Keyring
+from node.index.audit import AuditLog
 from node.index.catalog import Catalog
 from node.index.tokens import Tokens
 from node.ingest import Ingest
@@ -32,6 +33,9 @@ class Core:
     tokens: Tokens
     policy: AccessPolicy
     sender: Sender | None = None  # "send to PACS"; given by the DIMSE edge (node.wiring)
+    audit: AuditLog | None = None  # the audit trail's writer (node.index.audit)
 
     def close(self) -> None:
+        if self.audit is not None:
+            self.audit.close()
         self.catalog.close()

@@ -30,13 +30,22 @@ from node.dicom.jsonmodel import to_json
 from node.errors import (
     CatalogError,
     InconsistentError,
+    IngestError,
     StoreError,
     UidCollisionError,
     UidMismatchError,
 )
+from node.index.audit import AuditLog, Entry
 from node.index.catalog import Catalog
 from node.index.records import ConflictRecord
-from node.layout import DESCRIPTION, ORIGINAL, InstancePath, Pseudonymiser, patient_key
+from node.layout import (
+    CONFLICTS,
+    DESCRIPTION,
+    ORIGINAL,
+    InstancePath,
+    Pseudonymiser,
+    patient_key,
+)
 from node.uid_lock import UidLocks
 
 log = logging.getLogger("support_node.ingest")
@@ -75,8 +84,10 @@ class Ingest:
 
     def __init__(self, fs: Any, catalog: Catalog, keys: Pseudonymiser,
                  clock: Callable[[], datetime] = lambda: datetime.now(UTC),
-                 max_bytes: int | None = None, locks: UidLocks | None = None) -> None:
+                 max_bytes: int | None = None, locks: UidLocks | None = None,
+                 audit: AuditLog | None = None) -> None:
         self.fs = fs
+        self.audit = audit
         self.max_bytes = max_bytes
         # Two receipts of one SOP Instance UID (threads, receiving processes, nodes) must
         # not both write its path: each holds the UID from the index check to the commit.
@@ -101,6 +112,32 @@ class Ingest:
             InconsistentError: the data set disagrees with the command.
             StoreError / CatalogError: the store or the index failed; nothing was kept.
         """
+        try:
+            result = self._accept(data, source, sop_class_uid, sop_instance_uid, study_uid,
+                                  max_bytes)
+        except IngestError as exc:
+            self._audit(source, f"refused: {type(exc).__name__}", sop_instance_uid)
+            raise
+        if result.outcome is not Outcome.STORED:  # stored: recorded with its index row
+            self._audit(source, result.outcome.value, result.sop_uid,
+                        InstancePath.parse(result.object_key.split(f"/{CONFLICTS}/")[0]))
+        return result
+
+    def _audit(self, source: Source, outcome: str, sop_uid: str | None,
+               path: InstancePath | None = None) -> None:
+        if self.audit is not None:
+            self.audit.record(self._entry(source, outcome, sop_uid, path))
+
+    @staticmethod
+    def _entry(source: Source, outcome: str, sop_uid: str | None,
+               path: InstancePath | None = None) -> Entry:
+        return Entry("store", source.via, source.who, outcome, source.hospital,
+                     path.study if path else None, path.series if path else None,
+                     sop_uid.strip() if sop_uid else None, 1)
+
+    def _accept(self, data: bytes, source: Source, sop_class_uid: str | None,
+                sop_instance_uid: str | None, study_uid: str | None,
+                max_bytes: int | None) -> Result:
         with metrics.timed(metrics.INGEST_SECONDS, "parse"):
             header = parse(data, max_bytes or self.max_bytes)
         self._check(header, sop_class_uid, sop_instance_uid)
@@ -132,7 +169,8 @@ class Ingest:
                                   header.sop_class_uid)
             try:
                 with metrics.timed(metrics.INGEST_SECONDS, "index"):
-                    inserted = self.catalog.add_instance(rec)
+                    inserted = self.catalog.add_instance(
+                        rec, audit=self._entry(source, "stored", path.sop, path))
             except CatalogError:
                 self._remove(path.folder)
                 raise

@@ -15,6 +15,7 @@ from node.access import AccessPolicy
 from node.core import Core
 from node.crypto.keyring import Keyring
 from node.errors import KeyringError
+from node.index.audit import AuditLog
 from node.index.catalog import Catalog
 from node.index.tokens import Tokens
 from node.ingest import Ingest
@@ -77,10 +78,11 @@ def open_core(settings: Settings, create_keys: bool = False) -> Core:
     from node.dimse.send import DimseSender  # the DIMSE edge's C-STORE SCU
 
     locks = UidLocks(settings.home / "run" / "uid-locks", catalog.engine)
+    audit = AuditLog(catalog)
     ingest = Ingest(fs, catalog, keyring, max_bytes=settings.dimse.max_instance_bytes,
-                    locks=locks)
+                    locks=locks, audit=audit)
     return Core(settings, keyring, fs, catalog, ingest, tokens, policy,
-                sender=DimseSender(settings, fs))
+                sender=DimseSender(settings, fs), audit=audit)
 
 
 def start_dimse(core: Core, shared_port: bool = False) -> Any:
@@ -89,7 +91,7 @@ def start_dimse(core: Core, shared_port: bool = False) -> Any:
     from node.dimse import server as dimse_server
     from node.dimse.qr import QRDeps
 
-    qr = QRDeps(core.catalog, core.fs, core.settings, core.policy)
+    qr = QRDeps(core.catalog, core.fs, core.settings, core.policy, core.audit)
     return dimse_server.start(core.settings.dimse, core.ingest, core.policy,
                               shared_port=shared_port, qr=qr)
 

@@ -34,6 +34,7 @@ from node.cli.common import (
     fail,
     keys_app,
     labels_app,
+    os_user,
     out,
     plural,
     print_table,
@@ -42,6 +43,7 @@ from node.cli.common import (
 )
 from node.errors import ConfigError, IngestError, NodeError
 from node.index import series_watch
+from node.index.audit import Entry
 from node.index.records import State
 from node.ingest import Source
 from node.settings import Settings, valid_hospital
@@ -279,6 +281,10 @@ def get(hospital: Annotated[str, typer.Argument()],
                         # Same UID, other bytes: beside it as {sop}.conflict-{sha256[:12]}.dcm.
                         copies += len(node.export_conflicts(rec, out_dir))
                     bar.advance(task)
+            if node.core.audit is not None:
+                node.core.audit.record(Entry(
+                    "export", "cli", os_user(), f"{written} files written", hospital, study,
+                    series, sop, written, f"{kind.value} to a folder"))
         note = f" and {copies} conflict copies" if copies else ""
         out.print(f"wrote {written} files{note} under {out_dir}", highlight=False)
         # A SEG or a report has no output or preview by nature: said, not a failure.
@@ -430,7 +436,7 @@ def _drain(node: Node, what: str, kinds: tuple[str, ...] | None = None) -> None:
         task = bar.add_task(what, total=work.queue.counts().queue_depth)
         counts = work.drain(lambda _state: bar.advance(task))
     left = work.queue.counts().queue_depth
-    if not counts and left:
+    if not counts and left and (kinds is None or set(kinds) >= set(KINDS)):
         # Another process (serve's workers, `support-node worker`) holds the jobs.
         out.print(f"{what}: {left} jobs are being worked on by the node's running workers "
                   "(serve, or support-node worker); `support-node status` shows the queue "

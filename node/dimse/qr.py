@@ -27,6 +27,7 @@ from node.dimse.identifier import Identifier, find, model_for_sop_class, parse_i
 from node.dimse.status import Status, qr_status_for
 from node.dimse.transport import tune_connection
 from node.errors import CatalogError
+from node.index.audit import AuditLog, Entry, scope
 from node.index.catalog import Catalog
 from node.index.query import InstanceRef, QueryError, instances_for
 from node.layout import ORIGINAL
@@ -47,6 +48,25 @@ class QRDeps:
     fs: Any  # the encrypted filesystem
     settings: Settings
     policy: AccessPolicy
+    audit: AuditLog | None = None
+
+
+def _audit(event: Any, deps: QRDeps, action: str, outcome: str,
+           ident: Identifier | None = None, refs: list[InstanceRef] | None = None,
+           detail: str = "") -> None:
+    """An audit entry for a query or retrieve: the keys matched on, never their values."""
+    if deps.audit is None:
+        return
+    calling = _calling(event)
+    keys = ",".join(c.keyword for c in ident.conditions) if ident is not None else ""
+    level = ident.level.value if ident is not None else "?"
+    studies = {r.study_uid for r in refs or ()}
+    deps.audit.record(Entry(
+        action, "dimse", calling, outcome, scope(deps.policy.for_ae(calling).hospitals),
+        study_uid=next(iter(studies)) if len(studies) == 1 else None,
+        count=len(refs) if refs is not None else None,
+        detail=" ".join(p for p in (f"{level} level", f"keys {keys}" if keys else "",
+                                    detail) if p)))
 
 
 def _calling(event: Any) -> str:
@@ -72,6 +92,7 @@ def handle_find(event: Any, deps: QRDeps) -> Iterator[tuple[int, Any]]:
     except (QueryError, NotAllowedError) as exc:
         status = qr_status_for(exc, retrieve=False)
         log.warning("C-FIND from %s refused: 0x%04X %s", _calling(event), status, exc)
+        _audit(event, deps, "query", f"refused 0x{status:04X}")
         yield status, None
         return
     except Exception:  # an identifier pydicom cannot read
@@ -82,6 +103,7 @@ def handle_find(event: Any, deps: QRDeps) -> Iterator[tuple[int, Any]]:
     try:
         for response in find(deps.catalog, query):
             if event.is_cancelled:
+                _audit(event, deps, "query", f"cancelled after {sent} matches", query)
                 yield CANCELLED, None
                 return
             response.RetrieveAETitle = deps.settings.dimse.ae_title
@@ -92,6 +114,7 @@ def handle_find(event: Any, deps: QRDeps) -> Iterator[tuple[int, Any]]:
         yield qr_status_for(exc, retrieve=False), None
         return
     log.info("C-FIND from %s at %s level: %d matches", _calling(event), query.level.value, sent)
+    _audit(event, deps, "query", f"{sent} matches", query)
 
 
 def _read_dataset(deps: QRDeps, ref: InstanceRef) -> pydicom.Dataset:
@@ -137,7 +160,7 @@ def _sub_operations(event: Any, deps: QRDeps, refs: list[InstanceRef], fit: bool
         yield PENDING, ds
 
 
-def _matches(event: Any, deps: QRDeps) -> tuple[int | None, list[InstanceRef]]:
+def _matches(event: Any, deps: QRDeps, service: str) -> tuple[int | None, list[InstanceRef]]:
     """Parses a retrieve identifier; returns (failure status or None, instances)."""
     try:
         ident = _query(event, deps, retrieve=True)
@@ -145,6 +168,7 @@ def _matches(event: Any, deps: QRDeps) -> tuple[int | None, list[InstanceRef]]:
     except (QueryError, NotAllowedError) as exc:
         status = qr_status_for(exc, retrieve=True)
         log.warning("retrieve from %s refused: 0x%04X %s", _calling(event), status, exc)
+        _audit(event, deps, "retrieve", f"refused 0x{status:04X}", detail=service)
         return status, []
     except CatalogError as exc:
         log.error("retrieve from %s failed: %s", _calling(event), exc)
@@ -152,6 +176,7 @@ def _matches(event: Any, deps: QRDeps) -> tuple[int | None, list[InstanceRef]]:
     except Exception:
         log.exception("retrieve from %s: unreadable identifier", _calling(event))
         return Status.RETRIEVE_UNABLE, []
+    _audit(event, deps, "retrieve", f"{len(refs)} instances to send", ident, refs, service)
     return None, refs
 
 
@@ -163,7 +188,7 @@ def handle_move(event: Any, deps: QRDeps) -> Iterator[Any]:
                     str(event.move_destination).strip())
         yield None, None
         return
-    failure, refs = _matches(event, deps)
+    failure, refs = _matches(event, deps, f"C-MOVE to {destination.ae_title}")
     if failure is not None:
         # pynetdicom sends a failure status only from within the sub-operations (with no
         # sub-operations it answers Success, and a status in their place is a 0xC513), so
@@ -195,7 +220,7 @@ def _tls_context(destination: Destination) -> ssl.SSLContext:
 
 def handle_get(event: Any, deps: QRDeps) -> Iterator[Any]:
     """EVT_C_GET: storage sub-operations on the same association."""
-    failure, refs = _matches(event, deps)
+    failure, refs = _matches(event, deps, "C-GET")
     if failure is not None:
         yield 0
         yield failure, None

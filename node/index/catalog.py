@@ -38,6 +38,7 @@ from sqlalchemy.exc import DBAPIError, SQLAlchemyError
 from node.errors import CatalogError, UidCollisionError
 from node.index import schema as s
 from node.index.attributes import Level, described_at
+from node.index.audit import Entry, entry_in
 from node.index.engine import (
     describe_error,
     make_engine,
@@ -171,8 +172,10 @@ class Catalog:
 
     # ---- instances ----------------------------------------------------------------------
 
-    def add_instance(self, rec: InstanceRecord) -> bool:
+    def add_instance(self, rec: InstanceRecord, audit: Entry | None = None) -> bool:
         """Indexes one instance, creating or completing its patient, study and series.
+
+        ``audit``: an entry of the audit trail, appended in the same transaction.
 
         Counts and modalities_in_study are updated in the same transaction. Descriptive
         attributes already stored are kept; NULLs are filled from ``rec``.
@@ -190,7 +193,8 @@ class Catalog:
         _require_aware(rec.received_at, "received_at")
         made: dict[tuple[str, str, str], tuple[int, int, int]] = {}
         inserted = self._write(
-            f"indexing instance {rec.sop_uid}", lambda conn: self._add_instance(conn, rec, made)
+            f"indexing instance {rec.sop_uid}",
+            lambda conn: self._add_instance(conn, rec, made, audit)
         )
         if made and self._dialect == "sqlite":  # only once committed
             if len(self._series_cache) > 4096:
@@ -488,22 +492,23 @@ class Catalog:
 
     # ---- the work of add_instance -------------------------------------------------------
 
-    def _add_cached(self, conn: Connection, rec: InstanceRecord, series_pk: int,
-                    study_pk: int, patient_pk: int) -> bool:
+    def _add_cached(self, conn: Connection, rec: InstanceRecord, audit: Entry | None,
+                    series_pk: int, study_pk: int, patient_pk: int) -> bool:
         """The add of a further instance of a series this process indexed before: the
         instance row and the counts only (SQLite, writers serialised)."""
         # Another process may have removed the series (and SQLite may reuse its pk).
         if conn.scalar(_SERIES_STILL, {"k_pk": series_pk, "k_uid": rec.series_uid}) is None:
             self._series_cache.pop(_cache_key(rec), None)
             raise _Retry()
-        self._insert_instance(conn, rec, series_pk)
+        self._insert_instance(conn, rec, series_pk, audit)
         _update_row(conn, s.patients, patient_pk, fill=_present(rec, _PATIENT_FIELDS))
         self._bump_study(conn, study_pk, rec.modality, _present(rec, _STUDY_FIELDS), False)
         _update_row(conn, s.series, series_pk, fill=_present(rec, _SERIES_FIELDS),
                     increment=("number_of_instances",), assign=_arrival(rec))
         return True
 
-    def _insert_instance(self, conn: Connection, rec: InstanceRecord, series_pk: int) -> None:
+    def _insert_instance(self, conn: Connection, rec: InstanceRecord, series_pk: int,
+                         audit: Entry | None = None) -> None:
         """Inserts the instance row and, for a queued instance, its processing job.
 
         Raises _Rollback(False) when another transaction indexed it since our check (the
@@ -517,9 +522,12 @@ class Catalog:
             raise _Rollback(False)
         if rec.state == State.QUEUED:
             enqueue(conn, [rec.sop_uid], rec.received_at)
+        if audit is not None:
+            entry_in(conn, audit)
 
     def _add_instance(self, conn: Connection, rec: InstanceRecord,
-                      made: dict[tuple[str, str, str], tuple[int, int, int]]) -> bool:
+                      made: dict[tuple[str, str, str], tuple[int, int, int]],
+                      audit: Entry | None = None) -> bool:
         """Returns True once the instance row and its hierarchy are written.
 
         On PostgreSQL the hierarchy is locked top-down (patient, study), the order in which
@@ -529,7 +537,7 @@ class Catalog:
         """
         cached = self._series_cache.get(_cache_key(rec))
         if cached is not None:
-            return self._add_cached(conn, rec, *cached)
+            return self._add_cached(conn, rec, audit, *cached)
         if conn.scalar(_INSTANCE_EXISTS, {"k_sop_uid": rec.sop_uid}) is not None:
             return False
         patient = _present(rec, _PATIENT_FIELDS)
@@ -554,7 +562,7 @@ class Catalog:
         )
         if not new_series and conn.scalar(_SERIES_STUDY, {"k_pk": series_pk}) != study_pk:
             raise UidCollisionError("its Series Instance UID belongs to another study")
-        self._insert_instance(conn, rec, series_pk)
+        self._insert_instance(conn, rec, series_pk, audit)
         self._bump_study(conn, study_pk, rec.modality, study, new_series)
         _update_row(conn, s.series, series_pk, fill=series, increment=("number_of_instances",),
                     assign=_arrival(rec))

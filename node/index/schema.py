@@ -205,6 +205,25 @@ tokens = Table(
     Column("pseudonymous", Boolean),  # sees pseudonyms only; NULL (older rows): false
 )
 
+# The audit trail (node.index.audit): who stored, queried, retrieved, exported or deleted
+# what. Appended only; UIDs and names of callers, never PHI. Not cleared by reindex.
+audit = Table(
+    "audit",
+    metadata,
+    _pk(),
+    Column("at", UTCDateTime, nullable=False, index=True),
+    Column("action", String, nullable=False),  # store | query | retrieve | export | delete
+    Column("protocol", String, nullable=False),  # dimse | web | cli | api
+    Column("caller", String, nullable=False),  # AE title, token name or OS user
+    Column("hospital", String),  # where it went, or the scope it saw; NULL: every hospital
+    Column("outcome", String, nullable=False),
+    Column("study_uid", Ident),
+    Column("series_uid", Ident),
+    Column("sop_uid", Ident),
+    Column("count", Integer),  # instances or matches concerned
+    Column("detail", String),  # level and keys (never their values), destination, …
+)
+
 # Children before parents: the order in which rows can be deleted. ``reindex`` requeues
 # the jobs of instances whose description shows no result.
 INDEX_TABLES: tuple[Table, ...] = (jobs, instances, series, studies, patients, conflicts)
@@ -212,6 +231,7 @@ INDEX_TABLES: tuple[Table, ...] = (jobs, instances, series, studies, patients, c
 __all__ = [
     "INDEX_TABLES",
     "UTCDateTime",
+    "audit",
     "conflicts",
     "instances",
     "jobs",

@@ -22,6 +22,7 @@ from pydicom.datadict import keyword_for_tag, tag_for_keyword
 
 from node.access import Access, Right
 from node.index.attributes import BY_KEYWORD, Level, Match
+from node.index.audit import Entry, scope
 from node.index.query import Query, build, run
 from node.web import dicomjson
 from node.web.auth import Caller
@@ -147,12 +148,20 @@ def search(request: Request, access: Access, level: Level,
     first = next(rows, None)  # a database failure surfaces here, as a 503, not mid-stream
 
     def body() -> Iterator[bytes]:
+        sent = 0
         yield b"["
         if first is not None:
             yield json.dumps(to_json(first, returns, level)).encode()
+            sent = 1
             for row in rows:
                 yield b"," + json.dumps(to_json(row, returns, level)).encode()
+                sent += 1
         yield b"]"
+        if core.audit is not None:  # the keys matched on, never their values
+            keys = ",".join(c.keyword for c in query.conditions)
+            core.audit.record(Entry(
+                "query", "web", access.name, f"{sent} matches", scope(access.hospitals),
+                count=sent, detail=f"{level.value} level" + (f" keys {keys}" if keys else "")))
 
     return StreamingResponse(body(), media_type=MEDIA_TYPE)
 

@@ -26,8 +26,9 @@ from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse, Response, StreamingResponse
 from pydicom.uid import UID, ExplicitVRLittleEndian
 
-from node.access import Access, Right
+from node.access import Access, NotAllowedError, Right
 from node.archive import Archive
+from node.index.audit import Entry, scope
 from node.index.query import InstanceRef
 from node.layout import InstancePath
 from node.pseudonym import allowed_tag, pseudonymise_json
@@ -46,8 +47,27 @@ _ANY = ("*/*", "application/*")  # part types a client may ask for (dicomweb-cli
 
 def _refs(request: Request, access: Access, study: str, series: str | None = None,
           sop: str | None = None) -> list[InstanceRef]:
-    access.require(Right.RETRIEVE)
-    return _archive(request).instances(access.hospitals, study, series, sop)
+    """The instances a retrieve asks for, recorded in the audit trail (the route's
+    template as detail: what was read, never a value)."""
+    audit = request.app.state.core.audit
+    route = getattr(request.scope.get("route"), "path", request.url.path)
+
+    def record(outcome: str, count: int | None = None) -> None:
+        if audit is not None:
+            audit.record(Entry("retrieve", "web", access.name, outcome,
+                               scope(access.hospitals), study, series, sop, count, route))
+
+    try:
+        access.require(Right.RETRIEVE)
+        refs = _archive(request).instances(access.hospitals, study, series, sop)
+    except NotAllowedError:
+        record("refused: may not retrieve")
+        raise
+    except FileNotFoundError:
+        record("not found")
+        raise
+    record(f"{len(refs)} instances", len(refs))
+    return refs
 
 
 def _archive(request: Request) -> Archive:
