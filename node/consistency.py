@@ -33,6 +33,7 @@ from typing import Any
 from node import describe
 from node.core import Core
 from node.errors import NodeError
+from node.index.audit import Entry, os_user
 from node.index.inventory import Row, indexed_folders, remove_conflict_row
 from node.layout import CONFLICTS, DESCRIPTION, ORIGINAL, QUARANTINE
 from node.store.sweep import find_temp_files, sweep_temp_files
@@ -192,6 +193,12 @@ def _remove_row(core: Core, row: Row) -> bool:
     # Listed as missing a moment ago; look again, object by object, before forgetting it.
     if core.fs.exists(f"{row.folder}/{ORIGINAL}") or core.fs.exists(f"{row.folder}/{DESCRIPTION}"):
         return False
-    if row.conflict:
-        return remove_conflict_row(core.catalog, row.folder)
-    return core.catalog.remove_instance(row.sop_uid)
+    removed = (remove_conflict_row(core.catalog, row.folder) if row.conflict
+               else core.catalog.remove_instance(row.sop_uid))
+    if removed and core.audit is not None:
+        path = [*row.folder.split("/"), None, None, None, None][:5]
+        core.audit.record(Entry(
+            "delete", "cli", os_user(), "index row of a missing object removed", path[0],
+            study_uid=path[2], series_uid=path[3], sop_uid=path[4], count=1,
+            detail="verify --repair"))
+    return removed

@@ -8,8 +8,6 @@ configuration error; 3 store, index or key problem.
 from __future__ import annotations
 
 import enum
-import getpass
-import os
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Annotated, Any
@@ -160,13 +158,3 @@ def print_table(table: Table) -> None:
 def progress() -> Progress:
     return Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
                     TimeElapsedColumn(), console=err, transient=False)
-
-
-
-
-def os_user() -> str:
-    """Who runs this command, for the audit trail (the OS account; never a secret)."""
-    try:
-        return getpass.getuser()
-    except (KeyError, OSError):  # no passwd entry (a container's bare uid)
-        return f"uid {os.getuid()}"

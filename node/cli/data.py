@@ -34,7 +34,6 @@ from node.cli.common import (
     fail,
     keys_app,
     labels_app,
-    os_user,
     out,
     plural,
     print_table,
@@ -43,7 +42,7 @@ from node.cli.common import (
 )
 from node.errors import ConfigError, IngestError, NodeError
 from node.index import series_watch
-from node.index.audit import Entry
+from node.index.audit import Entry, os_user
 from node.index.records import State
 from node.ingest import Source
 from node.settings import Settings, valid_hospital

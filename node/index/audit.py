@@ -14,7 +14,9 @@ those entries, and the choice is written down in the closing note.
 
 from __future__ import annotations
 
+import getpass
 import logging
+import os
 import queue
 import threading
 from collections.abc import Sequence
@@ -51,6 +53,14 @@ class Entry:
 def entry_in(conn: Connection, entry: Entry) -> None:
     """Appends ``entry`` inside the caller's transaction."""
     conn.execute(insert(s.audit).values(**asdict(entry)))
+
+
+def os_user() -> str:
+    """Who runs a command, for entries made by the CLI (the OS account; never a secret)."""
+    try:
+        return getpass.getuser()
+    except (KeyError, OSError):  # no passwd entry (a container's bare uid)
+        return f"uid {os.getuid()}"
 
 
 def scope(hospitals: Sequence[str] | None) -> str | None:
