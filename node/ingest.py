@@ -44,8 +44,8 @@ from node.layout import (
     ORIGINAL,
     InstancePath,
     Pseudonymiser,
-    patient_key,
 )
+from node.patient_keys import PatientKeys
 from node.uid_lock import UidLocks
 
 log = logging.getLogger("support_node.ingest")
@@ -94,6 +94,7 @@ class Ingest:
         self.locks = locks or UidLocks(None)
         self.catalog = catalog
         self.keys = keys
+        self.patient_keys = PatientKeys(keys, catalog)
         self.clock = clock
 
     def accept(self, data: bytes, source: Source, *, sop_class_uid: str | None = None,
@@ -146,7 +147,8 @@ class Ingest:
         ds = header.dataset
         path = InstancePath(
             hospital=source.hospital,
-            patient=patient_key(self.keys, _str(ds, "PatientID"), _str(ds, "IssuerOfPatientID")),
+            patient=self.patient_keys.key(source.hospital, _str(ds, "PatientID"),
+                                          _str(ds, "IssuerOfPatientID")),
             study=header.study_uid,
             series=header.series_uid,
             sop=header.sop_instance_uid,

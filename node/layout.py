@@ -37,8 +37,16 @@ class Pseudonymiser(Protocol):
     def pseudonym(self, *parts: str) -> str: ...
 
 
-def patient_key(keys: Pseudonymiser, patient_id: str | None, issuer: str | None) -> str:
-    """The patient's folder name: stable for the same ID and issuer, meaningless without the key."""
+def patient_key(keys: Pseudonymiser, hospital: str, patient_id: str | None,
+                issuer: str | None) -> str:
+    """The patient's folder name: stable for the same hospital, ID and issuer, meaningless
+    without the key, and different in each hospital (one person's folders in two
+    hospitals cannot be linked by their names)."""
+    return keys.pseudonym(hospital, issuer or "", patient_id or "")
+
+
+def legacy_patient_key(keys: Pseudonymiser, patient_id: str | None, issuer: str | None) -> str:
+    """The folder name before it included the hospital (kept for patients stored then)."""
     return keys.pseudonym(issuer or "", patient_id or "")
 
 

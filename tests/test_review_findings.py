@@ -14,6 +14,7 @@ import pytest
 
 from node import describe
 from node.api import Node
+from node.layout import legacy_patient_key, patient_key
 from node.processing.worker import Worker
 from pipelines import synthetic
 from tests.fixtures.node import RunningNode
@@ -124,5 +125,59 @@ def test_a_worker_does_not_decode_an_image_over_max_pixels(
         big = next(rec for rec in node.ls() if rec.state == "undecodable")
         doc = describe.decode(node.core.fs.cat_file(f"{big.object_key}/description.json"))
         assert "processing.max_pixels" in doc["processing"]["reason"]
+    finally:
+        node.close()
+
+
+def test_a_patients_folders_in_two_hospitals_cannot_be_linked(
+        settings_factory: Callable[..., Any], tmp_path: Path) -> None:
+    """The pseudonym ignored the hospital, so one person's folders in two hospitals had the
+    same name. Now it includes the hospital; an index from before keeps its patients'
+    folder names, so their later images join them, while new patients get the new kind."""
+    settings = settings_factory()
+
+    def instance(pid: str, seed: int) -> bytes:
+        ds = synthetic.ct_study(synthetic.Patient(pid, "Same^Person"), series=1,
+                                per_series=1, size=32, seed=seed)[0]
+        return synthetic.write(ds, tmp_path / str(seed)).read_bytes()
+
+    node = Node.from_settings(settings, create_keys=True)
+    try:
+        a = node.write(instance("SHARED-1", 1), hospital="hosp-a")
+        b = node.write(instance("SHARED-1", 2), hospital="hosp-b")
+        key_a, key_b = a.object_key.split("/")[1], b.object_key.split("/")[1]
+        assert key_a != key_b
+        keys = node.core.keyring
+        assert key_a == patient_key(keys, "hosp-a", "SHARED-1", None)
+        assert legacy_patient_key(keys, "SHARED-1", None) not in (key_a, key_b)
+        assert node.resolve_patient("hosp-b", "SHARED-1") == [key_b]  # ls by Patient ID
+    finally:
+        node.close()
+
+
+def test_an_index_from_before_keeps_its_patients_folder_names(
+        settings_factory: Callable[..., Any], tmp_path: Path) -> None:
+    settings = settings_factory()
+
+    def instance(pid: str, seed: int) -> bytes:
+        ds = synthetic.ct_study(synthetic.Patient(pid, "Old^Patient"), series=1,
+                                per_series=1, size=32, seed=seed)[0]
+        return synthetic.write(ds, tmp_path / str(seed)).read_bytes()
+
+    old = Node.from_settings(settings, create_keys=True)
+    try:  # as an older version filed it: the pseudonym of issuer and ID only
+        keys = old.core.keyring
+        old.core.ingest.patient_keys.key = (  # type: ignore[method-assign]
+            lambda hospital, pid, issuer: legacy_patient_key(keys, pid, issuer))
+        first = old.write(instance("OLD-1", 1))
+    finally:
+        old.close()
+    node = Node.from_settings(settings)
+    try:
+        again = node.write(instance("OLD-1", 2))
+        newcomer = node.write(instance("NEW-2", 3))
+        assert again.object_key.split("/")[1] == first.object_key.split("/")[1]
+        assert newcomer.object_key.split("/")[1] == patient_key(keys, "default", "NEW-2",
+                                                                None)
     finally:
         node.close()
