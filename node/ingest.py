@@ -237,7 +237,8 @@ class Ingest:
         try:
             # Original first: a description never points at a missing original.
             self.fs.pipe_files({f"{folder}/{ORIGINAL}": data,
-                                f"{folder}/{DESCRIPTION}": describe.encode(doc)})
+                                f"{folder}/{DESCRIPTION}": describe.encode(doc)},
+                               record_versions=False)  # new: no older version to refuse
         except StoreError:
             self._remove(folder)
             raise

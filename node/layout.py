@@ -107,3 +107,11 @@ def prediction_model(name: str) -> str | None:
         return None
     arch, _, version = name[len(head):-len(tail)].rpartition("-")
     return f"{arch}/{version}" if arch and version else None
+
+
+def is_rewritten(path: str) -> bool:
+    """Whether the object at ``path`` may be written again in place (a description, an
+    output, a preview, a label map, a prediction), so that its versions are tracked
+    (node.index.object_versions). Originals are written once."""
+    name = path.rsplit("/", 1)[-1]
+    return name in (DESCRIPTION, OUTPUT, PREVIEW, LABELS) or prediction_model(name) is not None

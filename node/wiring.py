@@ -17,6 +17,7 @@ from node.crypto.keyring import Keyring
 from node.errors import KeyringError
 from node.index.audit import AuditLog
 from node.index.catalog import Catalog
+from node.index.object_versions import ObjectVersions
 from node.index.tokens import Tokens
 from node.ingest import Ingest
 from node.settings import Settings
@@ -73,6 +74,7 @@ def open_core(settings: Settings, create_keys: bool = False) -> Core:
         fsync=settings.store.fsync,
     )
     catalog = Catalog(settings.index.url)
+    fs.versions = ObjectVersions(catalog, catalog.engine.dialect.name)
     tokens = Tokens(catalog)
     policy = AccessPolicy(settings.dimse, tokens, anonymous_web=settings.http.anonymous_allowed)
     from node.dimse.send import DimseSender  # the DIMSE edge's C-STORE SCU

@@ -11,9 +11,11 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from typer.testing import CliRunner
 
 from node import describe
 from node.api import Node
+from node.cli import app
 from node.layout import legacy_patient_key, patient_key
 from node.processing.worker import Worker
 from pipelines import synthetic
@@ -181,3 +183,30 @@ def test_an_index_from_before_keeps_its_patients_folder_names(
                                                                 None)
     finally:
         node.close()
+
+
+def test_an_older_copy_put_back_is_refused_not_read(
+        settings_factory: Callable[..., Any], tmp_path: Path) -> None:
+    """Putting an older ciphertext of a description back at its path returned the old
+    contents with no error (it authenticates: same path, same key). Now the index knows each
+    rewritten object's current version: the old copy is refused by every reader, and
+    verify names it."""
+    settings = settings_factory()
+    node = Node.from_settings(settings, create_keys=True)
+    try:
+        rec = node.write(_big_ct(tmp_path / "one", 64, 1).read_bytes())
+        store = Path(str(node.core.fs.root))
+        description = store / rec.object_key / "description.json"
+        before = description.read_bytes()  # as ingest wrote it: queued, not processed
+        Worker(node.core).drain()
+        processed = describe.decode(node.core.fs.cat_file(f"{rec.object_key}/description.json"))
+        assert processed["processing"]["state"] == "processed"
+        description.write_bytes(before)  # the rollback
+    finally:
+        node.close()
+    runner = CliRunner()
+    got = runner.invoke(app, ["get", "default", "--kind", "description", "--out",
+                              str(tmp_path / "out"), "--home", str(settings.home)])
+    assert got.exit_code == 3 and "not the current version" in got.output, got.output
+    checked = runner.invoke(app, ["verify", "--home", str(settings.home)])
+    assert checked.exit_code == 1 and "description.json" in checked.output, checked.output

@@ -224,6 +224,17 @@ audit = Table(
     Column("detail", String),  # level and keys (never their values), destination, …
 )
 
+# The current version of every object that is rewritten in place (descriptions, outputs,
+# previews, label maps, predictions): the SHA-256 of its 32-byte header, whose salt is new
+# on every write (node.index.object_versions). Not cleared by reindex.
+object_versions = Table(
+    "object_versions",
+    metadata,
+    Column("path", Ident, primary_key=True),
+    Column("header_sha256", String(64), nullable=False),
+    Column("written_at", UTCDateTime, nullable=False),
+)
+
 # Children before parents: the order in which rows can be deleted. ``reindex`` requeues
 # the jobs of instances whose description shows no result.
 INDEX_TABLES: tuple[Table, ...] = (jobs, instances, series, studies, patients, conflicts)
@@ -237,6 +248,7 @@ __all__ = [
     "jobs",
     "metadata",
     "node_state",
+    "object_versions",
     "patients",
     "series",
     "studies",

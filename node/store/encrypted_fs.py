@@ -37,6 +37,7 @@ import os
 import secrets
 import shutil
 import sys
+import time
 from typing import Any, ClassVar
 
 from fsspec import AbstractFileSystem
@@ -56,6 +57,8 @@ from node.crypto.aead import (
 )
 from node.crypto.keyring import Keyring
 from node.errors import IntegrityError, StoreError
+from node.index.object_versions import fingerprint
+from node.layout import is_rewritten
 
 __all__ = ["TMP_SUFFIX", "EncryptedFileSystem", "EncryptedWriter", "Reencrypted"]
 
@@ -129,6 +132,9 @@ class EncryptedFileSystem(AbstractFileSystem):
         self.keyring = keyring
         self.chunk_size = chunk_size
         self.fsync = fsync
+        # Set by the node (node.wiring): the index's record of current versions of objects
+        # rewritten in place; reads of those compare, so an older copy put back is refused.
+        self.versions: Any = None
         self._local = isinstance(fs, LocalFileSystem)
         # A local root is always made absolute, so listings can be mapped back to relative paths.
         self.root: str = fs._strip_protocol(root) if (root or self._local) else ""
@@ -306,6 +312,8 @@ class EncryptedFileSystem(AbstractFileSystem):
             raise IsADirectoryError(errno.EISDIR, "is the root directory", "")
         if mode == "rb":
             full = self._join(rel)
+            if self._tracked(rel):
+                self._check_current(rel, self._read_header(rel).raw)
             try:
                 raw = self.fs.open(
                     full, "rb", block_size=block_size, cache_options=cache_options, **kwargs
@@ -361,10 +369,43 @@ class EncryptedFileSystem(AbstractFileSystem):
         if (start is None or start == 0) and end is None:
             try:
                 blob = self.fs.cat_file(self._join(rel), **kwargs)
+                if not self._is_current(rel, blob[:HEADER_SIZE]):
+                    blob = self.fs.cat_file(self._join(rel), **kwargs)  # a write just now?
+                    self._check_current(rel, blob[:HEADER_SIZE])
             except _store_errors() as exc:
                 raise _translate(exc, rel, "read") from exc
             return decrypt(blob, self.keyring, rel)
+        if self._tracked(rel):
+            self._check_current(rel, self._read_header(rel).raw)
         return bytes(super().cat_file(rel, start=start, end=end, **kwargs))
+
+    # -- versions of rewritten objects ---------------------------------------------------
+
+    def _tracked(self, rel: str) -> bool:
+        return self.versions is not None and is_rewritten(rel)
+
+    def _is_current(self, rel: str, header: bytes) -> bool:
+        if not self._tracked(rel):
+            return True
+        expected = self.versions.current(rel)
+        return expected is None or expected == fingerprint(header)
+
+    def _check_current(self, rel: str, header: bytes) -> None:
+        """Raises IntegrityError when ``header`` is not of the current version of ``rel``
+        (checked twice, a moment apart: a writer records its version just after its
+        object becomes visible)."""
+        if self._is_current(rel, header):
+            return
+        time.sleep(0.1)
+        if not self._is_current(rel, header) and not self._is_current(
+                rel, self._read_header(rel).raw):
+            raise IntegrityError(f"{rel}: not the current version of this object (an older "
+                                 "copy put back in its place?)")
+
+    def _record(self, headers: dict[str, bytes]) -> None:
+        tracked = {rel: h for rel, h in headers.items() if self._tracked(rel)}
+        if tracked:
+            self.versions.record(tracked)
 
     def key_id(self, path: str) -> int:
         """Id of the key the object at `path` was written under (reads its header only)."""
@@ -379,11 +420,13 @@ class EncryptedFileSystem(AbstractFileSystem):
 
     # -- writing -----------------------------------------------------------------------------
 
-    def pipe_file(self, path: str, value: Any, mode: str = "overwrite", **kwargs: Any) -> None:
+    def pipe_file(self, path: str, value: Any, mode: str = "overwrite",
+                  record_version: bool = True, **kwargs: Any) -> None:
         """Encrypt `value` under the active key and store it at `path` atomically.
 
         mode="create" raises FileExistsError if the object exists (checked, not atomic).
         Raises StoreError if the store fails; then the old object, if any, is unchanged.
+        A rewritten object's new version is recorded (``record_version``; see ``versions``).
         """
         rel = self._strip_protocol(path)
         if rel == "":
@@ -403,22 +446,28 @@ class EncryptedFileSystem(AbstractFileSystem):
             if isinstance(exc, _store_errors()):
                 raise _translate(exc, rel, "write") from exc
             raise
+        if record_version:
+            self._record({rel: bytes(blob[:HEADER_SIZE])})
 
-    def pipe_files(self, objects: dict[str, bytes]) -> None:
+    def pipe_files(self, objects: dict[str, bytes], record_versions: bool = True) -> None:
         """Writes several objects, each atomically; on local disk with one directory fsync
         per folder instead of one per object (the ingest path writes two per instance).
+        ``record_versions``: False for objects written for the first time (ingest), which
+        have no older version to guard against.
 
         Raises StoreError; objects already renamed into place stay (each is whole).
         """
         if not self._local:
             for path, value in objects.items():
-                self.pipe_file(path, value)
+                self.pipe_file(path, value, record_version=record_versions)
             return
+        headers: dict[str, bytes] = {}
         sinks: list[tuple[str, _LocalSink]] = []
         try:
             for path, value in objects.items():
                 rel = self._strip_protocol(path)
                 blob = encrypt_to_buffer(value, self.keyring.active, rel, self.chunk_size)
+                headers[rel] = bytes(blob[:HEADER_SIZE])
                 sink = _LocalSink(self._join(rel), self.fsync, sync_directory=False)
                 sinks.append((rel, sink))
                 sink.write(blob)
@@ -437,6 +486,8 @@ class EncryptedFileSystem(AbstractFileSystem):
                 rel = sinks[-1][0] if sinks else ""
                 raise _translate(exc, rel, "write") from exc
             raise
+        if record_versions:
+            self._record(headers)
 
     def _sink(self, rel: str) -> _LocalSink | _BufferSink:
         if self._local:
@@ -500,6 +551,8 @@ class EncryptedFileSystem(AbstractFileSystem):
             raise _translate(exc, rel, "read") from exc
         if before is None or self._version(full) != before:
             return Reencrypted.CHANGED
+        if self._tracked(rel):  # never give an older copy put back a fresh header
+            self._check_current(rel, blob[:HEADER_SIZE])
         new = encrypt_to_buffer(decrypt(blob, self.keyring, rel), active, rel, self.chunk_size)
         sink = None
         try:
@@ -516,6 +569,7 @@ class EncryptedFileSystem(AbstractFileSystem):
             if isinstance(exc, _store_errors()):
                 raise _translate(exc, rel, "write") from exc
             raise
+        self._record({rel: bytes(new[:HEADER_SIZE])})
         return Reencrypted.REWRITTEN
 
     def move_stored(self, path1: str, path2: str) -> None:
