@@ -75,6 +75,8 @@ class _Walker:
             if pos + 8 > end:
                 raise self.fail("element header cut short", tag, pos)
             vr = bytes(self.buf[pos + 4 : pos + 6])
+            if not (vr.isalpha() and vr.isupper()):  # PS3.5 6.2: two upper-case letters
+                raise self.fail(f"no VR but bytes {vr.hex()}", tag, pos)
             if vr in LONG_VRS:
                 if pos + 12 > end:
                     raise self.fail("element header cut short", tag, pos)
