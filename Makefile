@@ -66,6 +66,7 @@ bench: $(VENV)/.installed-test system-deps
 	$(BIN)/python bench/loader_bench.py || rc=1; \
 	$(BIN)/python bench/web_bench.py || rc=1; \
 	$(BIN)/python bench/viewer_bench.py || rc=1; \
+	$(BIN)/python bench/memory_bench.py || rc=1; \
 	exit $$rc
 
 lint: $(VENV)/.installed-test

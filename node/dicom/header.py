@@ -88,6 +88,9 @@ def parse(data: bytes, max_bytes: int | None = None) -> Header:
             # pydicom warns on many harmless real-world deviations; they are not errors here.
             warnings.simplefilter("ignore")
             ds = pydicom.dcmread(io.BytesIO(data), stop_before_pixels=True, force=offset == 0)
+            # The header needs nothing more from the bytes; without this the data set keeps
+            # its source (for a bytearray, a copy of the whole instance) while it is stored.
+            ds.buffer = None
     except (InvalidDicomError, EOFError, ValueError, KeyError, OSError, TypeError) as exc:
         raise MalformedError(f"not a readable DICOM data set ({type(exc).__name__})") from exc
     except Exception as exc:  # pydicom raises many types on garbage; all mean the same here

@@ -31,6 +31,7 @@ from node.dimse.gate import ACSE_TIMEOUT, Gate
 from node.dimse.limits import ConnectionLimit
 from node.dimse.listener import Listener
 from node.dimse.qr import QRDeps, handle_find, handle_get, handle_move
+from node.dimse.received import part10
 from node.dimse.size_guard import SizeGuard
 from node.dimse.status import Status, status_for
 from node.dimse.tls import server_context
@@ -89,7 +90,7 @@ def handle_store(event: Any, deps: StoreDeps) -> int:
         return int(Status.OUT_OF_RESOURCES)
     request = event.request
     try:
-        data = event.encoded_dataset(include_meta=True)
+        data = part10(event)
         result = deps.ingest.accept(
             data,
             Source(hospital=hospital, via="dimse", who=calling),

@@ -569,7 +569,8 @@ class EncryptedFileSystem(AbstractFileSystem):
             if isinstance(exc, _store_errors()):
                 raise _translate(exc, rel, "write") from exc
             raise
-        self._record({rel: bytes(new[:HEADER_SIZE])})
+        if self._tracked(rel):  # compare-and-set: a worker's newer record stays current
+            self.versions.replace(rel, bytes(blob[:HEADER_SIZE]), bytes(new[:HEADER_SIZE]))
         return Reencrypted.REWRITTEN
 
     def move_stored(self, path1: str, path2: str) -> None:
