@@ -210,3 +210,20 @@ def test_an_older_copy_put_back_is_refused_not_read(
     assert got.exit_code == 3 and "not the current version" in got.output, got.output
     checked = runner.invoke(app, ["verify", "--home", str(settings.home)])
     assert checked.exit_code == 1 and "description.json" in checked.output, checked.output
+
+
+def test_a_refused_get_says_so(dimse_factory: Callable[..., RunningNode], dcmtk: Dcmtk,
+                               tmp_path: Path) -> None:
+    """A C-GET refused (here: a wildcard retrieve key) answered Success with nothing sent;
+    now the refusal's own status, and still nothing sent."""
+    node = dimse_factory()
+    for ds in synthetic.ct_study(synthetic.Patient("G-1", "Get^Me"), series=1, per_series=1,
+                                 size=32, seed=4):
+        node.node.write(synthetic.write(ds, tmp_path / "src").read_bytes())
+    out = tmp_path / "got"
+    out.mkdir()
+    got = dcmtk("getscu", "-P", "-v", "-aec", node.ae_title, "-od", str(out),
+                "-k", "QueryRetrieveLevel=PATIENT", "-k", "PatientID=G-*",
+                "127.0.0.1", str(node.port))
+    assert "DataSetDoesNotMatchSOPClass" in got.stdout + got.stderr, got.stderr
+    assert not list(out.iterdir())

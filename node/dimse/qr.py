@@ -222,7 +222,7 @@ def handle_get(event: Any, deps: QRDeps) -> Iterator[Any]:
     """EVT_C_GET: storage sub-operations on the same association."""
     failure, refs = _matches(event, deps, "C-GET")
     if failure is not None:
-        yield 0
+        yield 1  # as for C-MOVE: with 0 sub-operations pynetdicom would answer Success
         yield failure, None
         return
     yield len(refs)
