@@ -194,6 +194,8 @@ def serve_workers(settings: Settings, ready: Callable[[int, str | None], None],
     Raises OSError naming the first worker's failure to start.
     """
     _probe_port(settings.dimse.host, settings.dimse.port)
+    if settings.dimse.tls.enabled:
+        _probe_port(settings.dimse.host, settings.dimse.tls.port)
     stop = stop_event()
     if web:
         url, close_web = serve_web(settings)  # reloads keys on SIGHUP, passes it on
