@@ -46,7 +46,8 @@ class UidLocks:
         self._fds_lock = threading.Lock()
         self._pid = os.getpid()
         if folder is not None:
-            folder.mkdir(parents=True, exist_ok=True, mode=0o700)
+            for part in (*reversed(folder.parents[:2]), folder):  # HOME/run, its locks: 0700
+                part.mkdir(exist_ok=True, mode=0o700)
 
     @contextmanager
     def hold(self, uid: str) -> Iterator[None]:

@@ -85,3 +85,24 @@ def test_who_did_what_is_recorded_without_phi(
     bad = CliRunner().invoke(app, ["audit", "--action", "nope", "--home",
                                    str(web.settings.home)])
     assert bad.exit_code == 2 and "--action" in bad.output
+
+
+def test_verify_repair_records_what_it_forgets(settings_factory, tmp_path: Path) -> None:
+    """An index row whose objects are gone, removed by verify --repair, is a delete in the
+    audit trail, with its UIDs and who ran it."""
+    from node.api import Node
+
+    settings = settings_factory()
+    ds, kept = synthetic.ct_study(synthetic.Patient("AUD-4711", "Audit^Alice"), series=1,
+                                  per_series=2, size=32, seed=8)
+    with Node.from_settings(settings, create_keys=True) as node:
+        result = node.write(synthetic.write(ds, tmp_path / "src").read_bytes())
+        node.write(synthetic.write(kept, tmp_path / "src").read_bytes())
+        folder = Path(str(node.core.fs.root)) / result.object_key
+    for path in folder.iterdir():
+        path.unlink()
+    repaired = CliRunner().invoke(app, ["verify", "--repair", "--home", str(settings.home)])
+    assert repaired.exit_code in (0, 1), repaired.output
+    deleted = _trail(settings.home, "--action", "delete")
+    assert len(deleted) == 1 and deleted[0]["sop_uid"] == str(ds.SOPInstanceUID)
+    assert deleted[0]["protocol"] == "cli" and deleted[0]["detail"] == "verify --repair"
