@@ -81,13 +81,7 @@ class Archive:
         else:
             data = first + b"".join(chunks)
             try:
-                ds = pydicom.dcmread(io.BytesIO(data), force=True)
-                ds.ensure_file_meta()
-                if "TransferSyntaxUID" not in ds.file_meta:
-                    ds.file_meta.TransferSyntaxUID = UID(ref.transfer_syntax_uid)
-                out = io.BytesIO()
-                ds.save_as(out, enforce_file_format=True)
-                yield out.getvalue()
+                yield _part10(pydicom.dcmread(io.BytesIO(data), force=True), ref)
             except Exception:  # cannot be rebuilt: the stored bytes, as they are
                 yield data
             return
@@ -104,13 +98,7 @@ class Archive:
         if explicit_le:
             data = self.to_explicit_le(data)
         ds = pydicom.dcmread(io.BytesIO(data), force=True)
-        pseudonymise(ds, InstancePath.parse(ref.object_key).patient)
-        ds.ensure_file_meta()
-        if "TransferSyntaxUID" not in ds.file_meta:
-            ds.file_meta.TransferSyntaxUID = UID(ref.transfer_syntax_uid)
-        out = io.BytesIO()
-        ds.save_as(out, enforce_file_format=True)
-        return out.getvalue()
+        return _part10(pseudonymise(ds, InstancePath.parse(ref.object_key).patient), ref)
 
     def description(self, ref: InstanceRef) -> dict[str, Any]:
         return describe.decode(self.core.fs.cat_file(f"{ref.object_key}/{DESCRIPTION}"))
@@ -171,3 +159,13 @@ class Archive:
             little = arr.astype(arr.dtype.newbyteorder("<"), copy=False)
             out.append((np.ascontiguousarray(little).tobytes(), str(ExplicitVRLittleEndian)))
         return out
+
+
+def _part10(ds: pydicom.Dataset, ref: InstanceRef) -> bytes:
+    """``ds`` written as a Part-10 file, with file meta (the stored syntax when it had none)."""
+    ds.ensure_file_meta()
+    if "TransferSyntaxUID" not in ds.file_meta:
+        ds.file_meta.TransferSyntaxUID = UID(ref.transfer_syntax_uid)
+    out = io.BytesIO()
+    ds.save_as(out, enforce_file_format=True)
+    return out.getvalue()

@@ -131,22 +131,23 @@ def test_a_worker_does_not_decode_an_image_over_max_pixels(
         node.close()
 
 
+def _one(folder: Path, pid: str, seed: int) -> bytes:
+    """One small CT instance of patient ``pid``, encoded."""
+    ds = synthetic.ct_study(synthetic.Patient(pid, "Some^Person"), series=1, per_series=1,
+                            size=32, seed=seed)[0]
+    return synthetic.write(ds, folder / str(seed)).read_bytes()
+
+
 def test_a_patients_folders_in_two_hospitals_cannot_be_linked(
         settings_factory: Callable[..., Any], tmp_path: Path) -> None:
     """The pseudonym ignored the hospital, so one person's folders in two hospitals had the
     same name. Now it includes the hospital; an index from before keeps its patients'
     folder names, so their later images join them, while new patients get the new kind."""
     settings = settings_factory()
-
-    def instance(pid: str, seed: int) -> bytes:
-        ds = synthetic.ct_study(synthetic.Patient(pid, "Same^Person"), series=1,
-                                per_series=1, size=32, seed=seed)[0]
-        return synthetic.write(ds, tmp_path / str(seed)).read_bytes()
-
     node = Node.from_settings(settings, create_keys=True)
     try:
-        a = node.write(instance("SHARED-1", 1), hospital="hosp-a")
-        b = node.write(instance("SHARED-1", 2), hospital="hosp-b")
+        a = node.write(_one(tmp_path, "SHARED-1", 1), hospital="hosp-a")
+        b = node.write(_one(tmp_path, "SHARED-1", 2), hospital="hosp-b")
         key_a, key_b = a.object_key.split("/")[1], b.object_key.split("/")[1]
         assert key_a != key_b
         keys = node.core.keyring
@@ -160,24 +161,18 @@ def test_a_patients_folders_in_two_hospitals_cannot_be_linked(
 def test_an_index_from_before_keeps_its_patients_folder_names(
         settings_factory: Callable[..., Any], tmp_path: Path) -> None:
     settings = settings_factory()
-
-    def instance(pid: str, seed: int) -> bytes:
-        ds = synthetic.ct_study(synthetic.Patient(pid, "Old^Patient"), series=1,
-                                per_series=1, size=32, seed=seed)[0]
-        return synthetic.write(ds, tmp_path / str(seed)).read_bytes()
-
     old = Node.from_settings(settings, create_keys=True)
     try:  # as an older version filed it: the pseudonym of issuer and ID only
         keys = old.core.keyring
         old.core.ingest.patient_keys.key = (  # type: ignore[method-assign]
             lambda hospital, pid, issuer: legacy_patient_key(keys, pid, issuer))
-        first = old.write(instance("OLD-1", 1))
+        first = old.write(_one(tmp_path, "OLD-1", 1))
     finally:
         old.close()
     node = Node.from_settings(settings)
     try:
-        again = node.write(instance("OLD-1", 2))
-        newcomer = node.write(instance("NEW-2", 3))
+        again = node.write(_one(tmp_path, "OLD-1", 2))
+        newcomer = node.write(_one(tmp_path, "NEW-2", 3))
         assert again.object_key.split("/")[1] == first.object_key.split("/")[1]
         assert newcomer.object_key.split("/")[1] == patient_key(keys, "default", "NEW-2",
                                                                 None)
