@@ -138,8 +138,9 @@ class Library:
         return model
 
     def export(self, entry_id: str, out_dir: Path) -> Path:
-        """Writes the entry's objects, decrypted, to ``out_dir/{arch}-{version}/``.
-        Returns the folder."""
+        """Writes the entry's objects, decrypted, to ``out_dir/{arch}-{version}/``:
+        ``weights.pt``, ``card.json`` and ``manifest.json`` (the data it was made from) when
+        the run wrote one. Returns the folder."""
         self.get(entry_id)
         target = out_dir / entry_id.replace("/", "-")
         target.mkdir(parents=True, exist_ok=True)
@@ -149,10 +150,14 @@ class Library:
         return target
 
     def import_(self, folder: Path) -> Entry:
-        """Stores an exported entry (``card.json`` + ``weights.pt``) as a new version.
+        """Stores an exported entry (``card.json`` + ``weights.pt``, and any other file
+        beside them, such as ``manifest.json``) as a new version. ``folder`` is the entry's
+        own folder, or the ``--out`` folder ``export`` wrote it into when that holds one
+        exported entry.
 
-        Raises LibraryError for a folder that does not hold an export.
+        Raises LibraryError for a folder that does not hold an export, or holds several.
         """
+        folder = exported_folder(folder)
         try:
             card = json.loads((folder / CARD).read_text())
             weights = torch.load(folder / WEIGHTS, map_location="cpu", weights_only=True)
@@ -167,3 +172,22 @@ class Library:
     @staticmethod
     def _folder(entry_id: str) -> str:
         return folder(entry_id)
+
+
+def exported_folder(folder: Path) -> Path:
+    """The exported entry in ``folder``: itself when it holds ``card.json``, else its one
+    subfolder that does (``export`` writes ``{out}/{arch}-{version}/``).
+
+    Raises LibraryError naming the entries when there are several, or none.
+    """
+    if (folder / CARD).is_file() or not folder.is_dir():
+        return folder
+    found = sorted(p for p in folder.iterdir() if (p / CARD).is_file())
+    if len(found) == 1:
+        return found[0]
+    if found:
+        names = ", ".join(p.name for p in found)
+        raise LibraryError(f"{folder} holds {len(found)} exported entries ({names}): "
+                           "give the folder of one")
+    raise LibraryError(f"{folder} is not an exported library entry: no {CARD} in it or in "
+                       "a folder below it")

@@ -343,17 +343,22 @@ def library_show(entry_id: Annotated[str, typer.Argument(help="arch/version, e.g
 def library_export(entry_id: Annotated[str, typer.Argument(help="arch/version")],
                    out_dir: Annotated[Path, typer.Option("--out", help="Folder.")] = Path("."),
                    home: HomeOpt = None, config: ConfigOpt = None) -> None:
-    """Write an entry, decrypted (weights.pt + card.json), to --out/{arch}-{version}/."""
+    """Write an entry, decrypted, to --out/{arch}-{version}/: weights.pt, card.json (the
+    model card) and manifest.json (the images it was made from: SOP Instance UIDs and
+    sha256). `library import` takes --out or that folder."""
     def body() -> None:
         ctx = Context(home, config)
         with ctx.node() as node:
             target = _library(node).export(entry_id, out_dir)
-        out.print(f"wrote {target}", highlight=False)
+        names = ", ".join(sorted(p.name for p in target.iterdir()))
+        out.print(f"wrote {target} ({names})", highlight=False)
     run(body)
 
 
 @library_app.command("import")
-def library_import(folder: Annotated[Path, typer.Argument(help="An exported entry.")],
+def library_import(folder: Annotated[Path, typer.Argument(
+                       help="An exported entry's folder, or the --out folder of `library "
+                            "export` when it holds one entry.")],
                    home: HomeOpt = None, config: ConfigOpt = None) -> None:
     """Add an exported entry (from this node or another) as a new version."""
     def body() -> None:

@@ -91,5 +91,30 @@ def test_cli_lists_shows_exports_and_imports(node_api: Node, library: Library,
         assert torch.equal(library.build("unetpp/1").eval()(x), library.build("unetpp/2").eval()(x))
     missing = runner.invoke(app, ["library", "show", "unet/7", "--home", home])
     assert missing.exit_code == 2 and "no library entry" in missing.output
-    bad = runner.invoke(app, ["library", "import", str(tmp_path), "--home", home])
+    bad = runner.invoke(app, ["library", "import", str(tmp_path / "o"), "--home", home])
     assert bad.exit_code == 2 and "not an exported library entry" in bad.output
+
+
+def test_export_then_import_of_the_out_folder_round_trips(node_api: Node, library: Library,
+                                                         tmp_path: Path) -> None:
+    model = build("fcn", features=FEATURES, seed=2)
+    library.save("fcn", "segment", {"model": model.state_dict()},
+                 {"net": model.config.to_dict()}, {"manifest.json": b'{"train": {}}'})
+    home = str(node_api.core.settings.home)
+    out = tmp_path / "models"
+    exported = runner.invoke(app, ["library", "export", "fcn/1", "--out", str(out),
+                                   "--home", home])
+    assert exported.exit_code == 0, exported.output
+    assert "card.json, manifest.json, weights.pt" in exported.output
+    imported = runner.invoke(app, ["library", "import", str(out), "--home", home])
+    assert imported.exit_code == 0, imported.output
+    assert "imported as fcn/2" in imported.output
+    assert library.get("fcn/2").card["imported_from"] == "fcn/1"
+    assert node_api.core.fs.cat_file("_library/fcn/2/manifest.json") == b'{"train": {}}'
+    # a second export into the same folder: import asks which one
+    assert runner.invoke(app, ["library", "export", "fcn/2", "--out", str(out),
+                               "--home", home]).exit_code == 0
+    both = runner.invoke(app, ["library", "import", str(out), "--home", home])
+    assert both.exit_code == 2 and "2 exported entries (fcn-1, fcn-2)" in both.output
+    helped = runner.invoke(app, ["library", "export", "--help"])
+    assert "manifest.json" in helped.output
