@@ -15,6 +15,7 @@ from node.index.audit import AuditLog
 from node.index.catalog import Catalog
 from node.index.tokens import Tokens
 from node.ingest import Ingest
+from node.pressure import Pressure
 from node.sending import Sender
 from node.settings import Settings
 from node.store.encrypted_fs import EncryptedFileSystem
@@ -34,6 +35,7 @@ class Core:
     policy: AccessPolicy
     sender: Sender | None = None  # "send to PACS"; given by the DIMSE edge (node.wiring)
     audit: AuditLog | None = None  # the audit trail's writer (node.index.audit)
+    pressure: Pressure | None = None  # back-pressure: may another instance come in now?
 
     def close(self) -> None:
         if self.audit is not None:

@@ -170,6 +170,10 @@ class StoreSettings:
     options: Mapping[str, Any] = field(default_factory=dict)
     fsync: bool = True
     chunk_size: int = 1048576
+    # Back-pressure (node.pressure): refuse new instances, transiently, while the local
+    # filesystems of the home and store have less free space than this, or than 5% of
+    # their size when that is smaller (0: never refuse for space).
+    min_free_bytes: int = 2 << 30
 
 
 @dataclass(frozen=True)
@@ -209,6 +213,8 @@ class ProcessingSettings:
     filter_variance: float = 0.95
     filter_min_images: int = 64
     max_pixels: int = 1 << 28
+    # Back-pressure: refuse new instances while more jobs than this wait (0: no limit).
+    max_queue: int = 100000
 
 
 @dataclass(frozen=True)
@@ -310,6 +316,7 @@ _SCHEMA: dict[str, dict[str, tuple[type, Any]]] = {
         "url": (str, None),
         "fsync": (bool, True),
         "chunk_size": (int, 1048576),
+        "min_free_bytes": (int, 2 << 30),
     },
     "index": {"url": (str, None)},
     "keys": {"file": (str, None), "bits": (int, 128)},
@@ -325,6 +332,7 @@ _SCHEMA: dict[str, dict[str, tuple[type, Any]]] = {
         "filter_variance": (float, 0.95),
         "filter_min_images": (int, 64),
         "max_pixels": (int, 1 << 28),
+        "max_queue": (int, 100000),
     },
     "segment": {
         "model": (str, ""),
@@ -615,6 +623,8 @@ def _validate(s: Settings) -> None:
         raise ConfigError("keys.bits: 128 or 256")
     if s.store.chunk_size < 4096:
         raise ConfigError("store.chunk_size: at least 4096")
+    if s.store.min_free_bytes < 0 or s.processing.max_queue < 0:
+        raise ConfigError("store.min_free_bytes and processing.max_queue: 0 (off) or more")
     p = s.processing
     if p.workers < 0:
         raise ConfigError("processing.workers: 0 or more")
@@ -716,7 +726,7 @@ def load(
                             tls=_dimse_tls(v["dimse.tls"], home_path)),
         store=StoreSettings(
             url=store_url, options=options, fsync=v["store"]["fsync"],
-            chunk_size=v["store"]["chunk_size"],
+            chunk_size=v["store"]["chunk_size"], min_free_bytes=v["store"]["min_free_bytes"],
         ),
         index=IndexSettings(url=index_url),
         keys=KeysSettings(file=_under(home_path, v["keys"]["file"] or "keys.json"),

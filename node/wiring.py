@@ -20,6 +20,7 @@ from node.index.catalog import Catalog
 from node.index.object_versions import ObjectVersions
 from node.index.tokens import Tokens
 from node.ingest import Ingest
+from node.pressure import Pressure
 from node.settings import Settings
 from node.store.backends import open_backend
 from node.store.encrypted_fs import EncryptedFileSystem
@@ -84,7 +85,23 @@ def open_core(settings: Settings, create_keys: bool = False) -> Core:
     ingest = Ingest(fs, catalog, keyring, max_bytes=settings.dimse.max_instance_bytes,
                     locks=locks, audit=audit)
     return Core(settings, keyring, fs, catalog, ingest, tokens, policy,
-                sender=DimseSender(settings, fs), audit=audit)
+                sender=DimseSender(settings, fs), audit=audit,
+                pressure=_pressure(settings, backend, root, catalog))
+
+
+def _pressure(settings: Settings, backend: Any, root: str, catalog: Catalog) -> Pressure:
+    """Watches the home's filesystem, a local store's, and the processing queue."""
+    from pathlib import Path
+
+    from node.index.jobs import JobQueue
+
+    paths = [settings.home]
+    if "file" in (backend.protocol if isinstance(backend.protocol, tuple)
+                  else (backend.protocol,)):
+        paths.append(Path(root))
+    queue = JobQueue(catalog)
+    return Pressure(paths, settings.store.min_free_bytes, queue.depth,
+                    settings.processing.max_queue)
 
 
 def start_dimse(core: Core, shared_port: bool = False) -> Any:
@@ -95,7 +112,7 @@ def start_dimse(core: Core, shared_port: bool = False) -> Any:
 
     qr = QRDeps(core.catalog, core.fs, core.settings, core.policy, core.audit)
     return dimse_server.start(core.settings.dimse, core.ingest, core.policy,
-                              shared_port=shared_port, qr=qr)
+                              shared_port=shared_port, qr=qr, pressure=core.pressure)
 
 
 def start_web(core: Core, port: int | None = None) -> Any:

@@ -488,6 +488,7 @@ def status(home: HomeOpt = None, config: ConfigOpt = None,
             counts = queue.counts()
             failures = queue.failed_jobs(8)
             stored = node.core.catalog.counts()["instances"]
+            pressure = node.core.pressure.state() if node.core.pressure else None
         states = {state: counts.instances.get(state, 0) for state in State.ALL}
         failed = counts.failed_jobs
         doc = {"instances": stored, "queue_depth": counts.queue_depth,
@@ -496,7 +497,8 @@ def status(home: HomeOpt = None, config: ConfigOpt = None,
                "failed_segment": failed.get("segment", 0),
                "failed_pretrain": failed.get("pretrain", 0),
                "errors": [{"kind": k, "target": t, "error": e} for k, t, e in failures],
-               "recipe": ctx.settings.recipe().recipe_id}
+               "recipe": ctx.settings.recipe().recipe_id,
+               "accepting": None if pressure is None else pressure.as_dict()}
         if as_json:
             print(json.dumps(doc))
             return
@@ -515,6 +517,9 @@ def status(home: HomeOpt = None, config: ConfigOpt = None,
             table.add_row(label, str(value))
         out.print(table)
         out.print(f"default recipe: {doc['recipe']}", highlight=False)
+        if pressure is not None:
+            out.print("accepting new instances: " + (
+                "yes" if pressure.ok else f"no, for now: {pressure.reason}"), highlight=False)
         for kind, target, error in failures:
             what = _WHAT_FAILED.get(kind, kind)
             err.print(f"failed: {what}{'' if kind == 'pretrain' else ' ' + target}: {error}",

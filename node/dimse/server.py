@@ -38,6 +38,7 @@ from node.dimse.tls import server_context
 from node.dimse.transport import tune_connection
 from node.errors import IngestError, NodeError
 from node.ingest import Ingest, Source
+from node.pressure import Pressure
 from node.settings import DimseSettings
 
 log = logging.getLogger("support_node.dimse")
@@ -74,6 +75,7 @@ TRANSFER_SYNTAXES = [str(ts) for ts in sorted(pydicom.uid.AllTransferSyntaxes, k
 class StoreDeps:
     ingest: Ingest
     policy: AccessPolicy
+    pressure: Pressure | None = None
 
 
 def handle_store(event: Any, deps: StoreDeps) -> int:
@@ -81,12 +83,17 @@ def handle_store(event: Any, deps: StoreDeps) -> int:
 
     Statuses: 0x0000 stored (or already stored, or kept as a conflict);
     0xC000 malformed / cut short; 0xC001 SOP Instance UID differs from the command's;
-    0xA900 SOP Class differs; 0xA701 store failed; 0xA702 index failed (both retryable).
+    0xA900 SOP Class differs; 0xA701 store failed; 0xA702 index failed (both retryable);
+    0xA700 refused for now: too little free space or too long a queue (node.pressure).
     """
     requestor = event.assoc.requestor
     calling = requestor.ae_title.strip() if isinstance(requestor.ae_title, str) else ""
     hospital = deps.policy.for_ae(calling).hospital
     if hospital is None:  # only reachable if the association check was bypassed
+        return int(Status.OUT_OF_RESOURCES)
+    if deps.pressure is not None and not (reading := deps.pressure.state()).ok:
+        log.debug("refused an instance from %s for now: %s", calling, reading.reason)
+        metrics.INSTANCES.labels("dimse", "refused").inc()
         return int(Status.OUT_OF_RESOURCES)
     request = event.request
     try:
@@ -191,11 +198,13 @@ class DimseService:
 
 
 def start(dimse: DimseSettings, ingest: Ingest, policy: AccessPolicy,
-          shared_port: bool = False, qr: QRDeps | None = None) -> DimseService:
+          shared_port: bool = False, qr: QRDeps | None = None,
+          pressure: Pressure | None = None) -> DimseService:
     """Starts the SCP in the background on ``dimse.host:dimse.port`` (port 0: any free port)
     and, with ``[dimse.tls]``, its TLS listener on ``dimse.tls.port``.
 
-    ``shared_port``: let other worker processes listen on the same ports.
+    ``shared_port``: let other worker processes listen on the same ports. ``pressure``:
+    asked before each C-STORE (0xA700 while it says no).
     Raises OSError when a port cannot be bound, ConfigError when the TLS files cannot be
     loaded.
     """
@@ -206,7 +215,7 @@ def start(dimse: DimseSettings, ingest: Ingest, policy: AccessPolicy,
         *SizeGuard(dimse.max_instance_bytes).handlers(),
         (evt.EVT_CONN_OPEN, tune_connection),
         (evt.EVT_ESTABLISHED, _opened), (evt.EVT_RELEASED, _closed), (evt.EVT_ABORTED, _closed),
-        (evt.EVT_C_STORE, handle_store, [StoreDeps(ingest, policy)]),
+        (evt.EVT_C_STORE, handle_store, [StoreDeps(ingest, policy, pressure)]),
     ]
     if qr is not None:
         handlers += [(evt.EVT_C_FIND, handle_find, [qr]), (evt.EVT_C_MOVE, handle_move, [qr]),

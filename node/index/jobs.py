@@ -229,6 +229,14 @@ class JobQueue:
 
         return self.catalog.transaction("releasing jobs of stopped workers", work)
 
+    def depth(self) -> int:
+        """Jobs waiting or being worked on (one count; cheaper than ``counts``).
+        Raises CatalogError."""
+        stmt = select(func.count()).select_from(s.jobs).where(
+            s.jobs.c.state.in_((QUEUED, RUNNING)))
+        return self.catalog.reading("counting queued jobs",
+                                    lambda conn: int(conn.scalar(stmt) or 0))
+
     def counts(self) -> Counts:
         """Jobs by state, instances by processing state, flagged images. Raises CatalogError."""
         def read(conn: Connection) -> Counts:

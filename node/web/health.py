@@ -1,8 +1,10 @@
 """``/healthz`` (no token needed) and ``/metrics`` (Prometheus text format).
 
 ``/healthz`` checks what a load balancer or an operator needs to know: the store takes a
-write, the index answers, the processing queue depth; 200 when all is well, 503 otherwise,
-with a JSON body naming each check (no PHI).
+write, the index answers, the processing queue depth, and whether new instances are
+accepted now (node.pressure: free space, queue length); 200 when all is well, 503
+otherwise (``"status": "refusing"`` while only back-pressure says no, so that a balancer
+sends senders elsewhere), with a JSON body naming each check (no PHI).
 """
 
 from __future__ import annotations
@@ -50,8 +52,13 @@ def healthz(request: Request) -> Response:
         checks["queue_depth"] = counts.queue_depth
         checks["failed"] = counts.instances.get("failed", 0)
     healthy = store["ok"] and index["ok"]
-    return JSONResponse({"status": "ok" if healthy else "unavailable", **checks},
-                        status_code=200 if healthy else 503)
+    status = "ok" if healthy else "unavailable"
+    if core.pressure is not None:
+        reading = core.pressure.state()
+        checks["accepting"] = reading.as_dict()
+        if healthy and not reading.ok:
+            healthy, status = False, "refusing"
+    return JSONResponse({"status": status, **checks}, status_code=200 if healthy else 503)
 
 
 @router.get("/metrics")

@@ -49,6 +49,7 @@ DICOM = "application/dicom"
 OUT_OF_RESOURCES = 0xA700
 SOP_CLASS_MISMATCH = 0xA900
 CANNOT_UNDERSTAND = 0xC000
+RETRY_AFTER_S = 30  # while refusing for space or queue (node.pressure)
 
 
 @dataclass
@@ -188,6 +189,13 @@ def _failed(outcome: _Outcome, reason: int, cls: str | None = None,
 
 async def _receive(request: Request, access: Access, study: str | None) -> Response:
     access.require(Right.STORE)
+    pressure = request.app.state.core.pressure
+    if pressure is not None and not (reading := pressure.state()).ok:
+        # Before the body is read: the sender keeps it and tries again later.
+        log.debug("STOW-RS from %s refused for now: %s", access.name, reading.reason)
+        metrics.INSTANCES.labels("web", "refused").inc()
+        return JSONResponse({"error": f"not accepting instances now: {reading.reason}"},
+                            status_code=503, headers={"Retry-After": str(RETRY_AFTER_S)})
     boundary = _boundary(request)
     started = time.perf_counter()
     parts = _Parts(request.app.state.core.settings.http.max_instance_bytes)
