@@ -11,7 +11,7 @@ PIP    := $(BIN)/pip install --quiet --disable-pip-version-check
 OHIF_VERSION := 3.13.2
 VIEWER := .viewer/ohif-$(OHIF_VERSION)
 
-.PHONY: run test bench lint system-deps viewer clean
+.PHONY: run test bench faults lint system-deps viewer clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -68,6 +68,11 @@ bench: $(VENV)/.installed-test system-deps
 	$(BIN)/python bench/viewer_bench.py || rc=1; \
 	$(BIN)/python bench/memory_bench.py || rc=1; \
 	exit $$rc
+
+## faults: the long fault suite (50 kill -9 rounds of serve, S3 and PostgreSQL outages, a full
+## disk, 16 senders, 1000 malformed cases); `make test` runs its short version
+faults: $(VENV)/.installed-test system-deps
+	$(BIN)/python bench/faults.py --only kill,s3,postgres,disk,senders,malformed
 
 lint: $(VENV)/.installed-test
 	$(BIN)/ruff check node pipelines tests bench
