@@ -38,6 +38,17 @@ def dimse_warnings(caplog: pytest.LogCaptureFixture) -> str:
                      if r.name == "support_node.dimse" and r.levelname == "WARNING")
 
 
+def logged(caplog: pytest.LogCaptureFixture, text: str, timeout: float = 5.0) -> bool:
+    """Whether the node logged a warning with ``text``, waiting for it a moment: the node
+    logs from the connection's thread, which may finish after the client has."""
+    deadline = time.monotonic() + timeout
+    while text not in dimse_warnings(caplog):
+        if time.monotonic() > deadline:
+            return False
+        time.sleep(0.05)
+    return True
+
+
 HOSPA_BOUND = {"dimse": {"callers": {
     "HOSP_A": {"hospital": "hospa", "cert_cn": "ct1.hospa.example"},
     "HOSP_B": {"hospital": "hospb"}}}}
@@ -86,7 +97,7 @@ def test_plain_connection_to_the_tls_port_is_refused(
     plain = dcmtk("echoscu", "-to", "10", "-aec", node.ae_title, "127.0.0.1",
                   str(node.tls_port), timeout=30)
     assert plain.returncode != 0
-    assert "refused a TLS connection from 127.0.0.1: handshake failed" in dimse_warnings(caplog)
+    assert logged(caplog, "refused a TLS connection from 127.0.0.1: handshake failed")
     # The plain port stays plain.
     assert dcmtk("echoscu", "-aec", node.ae_title, "127.0.0.1", str(node.port)).returncode == 0
 
@@ -98,9 +109,9 @@ def test_unknown_or_missing_client_certificates_are_refused(
     caplog.set_level("WARNING", logger="support_node.dimse")
     # Same subject as hospa's, from a CA the node does not trust.
     assert tls_echo(dcmtk, node, certs, certs.rogue).returncode != 0
-    assert "(CERTIFICATE_VERIFY_FAILED)" in dimse_warnings(caplog)
+    assert logged(caplog, "(CERTIFICATE_VERIFY_FAILED)")
     assert tls_echo(dcmtk, node, certs, None).returncode != 0  # no certificate at all
-    assert "PEER_DID_NOT_RETURN_A_CERTIFICATE" in dimse_warnings(caplog)
+    assert logged(caplog, "PEER_DID_NOT_RETURN_A_CERTIFICATE")
     assert tls_echo(dcmtk, node, certs, certs.hospb).returncode == 0
 
 
@@ -115,12 +126,12 @@ def test_a_caller_bound_to_a_certificate_needs_that_certificate(
     # hospb's valid certificate does not make its holder HOSP_A, nor does none at all.
     wrong = tls_echo(dcmtk, node, certs, certs.hospb, calling="HOSP_A")
     assert "Calling AE Title Not Recognized" in wrong.stderr
-    assert "client certificate does not match the calling AE title" in dimse_warnings(caplog)
+    assert logged(caplog, "client certificate does not match the calling AE title")
     assert tls_echo(dcmtk, node, certs, None, calling="HOSP_A").returncode != 0
     plain = dcmtk("echoscu", "-aet", "HOSP_A", "-aec", node.ae_title, "127.0.0.1",
                   str(node.port))
     assert "Calling AE Title Not Recognized" in plain.stderr
-    assert "calling AE title needs its client certificate over TLS" in dimse_warnings(caplog)
+    assert logged(caplog, "calling AE title needs its client certificate over TLS")
     assert tls_echo(dcmtk, node, certs, certs.hospa, calling="HOSP_A").returncode == 0
     assert tls_echo(dcmtk, node, certs, certs.hospb, calling="HOSP_B").returncode == 0
 
