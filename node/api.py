@@ -29,14 +29,23 @@ from node.errors import IntegrityError, NodeError
 from node.index.query import Level, Model, build, run
 from node.index.records import ConflictRecord, InstanceRecord
 from node.ingest import Result, Source
-from node.layout import CONFLICTS, DESCRIPTION, ORIGINAL, OUTPUT, PREVIEW, QUARANTINE
+from node.layout import (
+    CONFLICTS,
+    DESCRIPTION,
+    LABELS,
+    ORIGINAL,
+    OUTPUT,
+    PREVIEW,
+    QUARANTINE,
+)
 from node.settings import Settings, load, valid_hospital
 from node.wiring import open_core
 
 _COPY_CHUNK = 1 << 20
 # kind -> (object, file suffix) for ``export`` / ``get --kind``
 KINDS = {"original": (ORIGINAL, ".dcm"), "output": (OUTPUT, ".npy"),
-         "preview": (PREVIEW, ".png"), "description": (DESCRIPTION, ".json")}
+         "preview": (PREVIEW, ".png"), "description": (DESCRIPTION, ".json"),
+         "labels": (LABELS, ".labels.npy")}
 
 
 @dataclass(frozen=True)
@@ -179,7 +188,8 @@ class Node:
     def export(self, record: InstanceRecord, out_dir: Path, kind: str = "original") -> Path:
         """Decrypts one of the instance's objects, streaming, to
         ``out_dir/hospital/patient/study/series/{sop}{suffix}`` (``KINDS`` gives the object
-        and suffix of each kind: original .dcm, output .npy, preview .png, description .json).
+        and suffix of each kind: original .dcm, output .npy, preview .png, description .json,
+        labels .labels.npy).
 
         The file appears whole or not at all (written to a temporary name, then renamed).
         Raises ValueError for an unknown kind, FileNotFoundError when the instance has no
@@ -192,6 +202,27 @@ class Node:
         target = self._export_path(record, out_dir, f"{record.sop_uid}{suffix}")
         self._decrypt_to(f"{record.object_key}/{name}", target)
         return target
+
+    def export_predictions(self, record: InstanceRecord, out_dir: Path,
+                           name: str | None = None) -> list[Path]:
+        """Decrypts the label maps library models predicted for the instance (``name``:
+        only that object, see ``node.layout.prediction_name``) beside where ``export``
+        writes, as ``{sop}.prediction-{arch}-{version}.npy``. Returns the files written
+        (none: the instance has no such prediction). Raises IntegrityError."""
+        folder = record.object_key
+        names = [name] if name else sorted(
+            key.rsplit("/", 1)[1] for key in self.core.fs.find(folder)
+            if key.count("/") == folder.count("/") + 1
+            and key.rsplit("/", 1)[1].startswith("prediction-"))
+        paths = []
+        for found in names:
+            target = self._export_path(record, out_dir, f"{record.sop_uid}.{found}")
+            try:
+                self._decrypt_to(f"{folder}/{found}", target)
+            except FileNotFoundError:
+                continue
+            paths.append(target)
+        return paths
 
     def export_conflicts(self, record: InstanceRecord, out_dir: Path) -> list[Path]:
         """Decrypts the copies kept as conflicts of ``record`` beside its export.

@@ -202,10 +202,24 @@ def test_get_of_one_series_writes_the_hierarchy(imported: dict[str, Any],
     assert {sha(p.read_bytes()) for p in written} <= study_shas
 
 
-def test_get_of_nothing_says_so(imported: dict[str, Any], tmp_path: Path) -> None:
-    result = cli("get", "no-such-hospital", "--out", tmp_path / "o", "--home", imported["home"])
-    assert result.exit_code == 1
-    assert "nothing stored" in result.output
+def test_an_empty_answer_is_the_same_for_get_and_ls(imported: dict[str, Any],
+                                                    tmp_path: Path) -> None:
+    # Nothing matched is an answer, not a failure, for both (node/cli/browse.py): exit 0,
+    # the same message on stderr, naming what was asked but not its values.
+    home = imported["home"]
+    asked = ["default", "--accession", "NO-SUCH-ACC", "--patient-name", "nobody*"]
+    got = cli("get", *asked, "--out", tmp_path / "o", "--home", home)
+    listed = cli("ls", *asked, "--home", home)
+    for result in (got, listed):
+        assert result.exit_code == 0, result.output
+        assert "nothing matched the hospital, --patient-name and --accession given" \
+            in result.stderr
+        assert "NO-SUCH-ACC" not in result.output and "nobody" not in result.output
+    assert "wrote 0 files" in got.stdout and not (tmp_path / "o").exists()
+    assert listed.stdout.strip() == "0 instances"
+    assert cli("ls", *asked, "--json", "--home", home).stdout == ""
+    nowhere = cli("get", "no-such-hospital", "--out", tmp_path / "o", "--home", home)
+    assert nowhere.exit_code == 0 and "nothing matched the hospital given" in nowhere.stderr
 
 
 def test_import_of_a_non_dicom_file_is_refused(tmp_path: Path) -> None:
@@ -319,13 +333,15 @@ def test_ls_json_reports_conflicts(imported: dict[str, Any]) -> None:
             assert c["object_key"] == f"{d['object_key']}/conflicts/{c['sha256']}"
     table = cli("ls", "--home", imported["home"])
     assert f"{len(with_conflicts)} with conflicts" in table.output
-    assert "CONFLICT" in table.output
+    # pydicom's files: long Patient IDs, names, modalities: still 80 columns, notes whole
+    assert max(len(line) for line in table.output.splitlines()) <= 80
+    assert table.output.count(" CONFLICT") == len(with_conflicts)
 
 
-def test_ls_table_shows_whole_uids_to_pass_on(two_hospitals: dict[str, Any]) -> None:
+def test_ls_wide_shows_whole_uids_to_pass_on(two_hospitals: dict[str, Any]) -> None:
     # The runner's terminal is 80 columns wide; a UID cut short could not be given to `get`.
     home = two_hospitals["home"]
-    result = cli("ls", "default", "--home", home)
+    result = cli("ls", "default", "--wide", "--home", home)
     pseudonym = ls_json(home, "default")[0]["patient_key"]
     rows = [line.split() for line in result.output.splitlines() if line.startswith(" default")]
     assert len(rows) == 6
@@ -333,7 +349,34 @@ def test_ls_table_shows_whole_uids_to_pass_on(two_hospitals: dict[str, Any]) -> 
         row = next(r for r in rows if r[4] == ds.SOPInstanceUID)
         assert row[:4] == ["default", pseudonym, ds.StudyInstanceUID, ds.SeriesInstanceUID]
         assert row[5] == "CT"
-    assert PATIENT_A.patient_id not in result.output and "Alpha" not in result.output
+        assert row[-5:] == [PATIENT_A.patient_id, str(PATIENT_A.name), "2024-01-15",
+                            str(ds.SeriesNumber), str(ds.InstanceNumber)]
+
+
+def test_ls_by_default_fits_80_columns_and_names_the_patients(two_hospitals: dict[str, Any]
+                                                              ) -> None:
+    home = two_hospitals["home"]
+    result = cli("ls", "--home", home)
+    assert result.exit_code == 0, result.output
+    lines = result.output.splitlines()
+    assert max(len(line) for line in lines) <= 80
+    assert lines[0].split() == ["hospital", "patient", "ID", "name", "date", "mod", "series",
+                                "inst", "state"]
+    rows = [line.split() for line in lines[1:-1]]
+    expected = sorted(("default" if ds in two_hospitals["a"] else "st-marys",
+                       ds.PatientID, str(ds.PatientName), "2024-01-15", "CT",
+                       str(ds.SeriesNumber), str(ds.InstanceNumber), "queued")
+                      for ds in two_hospitals["a"] + two_hospitals["b"])
+    assert sorted(tuple(r) for r in rows) == expected
+    assert lines[-1] == "8 instances in 2 hospitals: 2 patients, 2 studies, 4 series"
+    one = cli("ls", "st-marys", PATIENT_B.patient_id, "--home", home,
+              "--study-date", "20240101-20240131")
+    assert one.output.splitlines()[0].split()[:3] == ["patient", "ID", "name"]  # one hospital
+    assert one.output.splitlines()[-1] == "2 instances in st-marys: 1 patient, 1 study, 1 series"
+    sop = two_hospitals["b"][0].SOPInstanceUID
+    single = cli("ls", "st-marys", PATIENT_B.patient_id, two_hospitals["b"][0].StudyInstanceUID,
+                 two_hospitals["b"][0].SeriesInstanceUID, sop, "--home", home)
+    assert single.output.splitlines()[-1] == "1 instance in st-marys: 1 patient, 1 study, 1 series"
 
 
 def test_ls_of_an_unknown_patient_lists_nothing(two_hospitals: dict[str, Any]) -> None:

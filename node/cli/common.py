@@ -57,13 +57,6 @@ class Blank(enum.StrEnum):
     only = "only"
 
 
-class Kind(enum.StrEnum):
-    original = "original"
-    output = "output"
-    preview = "preview"
-    description = "description"
-
-
 BlankOpt = Annotated[Blank, typer.Option(
     "--blank", help="Images the filter flagged blank: show (default), hide, or only them.")]
 _BLANK_CHOICES: dict[Blank, bool | None] = {Blank.show: None, Blank.hide: False,

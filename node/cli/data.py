@@ -1,4 +1,4 @@
-"""The data commands: init, serve, import, ls, get, verify, reindex, worker, status,
+"""The data commands: init, serve, import, verify, reindex, worker, status,
 reprocess, labels, keys."""
 
 from __future__ import annotations
@@ -7,7 +7,6 @@ import json
 import sys
 from collections import Counter
 from collections.abc import Iterator
-from dataclasses import asdict
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Annotated, Any
@@ -15,19 +14,11 @@ from typing import Annotated, Any
 import typer
 from rich.table import Table
 
-from node.api import Filters, Node
+from node.api import Node
 from node.cli.common import (
-    _BLANK_CHOICES,
-    AccessionOpt,
-    Blank,
-    BlankOpt,
     ConfigOpt,
     Context,
-    DateOpt,
     HomeOpt,
-    Kind,
-    ModalityOpt,
-    NameOpt,
     app,
     counted,
     err,
@@ -35,14 +26,11 @@ from node.cli.common import (
     keys_app,
     labels_app,
     out,
-    plural,
-    print_table,
     progress,
     run,
 )
 from node.errors import ConfigError, IngestError, NodeError
 from node.index import series_watch
-from node.index.audit import Entry, os_user
 from node.index.records import State
 from node.ingest import Source
 from node.settings import Settings, valid_hospital
@@ -189,113 +177,6 @@ def import_(paths: Annotated[list[Path], typer.Argument(help="Files or folders o
             err.print(f"refused {path}: {why}", highlight=False)
         out.print(f"imported {len(files)} files: {counted(counts, 'nothing')}")
         if refused:
-            raise typer.Exit(1)
-    run(body)
-
-
-@app.command()
-def ls(hospital: Annotated[str | None, typer.Argument()] = None,
-       patient: Annotated[str | None, typer.Argument(help="Pseudonym or Patient ID.")] = None,
-       study: Annotated[str | None, typer.Argument()] = None,
-       series: Annotated[str | None, typer.Argument()] = None,
-       sop: Annotated[str | None, typer.Argument()] = None,
-       home: HomeOpt = None, config: ConfigOpt = None,
-       as_json: Annotated[bool, typer.Option("--json", help="One JSON object per line.")] = False,
-       patient_name: NameOpt = None, study_date: DateOpt = None, modality: ModalityOpt = None,
-       accession: AccessionOpt = None, blank: BlankOpt = Blank.show,
-       ) -> None:
-    """List stored instances: trailing hierarchy parts left out list everything below;
-    the query options narrow it as C-FIND would."""
-    def body() -> None:
-        ctx = Context(home, config)
-        where = Filters(patient_name, study_date, modality, accession)
-        with ctx.node() as node:
-            records = node.ls(hospital, patient, study, series, sop, where,
-                              _BLANK_CHOICES[blank])
-            conflicts = {c.sop_uid: c for c in node.conflicts()}
-            if as_json:
-                for rec in records:
-                    # sop_instance_uid and state are the keys scripts rely on; sop_uid stays.
-                    doc = asdict(rec) | {"sop_instance_uid": rec.sop_uid, "state": rec.state,
-                                         "blank": bool(rec.blank),
-                                         "received_at": rec.received_at.isoformat()}
-                    doc["conflicts"] = [asdict(c) | {"received_at": c.received_at.isoformat()}
-                                        for c in node.conflicts(rec.sop_uid)] \
-                        if rec.sop_uid in conflicts else []
-                    print(json.dumps(doc))
-                return
-            table = Table("hospital", "patient", "study", "series", "sop instance", "modality",
-                          "size", "state", "note", box=None)
-            n = shown = 0
-            for rec in records:
-                n += 1
-                shown += rec.sop_uid in conflicts
-                notes = ["BLANK"] if rec.blank else []
-                notes += ["CONFLICT"] if rec.sop_uid in conflicts else []
-                table.add_row(rec.hospital, rec.patient_key, rec.study_uid, rec.series_uid,
-                              rec.sop_uid, rec.modality or "", str(rec.size), rec.state,
-                              " ".join(notes))
-            print_table(table)
-            out.print(plural(n, "instance") + (f", {shown} with conflicts" if shown else ""))
-    run(body)
-
-
-_NO_PIXELS = (State.NOT_IMAGE, State.LABELS)
-
-
-@app.command()
-def get(hospital: Annotated[str, typer.Argument()],
-        patient: Annotated[str | None, typer.Argument(help="Pseudonym or Patient ID.")] = None,
-        study: Annotated[str | None, typer.Argument()] = None,
-        series: Annotated[str | None, typer.Argument()] = None,
-        sop: Annotated[str | None, typer.Argument()] = None,
-        out_dir: Annotated[Path, typer.Option("--out", help="Folder to write into.")] = Path("."),
-        home: HomeOpt = None, config: ConfigOpt = None,
-        patient_name: NameOpt = None, study_date: DateOpt = None, modality: ModalityOpt = None,
-        accession: AccessionOpt = None, blank: BlankOpt = Blank.show,
-        kind: Annotated[Kind, typer.Option(
-            help="original (.dcm), output (.npy, the AI input), preview (.png) or "
-                 "description (.json).")] = Kind.original) -> None:
-    """Decrypt objects below a hierarchy prefix (and matching the query options) to files
-    under --out: the Part-10 originals by default, or the outputs, previews or descriptions."""
-    def body() -> None:
-        ctx = Context(home, config)
-        where = Filters(patient_name, study_date, modality, accession)
-        with ctx.node() as node:
-            records = list(node.ls(hospital, patient, study, series, sop, where,
-                                   _BLANK_CHOICES[blank]))
-            if not records:
-                raise fail("nothing stored under that hierarchy", 1)
-            copies, written = 0, 0
-            missing: Counter[str] = Counter()
-            with progress() as bar:
-                task = bar.add_task("decrypting", total=len(records))
-                for rec in records:
-                    try:
-                        node.export(rec, out_dir, kind.value)
-                        written += 1
-                    except FileNotFoundError:  # outputs of an instance not processed
-                        missing[rec.state] += 1
-                    if kind is Kind.original:
-                        # Same UID, other bytes: beside it as {sop}.conflict-{sha256[:12]}.dcm.
-                        copies += len(node.export_conflicts(rec, out_dir))
-                    bar.advance(task)
-            if node.core.audit is not None:
-                node.core.audit.record(Entry(
-                    "export", "cli", os_user(), f"{written} files written", hospital, study,
-                    series, sop, written, f"{kind.value} to a folder"))
-        note = f" and {copies} conflict copies" if copies else ""
-        out.print(f"wrote {written} files{note} under {out_dir}", highlight=False)
-        # A SEG or a report has no output or preview by nature: said, not a failure.
-        natural = Counter({k: n for k, n in missing.items() if k in _NO_PIXELS})
-        if natural:
-            err.print(f"skipped {plural(sum(natural.values()), 'instance')} with no pixels to "
-                      f"derive from ({counted(natural, '')})", highlight=False)
-        lacking = missing - natural
-        if lacking:
-            n = sum(lacking.values())
-            err.print(f"{plural(n, 'instance')} {'has' if n == 1 else 'have'} no {kind.value} "
-                      f"({counted(lacking, '')})", highlight=False)
             raise typer.Exit(1)
     run(body)
 

@@ -122,6 +122,39 @@ def test_segment_writes_masks_and_a_seg_the_pacs_can_pull(labelled: dict) -> Non
         assert again is not None and again.state == State.NOT_IMAGE  # ...never as labels
 
 
+def test_get_exports_label_maps_and_predictions(labelled: dict, tmp_path: Path) -> None:  # type: ignore[type-arg]
+    common = labelled["common"]
+    images = labelled["series"][1]  # LES-1: 6 labelled slices and their SEG
+    got = runner.invoke(app, ["get", "default", "LES-1", "--kind", "labels", "--out",
+                              str(tmp_path / "labels"), *common])
+    assert got.exit_code == 0, got.output
+    assert "wrote 6 files" in got.stdout
+    assert "skipped 1 instance with no pixels to derive from (1 labels)" in got.stderr
+    files = sorted((tmp_path / "labels").rglob("*.labels.npy"))
+    assert {p.name for p in files} == {f"{ds.SOPInstanceUID}.labels.npy" for ds in images}
+    assert any(np.load(p).any() for p in files)  # the SEG's lesions, at 32²
+    assert all(np.load(p).shape == (1, 32, 32) for p in files)
+
+    none_yet = runner.invoke(app, ["get", "default", "LES-1", "--kind", "prediction",
+                                   "--out", str(tmp_path / "none"), *common])
+    assert none_yet.exit_code == 0 and "wrote 0 files" in none_yet.stdout
+    assert "6 instances have no prediction (6 processed)" in none_yet.stderr
+    assert runner.invoke(app, ["segment", "default", "LES-1", "--model", "fcn/1",
+                               *common]).exit_code == 0
+    predicted = runner.invoke(app, ["get", "default", "LES-1", "--kind", "prediction",
+                                    "--model", "fcn/1", "--out", str(tmp_path / "p"),
+                                    *common])
+    assert predicted.exit_code == 0, predicted.output
+    names = {p.name for p in (tmp_path / "p").rglob("*.npy")}
+    assert names == {f"{ds.SOPInstanceUID}.prediction-fcn-1.npy" for ds in images}
+    every = runner.invoke(app, ["get", "default", "LES-1", "--kind", "prediction", "--out",
+                                str(tmp_path / "all"), *common])
+    assert {p.name for p in (tmp_path / "all").rglob("*.npy")} == names
+    assert every.exit_code == 0
+    wrong = runner.invoke(app, ["get", "default", "--model", "fcn/1", *common])
+    assert wrong.exit_code == 2 and "--kind prediction" in wrong.output
+
+
 def test_a_complete_series_is_segmented_exactly_once(
         labelled: dict, settings_factory: Callable[..., Settings], tmp_path: Path) -> None:  # type: ignore[type-arg]
     from node.ai.library import Library
