@@ -27,6 +27,7 @@ from pynetdicom.sop_class import (  # type: ignore[attr-defined]
 
 from node import metrics
 from node.access import AccessPolicy
+from node.dimse.commitment import COMMIT_UID, CommitDeps, handle_action
 from node.dimse.gate import ACSE_TIMEOUT, Gate
 from node.dimse.limits import ConnectionLimit
 from node.dimse.listener import Listener
@@ -161,6 +162,8 @@ def build_ae(dimse: DimseSettings) -> AE:
     ae.acse_timeout = ACSE_TIMEOUT
     ae.dimse_timeout = dimse.network_timeout
     ae.add_supported_context(Verification)
+    # Storage Commitment: both roles, so the report can go back on the same association.
+    ae.add_supported_context(COMMIT_UID, scu_role=True, scp_role=True)
     for model in QR_MODELS:
         ae.add_supported_context(model)
     for context in AllStoragePresentationContexts:
@@ -220,6 +223,8 @@ def start(dimse: DimseSettings, ingest: Ingest, policy: AccessPolicy,
     if qr is not None:
         handlers += [(evt.EVT_C_FIND, handle_find, [qr]), (evt.EVT_C_MOVE, handle_move, [qr]),
                      (evt.EVT_C_GET, handle_get, [qr])]
+        handlers.append((evt.EVT_N_ACTION, handle_action,
+                         [CommitDeps(qr.catalog, qr.fs, qr.settings, qr.policy)]))
     limit = ConnectionLimit(dimse.max_connections_per_address)
     context = server_context(dimse.tls) if dimse.tls.enabled else None
 
