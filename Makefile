@@ -28,9 +28,10 @@ $(VENV)/.installed-test: pyproject.toml | $(BIN)/python
 	$(PIP) -e '.[test,dev]' 2>&1 | grep -v "is ignored" || true
 	$(BIN)/python -c "import node, pytest, psycopg" && touch $@ $(VENV)/.installed-run
 
-## run: start the node on embedded defaults (home ./var, DIMSE on 127.0.0.1:11112)
+## run: start the node on embedded defaults (home ./var, made on the first run; DIMSE on
+## 127.0.0.1:11112)
 run: $(VENV)/.installed-run viewer
-	$(BIN)/support-node serve
+	$(BIN)/support-node serve --init
 
 ## viewer: fetch OHIF $(OHIF_VERSION) into .viewer/ (ignored) when npm is present; the node
 ## serves it at / beside /dicom-web. Without npm (or offline) the node runs without OHIF.

@@ -69,7 +69,7 @@ class Serve:
         started = time.monotonic()
         self._ready = queue.Queue()
         self.proc = subprocess.Popen(
-            [str(SUPPORT_NODE), "serve", "--home", str(self.home), "--dimse-port", "0",
+            [str(SUPPORT_NODE), "serve", "--init", "--home", str(self.home), "--dimse-port", "0",
              "--http-port", "0"],
             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env,
             start_new_session=True)

@@ -72,7 +72,7 @@ def main() -> int:
     size = path.stat().st_size
     dimse, http = receivers.free_port(), receivers.free_port()
     env = receivers.node_env()
-    proc = subprocess.Popen([*receivers.NODE_CLI, "serve", "--home", str(work / "home"),
+    proc = subprocess.Popen([*receivers.NODE_CLI, "serve", "--init", "--home", str(work / "home"),
                              "--dimse-port", str(dimse), "--http-port", str(http)],
                             env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     try:

@@ -130,7 +130,7 @@ class SupportNode(Receiver):
     def command(self) -> tuple[list[str], dict[str, str]]:
         home = self.dir / "home"
         env = node_env() | {"SUPPORT_NODE_HOME": str(home)}
-        return [*NODE_CLI, "serve", "--home", str(home), "--dimse-port", str(self.port),
+        return [*NODE_CLI, "serve", "--init", "--home", str(home), "--dimse-port", str(self.port),
                 "--http-port", "0",
                 "--workers", str(self.workers)], env
 

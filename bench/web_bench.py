@@ -68,7 +68,7 @@ class NodeServer(receivers.Receiver):
 
     def command(self) -> tuple[list[str], dict[str, str]]:
         home = self.dir / "home"
-        return [*receivers.NODE_CLI, "serve", "--home", str(home), "--dimse-port",
+        return [*receivers.NODE_CLI, "serve", "--init", "--home", str(home), "--dimse-port",
                 str(self.port), "--http-port", str(self.http_port)], receivers.node_env()
 
 

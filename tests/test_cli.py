@@ -143,6 +143,34 @@ def test_missing_key_file_is_a_clear_error(tmp_path: Path) -> None:
     assert not (tmp_path / "nothing-here").exists()  # a mistyped --home leaves no folder
 
 
+def test_serve_in_a_home_init_did_not_make_is_refused(tmp_path: Path) -> None:
+    typo = tmp_path / "vra"  # meant ./var
+    result = cli("serve", "--home", typo, "--dimse-port", "0", "--http-port", "0")
+    assert result.exit_code == 3, result.output
+    assert f"{typo} is not a node's home" in result.output
+    assert "support-node init --home" in result.output and "serve --init" in result.output
+    no_traceback(result)
+    assert not typo.exists()  # no new key, no empty store
+
+
+def test_a_home_with_data_but_no_key_file_never_gets_a_new_key(tmp_path: Path) -> None:
+    home = tmp_path / "home"
+    study = generated_study(tmp_path / "ct", PATIENT_A, series=1, per_series=1)
+    assert cli("import", *study, "--home", home).exit_code == 0
+    (home / "keys.json").rename(tmp_path / "keys.json.moved")  # lost, or --config elsewhere
+    for command in (["serve", "--init", "--dimse-port", "0", "--http-port", "0"], ["init"],
+                    ["import", *study]):
+        result = cli(*command, "--home", home)
+        assert result.exit_code == 3, (command, result.output)
+        assert f"key file not found: {home / 'keys.json'}" in result.output
+        assert f"store {home / 'store'}" in result.output and "Restore the key file" \
+            in result.output
+        no_traceback(result)
+        assert not (home / "keys.json").exists()
+    (tmp_path / "keys.json.moved").rename(home / "keys.json")
+    assert len(ls_json(home)) == 1  # still readable with its own key
+
+
 def test_unknown_config_key_exits_2_naming_it(tmp_path: Path) -> None:
     config = tmp_path / "node.toml"
     config.write_text("[dimse]\nprot = 104\n")

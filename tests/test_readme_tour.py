@@ -16,6 +16,7 @@ import shutil
 import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -85,4 +86,37 @@ def test_the_readme_tour_runs_as_written(tmp_path: Path) -> None:
     assert "queued 13 instances with recipe ct-soft@1" in output
     assert "saved as unet/2" in output
     assert "1 DICOM SEG stored" in output
+    assert "Traceback" not in output
+
+
+def make_recipe(target: str) -> list[str]:
+    """The command lines of a Makefile target, with ``$(BIN)`` this checkout's venv."""
+    text = (ROOT / "Makefile").read_text()
+    block = re.search(rf"^{target}:.*\n((?:\t.*\n)+)", text, re.M)
+    assert block, target
+    venv = str(Path(sys.executable).parent)
+    return [line.strip().replace("$(BIN)", venv) for line in block.group(1).splitlines()]
+
+
+def test_make_run_starts_the_node_on_a_fresh_machine(tmp_path: Path) -> None:
+    # serve refuses a home init did not make; make run's own command makes it.
+    [command] = make_recipe("run")
+    env = {"PATH": os.environ.get("PATH", "/usr/bin:/bin"), "HOME": str(tmp_path),
+           "SUPPORT_NODE_DIMSE_PORT": str(free_port()), "SUPPORT_NODE_HTTP_PORT": "0",
+           "PYTHONUNBUFFERED": "1"}
+    log = tmp_path / "run.log"
+    with log.open("w") as sink:
+        proc = subprocess.Popen(["bash", "-c", command], cwd=tmp_path, env=env, stdout=sink,
+                                stderr=subprocess.STDOUT, start_new_session=True)
+        try:
+            for _ in range(120):
+                if "ready: DIMSE on" in log.read_text() or proc.poll() is not None:
+                    break
+                time.sleep(0.5)
+        finally:
+            os.killpg(proc.pid, signal.SIGTERM)
+            proc.wait(30)
+    output = log.read_text()
+    assert "ready: DIMSE on" in output, output[-3000:]
+    assert (tmp_path / "var" / "keys.json").is_file()
     assert "Traceback" not in output

@@ -40,7 +40,8 @@ class Served:
         if "--http-port" not in args:
             args = (*args, "--http-port", "0")  # a free port: never the default 8042
         self.proc = subprocess.Popen(
-            [str(SUPPORT_NODE), "serve", "--home", str(home), *map(str, args)],
+            # --init: a fresh home is made as `make run` makes it (a no-op on an existing one)
+            [str(SUPPORT_NODE), "serve", "--init", "--home", str(home), *map(str, args)],
             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=_env(home))
         self.lines: queue.Queue[str | None] = queue.Queue()
         self.seen: list[str] = []

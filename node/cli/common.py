@@ -88,10 +88,16 @@ class Context:
         logs.configure(level if service or level in ("WARNING", "ERROR") else "WARNING")
 
     def node(self, create_keys: bool = False) -> Node:
+        """The node of this home. ``create_keys``: a home without a key file gets one,
+        unless its store or index holds data (KeyringError: see ``node.cli.home``)."""
+        from node.cli.home import check_new_keys
+
         path = self.settings.keys.file
         if not create_keys and not path.exists():
             raise KeyringError(f"key file not found: {path} (run `support-node init` first, "
                                "or give the node's --home)")
+        if create_keys:
+            check_new_keys(self.settings)
         return Node.from_settings(self.settings, create_keys=create_keys)
 
 

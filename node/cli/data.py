@@ -29,6 +29,7 @@ from node.cli.common import (
     progress,
     run,
 )
+from node.cli.home import check_new_keys, require_home
 from node.errors import ConfigError, IngestError, NodeError
 from node.index import series_watch
 from node.index.records import State
@@ -46,6 +47,7 @@ def init(home: HomeOpt = None, config: ConfigOpt = None,
         overrides = {"keys": {"bits": bits}} if bits else None
         ctx = Context(home, config, overrides)
         existed = ctx.settings.keys.file.exists()
+        check_new_keys(ctx.settings)  # a home with data but no key file: never a new key
         ensure_keyring(ctx.settings)
         ctx.node().close()
         state = "kept the existing" if existed else "created"
@@ -66,10 +68,13 @@ def serve(home: HomeOpt = None, config: ConfigOpt = None,
                    "`support-node worker`).")] = None,
           http_port: Annotated[int | None, typer.Option(
               help="HTTP port of DICOMweb, /healthz and /metrics (0: any free port).")] = None,
+          init: Annotated[bool, typer.Option(
+              "--init", help="Create the home (key file, index, store) first when it has "
+                             "none, as `support-node init` does.")] = False,
           ) -> None:
     """Run the node: DIMSE Verification, Storage and Query/Retrieve SCP, DICOMweb (STOW-RS,
     QIDO-RS, WADO-RS) with /healthz and /metrics, and the processing workers, until Ctrl-C
-    or SIGTERM."""
+    or SIGTERM. The home must be one `init` made, unless --init is given."""
     from node import processes
 
     def body() -> None:
@@ -79,8 +84,9 @@ def serve(home: HomeOpt = None, config: ConfigOpt = None,
                                     "http": {"port": http_port}},
                       service=True)
         settings = ctx.settings
+        require_home(settings, init, "serve")  # a mistyped --home is not a new node
         # Create the key file and the index tables once, before any worker races to.
-        with ctx.node(create_keys=True) as node:
+        with ctx.node(create_keys=init) as node:
             web = settings.http.enabled
             if web and not settings.http.anonymous_allowed and not node.core.tokens.any_active():
                 raise ConfigError(

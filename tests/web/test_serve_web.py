@@ -57,7 +57,8 @@ def test_serve_answers_dicomweb_and_health(tmp_path: Path, served: list[Served])
 
 def test_http_on_a_public_address_without_a_token_refuses_to_start(tmp_path: Path) -> None:
     env = _env(tmp_path) | {"SUPPORT_NODE_HTTP_HOST": "0.0.0.0"}
-    result = subprocess.run([str(SUPPORT_NODE), "serve", "--home", str(tmp_path / "home"),
+    result = subprocess.run([str(SUPPORT_NODE), "serve", "--init", "--home",
+                             str(tmp_path / "home"),
                              "--dimse-port", "0", "--http-port", "0"], env=env,
                             capture_output=True, text=True, timeout=60)
     assert result.returncode == 2
