@@ -261,7 +261,7 @@ def scenario_s3(plan: Plan, work: Path, corpus: Corpus, rng: random.Random) -> R
 def scenario_postgres(plan: Plan, work: Path, corpus: Corpus, rng: random.Random) -> Row:
     # Under /tmp, not the work folder: the postgres user must reach it (a pytest tmp dir
     # is its owner's only).
-    pg = Postgres(Path(tempfile.mkdtemp(prefix="faults-pg-")) / "pg")
+    pg = Postgres(Path(tempfile.mkdtemp(prefix="faults-pg-")))
     pg.start()
     env = {"SUPPORT_NODE_INDEX_URL": pg.url()}
     try:
@@ -273,7 +273,7 @@ def scenario_postgres(plan: Plan, work: Path, corpus: Corpus, rng: random.Random
         return _outage("PostgreSQL stopped", plan, serve, env, corpus, rng, pg.stop, up)
     finally:
         pg.stop("fast")
-        shutil.rmtree(pg.dir.parent, ignore_errors=True)
+        shutil.rmtree(pg.dir, ignore_errors=True)
 
 
 def scenario_senders(plan: Plan, work: Path, corpus: Corpus, rng: random.Random) -> Row:
