@@ -243,6 +243,15 @@ class PretrainSettings:
 
 
 @dataclass(frozen=True)
+class TrainSettings:
+    """Defaults of `support-node train`: train at ``size``² (0: the outputs' size; never
+    above it), for ``epochs``."""
+
+    size: int = 128
+    epochs: int = 10
+
+
+@dataclass(frozen=True)
 class Settings:
     home: Path
     dimse: DimseSettings
@@ -256,6 +265,7 @@ class Settings:
     recipes: tuple[Recipe, ...] = (Recipe(),)
     segment: SegmentSettings = SegmentSettings()
     pretrain: PretrainSettings = PretrainSettings()
+    train: TrainSettings = TrainSettings()
 
     def recipe(self, name: str | None = None) -> Recipe:
         """The recipe called ``name`` (default: ``processing.recipe``).
@@ -346,6 +356,10 @@ _SCHEMA: dict[str, dict[str, tuple[type, Any]]] = {
         "epochs": (int, 10),
         "size": (int, 128),
         "device": (str, "cpu"),
+    },
+    "train": {
+        "size": (int, 128),
+        "epochs": (int, 10),
     },
 }
 
@@ -643,6 +657,8 @@ def _validate(s: Settings) -> None:
     t = s.pretrain
     if t.every < 0 or t.clusters < 2 or t.epochs < 1 or t.size < 0:
         raise ConfigError("pretrain: every >= 0, clusters >= 2, epochs >= 1, size >= 0")
+    if s.train.size < 0 or s.train.epochs < 1:
+        raise ConfigError("train: size >= 0, epochs >= 1")
     if t.arch not in ("fcn", "unet", "unetpp"):
         raise ConfigError("pretrain.arch: fcn, unet or unetpp")
     if s.log.level.upper() not in ("DEBUG", "INFO", "WARNING", "ERROR"):
@@ -738,6 +754,7 @@ def load(
         recipes=_recipes(file_data),
         segment=SegmentSettings(**v["segment"]),
         pretrain=PretrainSettings(**v["pretrain"]),
+        train=TrainSettings(**v["train"]),
     )
     _validate(settings)
     return settings

@@ -2,7 +2,7 @@
 
     records = select(node, "default", where=Filters(modality="CT"))   # processed, not blank
     train, val = split_by_patient(records, 0.2, seed=0)               # no patient on both
-    data = OutputDataset(node.services, train, labels=True)           # (image, mask) pairs
+    data = OutputDataset(node, train, labels=True)                    # (image, mask) pairs
     manifest(train).digest                                            # what a run used
 
 Each item is one frame: a float32 tensor (1, size, size) in [0, 1] and, with ``labels``,
@@ -39,6 +39,16 @@ def select(node: Any, hospital: str | None = None, patient: str | None = None,
     return [rec for rec in node.ls(hospital, patient, study, series, None, where,
                                    None if include_blank else False)
             if rec.state == State.PROCESSED and (rec.labels is not None or not labelled)]
+
+
+def learning_size(node: Any, records: Sequence[InstanceRecord], size: int) -> int | None:
+    """The side to learn at for a configured ``size`` (0: the outputs' own): ``size`` when
+    it is below the side of the first record's output, else None (the outputs' size, as
+    they are: never scaled up). Raises StoreError."""
+    if size <= 0 or not records:
+        return None
+    side = int(OutputDataset(node, records[:1])[0].shape[-1])
+    return size if size < side else None
 
 
 def split_by_patient(records: Sequence[InstanceRecord], val_fraction: float = 0.2,
@@ -88,6 +98,7 @@ class OutputDataset(Dataset[Any]):
     """Frames of the records' ``output.npy``, decrypted on read (one instance cached, so
     the frames of a multi-frame image are read once per pass).
 
+    ``node``: the ``node.api.Node`` the records were selected from (or its ``core``).
     ``labels``: items are (image, mask); records without a label map raise
     FileNotFoundError when read (``select(..., labelled=True)`` avoids them).
     ``size``: items scaled to size × size on the fly (area for images, nearest for masks),
@@ -98,9 +109,11 @@ class OutputDataset(Dataset[Any]):
     image on a CPU core).
     """
 
-    def __init__(self, services: Any, records: Sequence[InstanceRecord],
+    def __init__(self, node: Any, records: Sequence[InstanceRecord],
                  labels: bool = False, size: int | None = None, float32: bool = True) -> None:
-        self.fs = services.fs
+        # ``node``: a node.api.Node, as ``select`` takes, or its core (what callers gave
+        # before, as ``node.services``)
+        self.fs = getattr(node, "core", node).fs
         self.records = list(records)
         self.labels = labels
         self.size = size

@@ -110,6 +110,33 @@ def evaluate_model(node: Any, entry_id: str, records: Sequence[InstanceRecord],
     return evaluate(model.to(device), data, device=device)
 
 
+def trained_on(node: Any, entry_id: str) -> set[str] | None:
+    """SOP Instance UIDs of the images a library entry was trained on (its manifest's
+    ``train`` part); None when it has no manifest to tell. Raises StoreError."""
+    from node.ai import cards
+
+    try:
+        doc = json.loads(node.core.fs.cat_file(f"{cards.folder(entry_id)}/manifest.json"))
+    except FileNotFoundError:
+        return None
+    part = doc.get("train")
+    if part is None:
+        return None
+    return {item["sop_instance_uid"] for item in part.get("items", [])}
+
+
+def held_out(node: Any, entry_id: str, records: Sequence[InstanceRecord]
+             ) -> list[InstanceRecord] | None:
+    """The records of patients none of whose images the entry was trained on (its
+    validation split, and patients stored since); None when the entry's training data is
+    not known (no manifest). Raises StoreError."""
+    trained = trained_on(node, entry_id)
+    if trained is None:
+        return None
+    seen = {(r.hospital, r.patient_key) for r in records if r.sop_uid in trained}
+    return [r for r in records if (r.hospital, r.patient_key) not in seen]
+
+
 def seen_before(node: Any, entry_id: str, records: Sequence[InstanceRecord]
                 ) -> dict[str, int]:
     """Evaluated patients whose images a library entry, or the pretrained encoder it

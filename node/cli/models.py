@@ -44,7 +44,8 @@ Study = Annotated[str | None, typer.Argument(help="... study UID.")]
 Series = Annotated[str | None, typer.Argument(help="... series UID.")]
 ArchOpt = Annotated[str, typer.Option(help="fcn, unet or unetpp.")]
 SizeOpt = Annotated[int | None, typer.Option(
-    help="Train at size × size (outputs scaled on the fly), e.g. 128 on a CPU.")]
+    help="Learn at size × size (outputs scaled on the fly). Default: the config's size "
+         "([pretrain] or [train], 128 for a CPU), never above the outputs' own.")]
 FeaturesOpt = Annotated[str | None, typer.Option(
     help="Encoder channels, shallow to deep, e.g. 16,32,64,128,256.")]
 DeviceOpt = Annotated[str, typer.Option(help="cpu, or cuda.")]
@@ -110,8 +111,10 @@ def _records(node: Node, hierarchy: tuple[str | None, str | None, str | None, st
 @app.command()
 def pretrain(hospital: Hospital = None, patient: Patient = None, study: Study = None,
              series: Series = None, arch: ArchOpt = "unet",
-             clusters: Annotated[int, typer.Option(help="K of k-means.")] = 10,
-             epochs: Annotated[int, typer.Option(help="Training epochs.")] = 10,
+             clusters: Annotated[int | None, typer.Option(
+                 help="K of k-means (default: pretrain.clusters of the config, 50).")] = None,
+             epochs: Annotated[int | None, typer.Option(
+                 help="Training epochs (default: pretrain.epochs of the config, 10).")] = None,
              reassign: Annotated[int, typer.Option(
                  help="T: epochs between two clusterings.")] = 1,
              pca_dim: Annotated[int, typer.Option(help="PCA-whitening dimensions.")] = 64,
@@ -130,46 +133,68 @@ def pretrain(hospital: Hospital = None, patient: Patient = None, study: Study = 
         from pipelines.pretrain.deepcluster import DeepClusterConfig
 
         ctx = Context(home, config)
+        defaults = ctx.settings.pretrain
         try:
             net = NetConfig(_arch(arch), _features(features) or DEFAULT_FEATURES)
-            settings = DeepClusterConfig(clusters=clusters, epochs=epochs, reassign=reassign,
-                                         pca_dim=pca_dim, batch_size=batch_size, lr=lr,
-                                         seed=seed, device=device)
+            settings = DeepClusterConfig(
+                clusters=defaults.clusters if clusters is None else clusters,
+                epochs=defaults.epochs if epochs is None else epochs,
+                reassign=reassign, pca_dim=pca_dim, batch_size=batch_size, lr=lr, seed=seed,
+                device=device)
         except (ValueError, RuntimeError) as exc:
             raise fail(str(exc), 2) from None
         where = Filters(patient_name, study_date, modality, accession)
         with ctx.node() as node:
             records = _records(node, (hospital, patient, study, series), where, include_blank)
-            rounds: list[dict[str, Any]] = []
+            side = _chosen_size(node, records, size, defaults.size)
             with progress() as bar, _Interrupt() as stop:
-                task = bar.add_task(f"pretraining {arch} on {len(records)} images",
-                                    total=epochs)
+                task = bar.add_task(
+                    f"pretraining {arch} on {len(records)} images at {_side(side)}, "
+                    f"{settings.clusters} clusters", total=settings.epochs)
 
                 def on_round(r: dict[str, Any]) -> None:
-                    rounds.append(r)
                     nmi = "-" if r.get("nmi") is None else f"{r['nmi']:.3f}"
-                    bar.console.print(f"round {r.get('round')}: NMI to the previous {nmi}, "
-                                      f"loss {r.get('loss', float('nan')):.3f}, "
-                                      f"empty clusters re-seeded {r.get('empty_reseeded')}")
+                    loss = "-" if r.get("loss") is None else f"{r['loss']:.3f}"
+                    bar.console.print(f"{_round_name(r, settings)}: NMI to the previous "
+                                      f"{nmi}, loss {loss}, {r.get('empty_reseeded')} empty "
+                                      f"clusters re-seeded, {r.get('seconds', 0):.1f} s",
+                                      highlight=False)
 
                 try:
-                    entry = runs.pretrain(node, net, records, settings, size=size,
+                    entry = runs.pretrain(node, net, records, settings, size=side,
                                           on_round=on_round,
                                           on_epoch=lambda _e: bar.advance(task),
                                           should_stop=lambda: stop.asked)
                 except ValueError as exc:
                     raise fail(str(exc), 2) from None
-        table = Table("round", "NMI", "loss", "re-seeded", "seconds", box=None)
-        for r in rounds:
-            table.add_row(str(r.get("round")),
-                          "-" if r.get("nmi") is None else f"{r['nmi']:.3f}",
-                          f"{r.get('loss', float('nan')):.4f}", str(r.get("empty_reseeded")),
-                          f"{r.get('seconds', 0):.1f}")
-        print_table(table)
-        state = "stopped early; checkpoint saved" if entry.card["stopped"] else "saved"
-        out.print(f"{state} as {entry.id} ({entry.card['epochs_completed']} epochs, "
-                  f"{entry.card['seconds']} s)", highlight=False)
+        card = entry.card
+        state = "stopped early; checkpoint saved" if card["stopped"] else "saved"
+        out.print(f"{state} as {entry.id}: {len(card['history'])} rounds of clustering over "
+                  f"{card['epochs_completed']} of {settings.epochs} epochs, "
+                  f"{card['seconds']} s", highlight=False)
     run(body)
+
+
+def _side(size: int | None) -> str:
+    return "the outputs' size" if size is None else f"{size}²"
+
+
+def _chosen_size(node: Node, records: list[Any], given: int | None, configured: int
+                 ) -> int | None:
+    """--size as given (0: the outputs' size), else the config's, never above the outputs'.
+    None: learn at the outputs' size."""
+    if given is not None:
+        return given or None
+    from node.ai.dataset import learning_size
+    return learning_size(node, records, configured)
+
+
+def _round_name(r: dict[str, Any], settings: Any) -> str:
+    """``round 2 of 3 (epoch 2)``, ``round 1 of 2 (epochs 1-2)``: which epochs it trained."""
+    first, n = int(r.get("epoch", 0)) + 1, int(r.get("epochs", 0))
+    epochs = f"epoch {first}" if n == 1 else f"epochs {first}-{first + n - 1}" if n else \
+        "no epoch"
+    return f"round {r.get('round')} of {settings.rounds} ({epochs})"
 
 
 def _init(init: str) -> str | None:
@@ -186,7 +211,9 @@ def train_(hospital: Hospital = None, patient: Patient = None, study: Study = No
            init: Annotated[str, typer.Option(
                help="library:ARCH/VERSION (a pretrained encoder or a network) or none.")
            ] = "none",
-           epochs: int = 10, batch_size: int = 8, lr: float = 1e-3, seed: int = 0,
+           epochs: Annotated[int | None, typer.Option(
+               help="Training epochs (default: train.epochs of the config, 10).")] = None,
+           batch_size: int = 8, lr: float = 1e-3, seed: int = 0,
            classes: Annotated[int, typer.Option(help="Classes, background included.")] = 2,
            val_fraction: Annotated[float, typer.Option(
                help="Patients held out for validation.")] = 0.2,
@@ -214,9 +241,12 @@ def train_(hospital: Hospital = None, patient: Patient = None, study: Study = No
                 train_set, val_set = dataset.split_by_patient(records, val_fraction, seed)
             except ValueError as exc:
                 raise fail(str(exc), 2) from None
+            rounds = ctx.settings.train.epochs if epochs is None else epochs
+            side = _chosen_size(node, records, size, ctx.settings.train.size)
             with progress() as bar:
                 task = bar.add_task(f"training {arch} on {len(train_set)} images "
-                                    f"({len(val_set)} for validation)", total=epochs)
+                                    f"({len(val_set)} for validation) at {_side(side)}",
+                                    total=rounds)
 
                 def on_epoch(log: dict[str, Any]) -> None:
                     bar.advance(task)
@@ -224,8 +254,8 @@ def train_(hospital: Hospital = None, patient: Patient = None, study: Study = No
                                       f"validation Dice {log['val_dice']:.4f}")
 
                 trained = runs.train_segmentation(
-                    node, net, start, train_set, val_set, epochs=epochs,
-                    batch_size=batch_size, lr=lr, seed=seed, size=size, device=device,
+                    node, net, start, train_set, val_set, epochs=rounds,
+                    batch_size=batch_size, lr=lr, seed=seed, size=side, device=device,
                     on_epoch=on_epoch)
         metrics = trained.entry.card["metrics"]
         out.print(f"saved as {trained.entry.id}: best validation Dice "
@@ -237,32 +267,52 @@ def train_(hospital: Hospital = None, patient: Patient = None, study: Study = No
 def evaluate_(hospital: Hospital = None, patient: Patient = None, study: Study = None,
               series: Series = None,
               model: Annotated[str, typer.Option(help="Library id, e.g. unet/3.")] = "",
-              size: SizeOpt = None, device: DeviceOpt = "cpu",
+              size: Annotated[int | None, typer.Option(
+                  help="Evaluate at size × size (default: the size the model was trained "
+                       "at).")] = None,
+              device: DeviceOpt = "cpu",
               as_json: Annotated[bool, typer.Option("--json")] = False,
               home: HomeOpt = None, config: ConfigOpt = None) -> None:
-    """Mean foreground Dice of a library network on labelled images."""
+    """Mean foreground Dice of a library network on labelled images. With no hierarchy,
+    only the patients held out from its training (its validation split, and patients
+    labelled since); with one, the images given, with a warning for any it has seen."""
     def body() -> None:
         from node.ai import runs
 
         if not model:
             raise fail("--model: a library id such as unet/3", 2)
         ctx = Context(home, config)
+        given = any((hospital, patient, study, series))
         with ctx.node() as node:
             records = _records(node, (hospital, patient, study, series), Filters(),
                                labelled=True)
             entry = _library(node).get(model)
+            scored = "the images given" if given else "every labelled image"
+            if not given:
+                kept = runs.held_out(node, model, records)
+                if kept is not None and not kept:
+                    raise fail(f"every labelled image is of a patient {model} was trained on; "
+                               "give a hierarchy to score them anyway (not a fair test)", 1)
+                if kept is None:
+                    err.print(f"[yellow]warning:[/] {model} has no manifest.json to tell "
+                              "which images it was trained on: scoring every labelled image",
+                              highlight=False)
+                else:
+                    records, scored = kept, f"patients held out from {model}'s training"
             dice = runs.evaluate_model(node, model, records,
                                        size=size or entry.card.get("size"), device=device)
             overlap = runs.seen_before(node, model, records)
-        patients = len({r.patient_key for r in records})
+        patients = len({(r.hospital, r.patient_key) for r in records})
         for part, n in overlap.items():
             err.print(f"[yellow]warning:[/] {n} of the {patients} evaluated patients are in "
                       f"the data of {part}: this Dice is not a fair test", highlight=False)
         if as_json:
-            print(json.dumps({"model": model, "images": len(records), "dice": dice,
-                              "overlap": overlap}))
+            print(json.dumps({"model": model, "images": len(records), "patients": patients,
+                              "scored": scored, "dice": dice, "overlap": overlap}))
         else:
-            out.print(f"{model}: Dice {dice:.4f} on {len(records)} labelled images")
+            out.print(f"{model}: Dice {dice:.4f} on {len(records)} labelled images of "
+                      f"{patients} patient{'' if patients == 1 else 's'} ({scored})",
+                      highlight=False)
     run(body)
 
 

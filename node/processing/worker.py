@@ -35,6 +35,10 @@ from pipelines.recipe import Recipe
 
 log = logging.getLogger("support_node.processing")
 KINDS = (PROCESS, SEGMENT, PRETRAIN)
+# What a processed instance became, said once ("processed X", not "processed X: processed").
+_DONE = {State.PROCESSED: "processed %s", State.NOT_IMAGE: "described %s (not an image)",
+         State.UNDECODABLE: "%s is undecodable (kept, not processed)",
+         State.LABELS: "read DICOM SEG %s as labels"}
 AI_KINDS = (SEGMENT, PRETRAIN)  # minutes each: kept apart from processing in `serve`
 
 
@@ -66,9 +70,10 @@ class Worker:
         pre = self.core.settings.pretrain
         if pretrain_due(self.core.catalog, pre.every, json.dumps(asdict(pre)), now_utc):
             log.info("%d new images since the last pretraining: queued one", pre.every)
-        if done:
-            log.info("%d series complete%s", len(done),
-                     f"; segmenting with {self.segment.model}" if self.segment.model else "")
+        if done and self.segment.model:
+            log.info("%d series complete; segmenting with %s", len(done), self.segment.model)
+        elif done:  # nothing follows from it: not news at every start
+            log.debug("%d series complete", len(done))
         return done
 
     def run(self, stop: threading.Event) -> None:
@@ -144,8 +149,8 @@ class Worker:
             return "superseded"
         if result.learn is not None:
             self.filter.learnt(result.learn)
-        log.info("processed %s: %s%s", job.target, result.state,
-                 " (blank)" if result.blank else "")
+        log.info(_DONE.get(result.state, "%s: " + result.state)
+                 + (" (flagged blank)" if result.blank else ""), job.target)
         if result.state == State.PROCESSED:
             self._labels_from_earlier_segs(rec)
         return result.state

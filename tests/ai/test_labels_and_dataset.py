@@ -114,8 +114,9 @@ def test_datasets_leave_blank_images_out_and_split_by_patient(node: Node) -> Non
     assert a.digest == b.digest and a.digest != dataset.manifest(val).digest
     assert {i["sha256"] for i in a.to_dict()["items"]} == {r.sha256 for r in train}
 
-    data = dataset.OutputDataset(node.core, train)
+    data = dataset.OutputDataset(node, train)  # the node select took, as the docstring shows
     assert len(data) == 6
+    assert len(dataset.OutputDataset(node.core, train)) == 6  # or its core, as before
     x = data[0]
     assert x.shape == (1, 32, 32) and x.dtype.is_floating_point
     assert np.allclose(x.numpy()[0], node.read_output(train[0])[0].astype(np.float32))

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import io
 import json
+import re
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -70,12 +71,43 @@ def labelled(tmp_path_factory: pytest.TempPathFactory) -> dict[str, object]:
 
 def test_pretraining_saves_an_encoder_with_a_card(labelled: dict) -> None:  # type: ignore[type-arg]
     assert "saved as unet/1" in labelled["pretrain"]
-    assert "round 2: NMI to the previous" in labelled["pretrain"]
+    assert "round 2 of 2 (epoch 2): NMI to the previous" in labelled["pretrain"]
     shown = runner.invoke(app, ["library", "show", "unet/1", *labelled["common"]])
     card = json.loads(shown.stdout)
     assert card["kind"] == "pretrain" and card["data"]["count"] == 24
     assert card["pretrain"]["clusters"] == 4 and len(card["history"]) == 2
     assert card["net"]["features"] == [4, 8, 16] and not card["stopped"]
+
+
+def test_pretrain_prints_each_round_once_and_counts_epochs(labelled: dict) -> None:  # type: ignore[type-arg]
+    output = labelled["pretrain"]
+    rounds = re.findall(r"^round (\d) of 2 \(epoch (\d)\): NMI to the previous", output, re.M)
+    assert rounds == [("1", "1"), ("2", "2")]  # once each, not again in a table after
+    assert "saved as unet/1: 2 rounds of clustering over 2 of 2 epochs" in output
+
+
+def test_model_commands_take_their_defaults_from_the_config(labelled: dict,  # type: ignore[type-arg]
+                                                            tmp_path: Path) -> None:
+    # One default, in the config: [pretrain] clusters / epochs / size, [train] size / epochs;
+    # a configured size above the outputs' (32² here) is not an upscale.
+    config = tmp_path / "node.toml"
+    config.write_text(Path(labelled["common"][3]).read_text()
+                      + "\n[pretrain]\nclusters = 3\nepochs = 1\nsize = 128\n"
+                      + "[train]\nsize = 16\nepochs = 1\n")
+    common = ["--home", labelled["common"][1], "--config", str(config)]
+    pre = runner.invoke(app, ["pretrain", "--arch", "fcn", "--pca-dim", "4", *TINY, *common])
+    assert pre.exit_code == 0, pre.output
+    assert "at the outputs' size, 3 clusters" in pre.output
+    entry = re.search(r"saved as (fcn/\d+)", pre.output).group(1)  # type: ignore[union-attr]
+    card = json.loads(runner.invoke(app, ["library", "show", entry, *common]).stdout)
+    assert card["pretrain"]["clusters"] == 3 and card["pretrain"]["epochs"] == 1
+    assert card["size"] is None
+    trained = runner.invoke(app, ["train", "--arch", "fcn", *TINY, *common])
+    assert trained.exit_code == 0, trained.output
+    assert "at 16²" in trained.output
+    entry = re.search(r"saved as (fcn/\d+)", trained.output).group(1)  # type: ignore[union-attr]
+    card = json.loads(runner.invoke(app, ["library", "show", entry, *common]).stdout)
+    assert card["size"] == 16 and card["train"]["epochs"] == 1
 
 
 def test_training_starts_from_the_library_and_records_its_data(labelled: dict) -> None:  # type: ignore[type-arg]
@@ -85,7 +117,19 @@ def test_training_starts_from_the_library_and_records_its_data(labelled: dict) -
     assert card["init"] == "unet/1" and card["kind"] == "segment"
     assert card["data"]["train"]["count"] == 18 and card["data"]["validation"]["count"] == 6
     assert 0.0 <= card["metrics"]["val_dice"] <= 1.0 and len(card["history"]) == 2
-    out = runner.invoke(app, ["evaluate", "--model", "fcn/1", "--json", *labelled["common"]])
+    # With no hierarchy: only the patient held out from training (the validation split)
+    held = runner.invoke(app, ["evaluate", "--model", "fcn/1", *labelled["common"]])
+    assert held.exit_code == 0, held.output
+    assert re.search(r"fcn/1: Dice \d\.\d{4} on 6 labelled images of 1 patient "
+                     r"\(patients held out from fcn/1's training\)", held.stdout)
+    result = json.loads(runner.invoke(app, ["evaluate", "--model", "fcn/1", "--json",
+                                            *labelled["common"]]).stdout)
+    assert result["images"] == 6 and result["patients"] == 1
+    assert "fcn/1 (train)" not in result["overlap"]
+    assert result["overlap"]["fcn/1 (validation)"] == 1
+    # Given a hierarchy: the images given, with a warning for those it has seen
+    out = runner.invoke(app, ["evaluate", "--model", "fcn/1", "--json", "default",
+                              *labelled["common"]])
     result = json.loads(out.stdout)
     assert result["images"] == 24 and 0.0 <= result["dice"] <= 1.0
     # every evaluated patient was in the pretraining data, and in training or validation:
@@ -93,6 +137,9 @@ def test_training_starts_from_the_library_and_records_its_data(labelled: dict) -
     assert result["overlap"]["unet/1 (data)"] == 4
     assert result["overlap"]["fcn/1 (train)"] + result["overlap"]["fcn/1 (validation)"] >= 4
     assert "not a fair test" in out.stderr
+    helped = runner.invoke(app, ["evaluate", "--help"]).output
+    assert "default: the size the model was trained at" in " ".join(
+        re.sub(r"[│╭╮╰╯─]", " ", helped).split())
 
 
 def test_segment_writes_masks_and_a_seg_the_pacs_can_pull(labelled: dict) -> None:  # type: ignore[type-arg]

@@ -3,6 +3,7 @@ the shared filter model, reprocess, reindex, failures."""
 
 from __future__ import annotations
 
+import dataclasses
 import io
 import json
 from collections.abc import Callable
@@ -290,3 +291,23 @@ def test_worker_kinds_are_checked(node_api: Node) -> None:
     assert only_ai.exit_code == 0 and "nothing queued" in only_ai.output
     done = runner.invoke(app, ["worker", "--once", "--kinds", "process", "--home", home])
     assert done.exit_code == 0 and "1 processed" in done.output
+
+
+def test_the_log_says_what_became_of_each_instance_once(
+        small_node: Node, caplog: pytest.LogCaptureFixture) -> None:
+    node = small_node
+    ct = next(synthetic.ct_series(1, size=64, seed=3))
+    for ds in (ct, blank_ct(), text_sr()):
+        node.write(encode(ds))
+    worker = Worker(node.core, watch_every=0.0)
+    with caplog.at_level("INFO", logger="support_node.processing"):
+        worker.drain()
+        # as at a start long after the last arrival: every series is complete now
+        worker.segment = dataclasses.replace(worker.segment, quiet_seconds=0)
+        assert len(worker.watch_series()) == 3
+    lines = [r.getMessage() for r in caplog.records]
+    assert f"processed {ct.SOPInstanceUID}" in lines
+    assert any(line.endswith("(flagged blank)") for line in lines)
+    assert any("(not an image)" in line for line in lines)
+    assert not any(line.endswith(": processed") or ": not_image" in line for line in lines)
+    assert not any("series complete" in line for line in lines)  # no segment.model: no news
