@@ -183,7 +183,7 @@ def test_an_interrupted_reencryption_resumes(running: dict[str, object]) -> None
     home, served = running["home"], running["served"]
     assert isinstance(home, Path) and isinstance(served, Served)
     for _ in range(6):  # the node has processed what it holds: it writes nothing more
-        served.wait_for(re.compile(r"processed \S+: "))
+        served.wait_for(re.compile(r"support_node.processing: processed \S+"))
     finished(cli("keys", "rotate", home=home))
     with Node.open(home=home) as node:  # what a run killed half-way leaves
         objects = node.objects()

@@ -23,7 +23,7 @@ from tests.fixtures.node import free_port
 from tests.test_serve import READY, Served
 
 SUPPORT_NODE = Path(sys.executable).parent / "support-node"
-COMMITTED = re.compile(r"processed (\S+): ")
+COMMITTED = re.compile(r"support_node.processing: processed (\S+)")
 
 
 def env() -> dict[str, str]:
