@@ -8,6 +8,7 @@ instance either processed or still queued (see node.index.jobs).
 
 from __future__ import annotations
 
+import errno
 import json
 import logging
 import threading
@@ -216,7 +217,27 @@ class Worker:
         """Gives a job back after ``exc``: retried later, or failed for good after
         ``max_attempts``. Returns 'retry' or 'failed' (State.FAILED)."""
         why = f"{type(exc).__name__}: {exc}"
+        if _out_of_space(exc):
+            # Not the job's fault: it is tried again, as often as it takes, once there is
+            # room (the receivers refuse new instances meanwhile: node.pressure).
+            self.queue.postpone(job, _NO_SPACE_RETRY_S)
+            log.warning("%s postponed: no space left to write its outputs", what)
+            return "retry"
         final = self.queue.fail(job, why, self.settings.max_attempts)
         log.error("%s failed (attempt %d%s): %s", what, job.attempts,
                   ", giving up" if final else ", will retry", why)
         return State.FAILED if final else "retry"
+
+
+_NO_SPACE_RETRY_S = 30.0
+
+
+def _out_of_space(exc: BaseException | None) -> bool:
+    """Whether ``exc`` (or what caused it) is a full disk or quota."""
+    seen = 0
+    while exc is not None and seen < 10:
+        if isinstance(exc, OSError) and exc.errno in (errno.ENOSPC, errno.EDQUOT):
+            return True
+        exc = exc.__cause__ or exc.__context__
+        seen += 1
+    return False

@@ -311,3 +311,33 @@ def test_the_log_says_what_became_of_each_instance_once(
     assert any("(not an image)" in line for line in lines)
     assert not any(line.endswith(": processed") or ": not_image" in line for line in lines)
     assert not any("series complete" in line for line in lines)  # no segment.model: no news
+
+
+def test_a_full_disk_postpones_processing_instead_of_failing_it(node_api: Node) -> None:
+    """Outputs that cannot be written for lack of space are not the instance's fault: the
+    job waits and is done once there is room, never marked failed after its attempts (the
+    fault suite's full disk left 334 of 400 instances failed for good)."""
+    import errno as errno_
+
+    from node.errors import StoreError
+
+    node_api.write(encode(next(synthetic.ct_series(1, size=64, seed=41))))
+    fs = node_api.core.fs
+    real = fs.pipe_files
+
+    def full(objects: dict[str, bytes], **kwargs: object) -> None:
+        try:
+            raise OSError(errno_.ENOSPC, "No space left on device")
+        except OSError as exc:
+            raise StoreError("store write failed") from exc
+
+    fs.pipe_files = full  # type: ignore[method-assign]
+    worker = Worker(node_api.core)
+    for _ in range(5):  # more than max_attempts (3)
+        worker.step()
+        with node_api.core.catalog.engine.begin() as conn:
+            conn.exec_driver_sql("UPDATE jobs SET lease_until = NULL")  # no 30 s wait here
+    assert [rec.state for rec in node_api.ls()] == [State.QUEUED]
+    fs.pipe_files = real  # type: ignore[method-assign]
+    worker.drain()
+    assert [rec.state for rec in node_api.ls()] == [State.PROCESSED]
