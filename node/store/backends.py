@@ -83,7 +83,14 @@ def _s3(bucket: str, prefix: str, options: dict[str, Any]) -> tuple[AbstractFile
     endpoint_url = opts.pop("endpoint_url", None)
     if endpoint_url:
         client_kwargs["endpoint_url"] = endpoint_url
+    # A sender waits on the store while its C-STORE is open: an S3 that went away must
+    # give a retryable failure within seconds, not after botocore's and s3fs's default
+    # minutes of timeouts and retries (the fault suite saw senders hang for minutes).
+    config_kwargs = {"connect_timeout": 5, "read_timeout": 60,
+                     "retries": {"max_attempts": 2, "mode": "standard"},
+                     **(opts.pop("config_kwargs", None) or {})}
     fs = s3fs.S3FileSystem(
+        config_kwargs=config_kwargs,
         key=opts.pop("key", None),
         secret=opts.pop("secret", None),
         endpoint_url=endpoint_url,
