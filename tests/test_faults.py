@@ -1,6 +1,6 @@
 """The fault suite's short version (bench/faults.py --short) as a test: real serve processes
-killed -9 mid-push, PostgreSQL stopped mid-push, 16 senders with duplicates, and 200
-malformed cases over DIMSE and STOW-RS (the full disk and the S3 outage run in
+killed -9 mid-push, PostgreSQL stopped mid-push, SeaweedFS (S3) killed mid-push, 16 senders
+with duplicates, and 200 malformed cases over DIMSE and STOW-RS (the full disk runs in
 `make faults`). Every acknowledged instance must be present once, whole and processed, and
 ``support-node verify`` must find nothing."""
 
@@ -48,6 +48,17 @@ def test_index_outage_fails_senders_retryably_and_resumes(rows: dict[str, Row]) 
         pytest.skip(row.notes)
     _nothing_lost(row)
     assert "0 acknowledged while down" in row.notes and "node up: True" in row.notes
+
+
+def test_object_store_outage_fails_senders_retryably_and_resumes(rows: dict[str, Row]) -> None:
+    """SeaweedFS killed mid-push: senders get failures (not successes, and not a hang of
+    minutes, as before the store's timeouts were bounded), and ingest resumes by itself."""
+    row = rows["S3"]
+    if row.notes.startswith("could not run"):
+        pytest.skip(row.notes)
+    _nothing_lost(row)
+    assert "0 acknowledged while down" in row.notes and "node up: True" in row.notes
+    assert "Refused" in row.notes
 
 
 def test_many_senders_with_duplicates_store_each_once(rows: dict[str, Row]) -> None:
