@@ -15,7 +15,7 @@ from __future__ import annotations
 import hashlib
 from datetime import UTC, datetime
 
-from sqlalchemy import Connection, select, update
+from sqlalchemy import Connection, select
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 
@@ -50,25 +50,6 @@ class ObjectVersions:
                       "written_at": stmt.excluded.written_at}), rows)
 
         self.index.transaction("recording object versions", work)
-
-    def replace(self, path: str, old_header: bytes, new_header: bytes) -> None:
-        """Moves ``path`` from the version of ``old_header`` to ``new_header`` (key rotation
-        rewrote it), unless another writer recorded a version of its own meanwhile: then
-        that one stays current. Raises CatalogError."""
-        old, new = fingerprint(old_header), fingerprint(new_header)
-        now = datetime.now(UTC)
-        table = s.object_versions
-
-        def work(conn: Connection) -> None:
-            moved = conn.execute(update(table).where(table.c.path == path,
-                                                     table.c.header_sha256 == old)
-                                 .values(header_sha256=new, written_at=now)).rowcount
-            if not moved:  # no record yet (written once), or someone else's: never over it
-                conn.execute(self.insert(table).on_conflict_do_nothing(
-                    index_elements=["path"]), [{"path": path, "header_sha256": new,
-                                                "written_at": now}])
-
-        self.index.transaction("recording an object version", work)
 
     def current(self, path: str) -> str | None:
         """The fingerprint of the current version of ``path``; None: never rewritten."""

@@ -569,8 +569,11 @@ class EncryptedFileSystem(AbstractFileSystem):
             if isinstance(exc, _store_errors()):
                 raise _translate(exc, rel, "write") from exc
             raise
-        if self._tracked(rel):  # compare-and-set: a worker's newer record stays current
-            self.versions.replace(rel, bytes(blob[:HEADER_SIZE]), bytes(new[:HEADER_SIZE]))
+        if self._tracked(rel):
+            # What the store holds now is current: this rewrite (same plaintext), or a newer
+            # write of the node or of another rotation that landed meanwhile. Recording what
+            # was written here instead could name a version the store no longer holds.
+            self._record({rel: self._read_header(rel).raw})
         return Reencrypted.REWRITTEN
 
     def move_stored(self, path1: str, path2: str) -> None:
