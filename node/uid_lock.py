@@ -42,9 +42,6 @@ class UidLocks:
         self.engine = engine if engine is not None and engine.dialect.name == "postgresql" \
             else None
         self._threads = [threading.Lock() for _ in range(STRIPES)]
-        self._fds: dict[int, int] = {}
-        self._fds_lock = threading.Lock()
-        self._pid = os.getpid()
         if folder is not None:
             for part in (*reversed(folder.parents[:2]), folder):  # HOME/run, its locks: 0700
                 part.mkdir(exist_ok=True, mode=0o700)
@@ -53,10 +50,14 @@ class UidLocks:
     def hold(self, uid: str) -> Iterator[None]:
         stripe = zlib.crc32(uid.encode()) % STRIPES
         with self._threads[stripe]:
-            fd = self._fd(stripe)
-            if fd is not None:
-                fcntl.flock(fd, fcntl.LOCK_EX)
+            # Opened for each hold and closed after it: a lock file held open per stripe
+            # would keep up to 256 descriptors per node open for ever (and push sockets
+            # past select()'s limit in a process that opens many nodes).
+            fd = (os.open(self.folder / f"{stripe:03d}.lock", os.O_CREAT | os.O_RDWR, 0o600)
+                  if self.folder is not None else None)
             try:
+                if fd is not None:
+                    fcntl.flock(fd, fcntl.LOCK_EX)
                 if self.engine is None:
                     yield
                 else:
@@ -69,23 +70,7 @@ class UidLocks:
                             conn.commit()
             finally:
                 if fd is not None:
-                    fcntl.flock(fd, fcntl.LOCK_UN)
-
-    def _fd(self, stripe: int) -> int | None:
-        if self.folder is None:
-            return None
-        with self._fds_lock:
-            if self._pid != os.getpid():  # a forked child: its own open files, or the
-                self._fds.clear()         # parent's flocks would be shared with it
-                self._pid = os.getpid()
-            fd = self._fds.get(stripe)
-            if fd is None:
-                fd = os.open(self.folder / f"{stripe:03d}.lock", os.O_CREAT | os.O_RDWR, 0o600)
-                self._fds[stripe] = fd
-            return fd
+                    os.close(fd)  # releases the flock
 
     def close(self) -> None:
-        with self._fds_lock:
-            for fd in self._fds.values():
-                os.close(fd)
-            self._fds.clear()
+        """Nothing is held between holds; kept for symmetry with the other parts."""
