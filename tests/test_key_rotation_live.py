@@ -11,7 +11,6 @@ import os
 import re
 import signal
 import subprocess
-import sys
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -21,7 +20,7 @@ import pytest
 from node.api import Node
 from node.layout import DESCRIPTION, ORIGINAL, OUTPUT
 from pipelines import synthetic
-from tests.fixtures.node import free_port
+from tests.test_qr import destination  # noqa: F401  (a fixture: storescp as DEST)
 from tests.test_serve import READY, SUPPORT_NODE, Served
 
 pytestmark = pytest.mark.slow
@@ -56,21 +55,8 @@ def wait_until(check: Callable[[], bool], timeout: float = 60.0) -> None:
 
 
 @pytest.fixture
-def destination(tmp_path: Path) -> Iterator[tuple[int, Path]]:
-    """pynetdicom's storescp on 127.0.0.1 as the C-MOVE destination DEST."""
-    port, out = free_port(), tmp_path / "dest"
-    out.mkdir()
-    proc = subprocess.Popen([sys.executable, "-m", "pynetdicom", "storescp", "-ba", "127.0.0.1",
-                             "-aet", "DEST", "-od", str(out), str(port)],
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    time.sleep(1.5)
-    yield port, out
-    proc.terminate()
-    proc.wait(10)
-
-
-@pytest.fixture
-def running(tmp_path: Path, destination: tuple[int, Path]) -> Iterator[dict[str, object]]:
+def running(tmp_path: Path,
+            destination: tuple[int, Path]) -> Iterator[dict[str, object]]:  # noqa: F811
     """A home with one 6-instance study, served by `support-node serve` (one processing
     worker) with DEST as a C-MOVE destination."""
     home = tmp_path / "home"
@@ -104,7 +90,8 @@ def key_ids(home: Path) -> dict[str, int]:
         return {k: node.core.fs.key_id(k) for k in node.objects() if not k.startswith("_")}
 
 
-def test_rotation_beside_a_running_node(running: dict[str, object], destination: tuple[int, Path],
+def test_rotation_beside_a_running_node(running: dict[str, object],
+                                        destination: tuple[int, Path],  # noqa: F811
                                         dcmtk: Dcmtk, tmp_path: Path) -> None:
     home, port = running["home"], running["port"]
     assert isinstance(home, Path) and isinstance(port, int)
@@ -135,7 +122,8 @@ def test_rotation_beside_a_running_node(running: dict[str, object], destination:
     assert set(ids.values()) == {2}  # the rotation left nothing under key 1
 
 
-def test_two_rotations_at_once(running: dict[str, object], destination: tuple[int, Path],
+def test_two_rotations_at_once(running: dict[str, object],
+                               destination: tuple[int, Path],  # noqa: F811
                                dcmtk: Dcmtk) -> None:
     home, port = running["home"], running["port"]
     assert isinstance(home, Path) and isinstance(port, int)
