@@ -7,16 +7,19 @@ import queue
 from collections.abc import Callable
 from pathlib import Path
 
-import pytest
 from pydicom.dataset import Dataset
 from pydicom.uid import generate_uid
-from pynetdicom import AE, build_role, evt
-from pynetdicom.sop_class import StorageCommitmentPushModel  # type: ignore[attr-defined]
+from pynetdicom import AE, evt
+from pynetdicom.sop_class import (  # type: ignore[attr-defined]
+    StorageCommitmentPushModel,
+    Verification,
+)
 
 from pipelines import synthetic
 from tests.fixtures.node import RunningNode
 
 CT = "1.2.840.10008.5.1.4.1.1.2"
+REPORT_WAIT = 10  # seconds; a report takes well under one here
 
 
 def _ref(cls: str, uid: str) -> Dataset:
@@ -25,42 +28,41 @@ def _ref(cls: str, uid: str) -> Dataset:
     return ref
 
 
+def _request(refs: list[Dataset]) -> Dataset:
+    request = Dataset()
+    request.TransactionUID = generate_uid()
+    request.ReferencedSOPSequence = refs
+    return request
+
+
 def _commit(node: RunningNode, refs: list[Dataset]) -> tuple[int, Dataset]:
-    """N-ACTION on one association; waits for the N-EVENT-REPORT on the same one."""
+    """N-ACTION on one association; waits for the N-EVENT-REPORT on the same one, then
+    checks the association still serves a request (the node let its reader go again)."""
     reports: queue.Queue[tuple[int, Dataset]] = queue.Queue()
 
-    def on_report(event: evt.Event) -> int:
+    def on_report(event: evt.Event) -> tuple[int, None]:
         reports.put((event.event_type, event.event_information))
-        return 0x0000
+        return 0x0000, None
 
     ae = AE(ae_title="PACS")
     ae.add_requested_context(StorageCommitmentPushModel)
+    ae.add_requested_context(Verification)
     assoc = ae.associate("127.0.0.1", node.port, ae_title=node.ae_title,
-                         ext_neg=[build_role(StorageCommitmentPushModel, scu_role=True,
-                                             scp_role=True)],
                          evt_handlers=[(evt.EVT_N_EVENT_REPORT, on_report)])
     assert assoc.is_established
     try:
-        request = Dataset()
-        request.TransactionUID = generate_uid()
-        request.ReferencedSOPSequence = refs
+        request = _request(refs)
         status, _ = assoc.send_n_action(request, 1, StorageCommitmentPushModel,
                                         "1.2.840.10008.1.20.1.1")
         assert status.Status == 0x0000
-        event_type, info = reports.get(timeout=30)
+        event_type, info = reports.get(timeout=REPORT_WAIT)
         assert info.TransactionUID == request.TransactionUID
+        assert assoc.send_c_echo().Status == 0x0000
         return event_type, info
     finally:
         assoc.release()
 
 
-_SAME_ASSOCIATION = pytest.mark.skip(
-    reason="known defect (issue 12 notes): the node sends N-EVENT-REPORT from another thread "
-           "while pynetdicom's reader serves the same association; the response races it "
-           "(30 s stalls, and once a hang past the suite's timeout)")
-
-
-@_SAME_ASSOCIATION
 def test_commitment_checks_every_instance_by_decrypting_it(
         dimse_factory: Callable[..., RunningNode], tmp_path: Path) -> None:
     node = dimse_factory()
@@ -88,7 +90,6 @@ def test_commitment_checks_every_instance_by_decrypting_it(
                       (good.stem, "1.2.840.10008.5.1.4.1.1.4"): 0x0119}
 
 
-@_SAME_ASSOCIATION
 def test_all_committed_is_event_type_1(dimse_factory: Callable[..., RunningNode],
                                       tmp_path: Path) -> None:
     node = dimse_factory()
@@ -98,3 +99,48 @@ def test_all_committed_is_event_type_1(dimse_factory: Callable[..., RunningNode]
     event_type, info = _commit(node, [_ref(CT, p.stem) for p in paths])
     assert event_type == 1 and "FailedSOPSequence" not in info
     assert len(info.ReferencedSOPSequence) == 3
+
+
+def test_report_comes_on_a_new_association_when_the_caller_released(
+        dimse_factory: Callable[..., RunningNode], tmp_path: Path) -> None:
+    """The requestor releases right after the N-ACTION response and listens, as an SCP on
+    a port it asked the OS for, at the address configured as its destination."""
+    reports: queue.Queue[tuple[int, Dataset, str]] = queue.Queue()
+
+    def on_report(event: evt.Event) -> tuple[int, None]:
+        reports.put((event.event_type, event.event_information,
+                     str(event.assoc.requestor.ae_title).strip()))
+        return 0x0000, None
+
+    listener = AE(ae_title="PACS")
+    # The node starts this association and takes the SCP role of the class on it.
+    listener.add_supported_context(StorageCommitmentPushModel, scu_role=False, scp_role=True)
+    server = listener.start_server(("127.0.0.1", 0), block=False,
+                                   evt_handlers=[(evt.EVT_N_EVENT_REPORT, on_report)])
+    try:
+        node = dimse_factory({"destinations": {"PACS": {
+            "host": "127.0.0.1", "port": server.server_address[1]}}})
+        paths = [synthetic.write(ds, tmp_path) for ds in synthetic.ct_series(2, 64, seed=5)]
+        for path in paths:
+            node.node.write(path.read_bytes())
+        missing = generate_uid()
+        ae = AE(ae_title="PACS")
+        ae.add_requested_context(StorageCommitmentPushModel)
+        assoc = ae.associate("127.0.0.1", node.port, ae_title=node.ae_title)
+        assert assoc.is_established
+        request = _request([_ref(CT, p.stem) for p in paths] + [_ref(CT, missing)])
+        status, _ = assoc.send_n_action(request, 1, StorageCommitmentPushModel,
+                                        "1.2.840.10008.1.20.1.1")
+        assoc.release()
+        assert status.Status == 0x0000 and assoc.is_released
+
+        event_type, info, sender = reports.get(timeout=REPORT_WAIT)
+        assert sender == node.ae_title
+        assert info.TransactionUID == request.TransactionUID and event_type == 2
+        assert sorted(r.ReferencedSOPInstanceUID for r in info.ReferencedSOPSequence) == \
+            sorted(p.stem for p in paths)
+        assert [(r.ReferencedSOPInstanceUID, r.FailureReason)
+                for r in info.FailedSOPSequence] == [(missing, 0x0112)]
+        assert reports.empty()  # once, not also on the released association
+    finally:
+        server.shutdown()

@@ -162,7 +162,8 @@ def build_ae(dimse: DimseSettings) -> AE:
     ae.acse_timeout = ACSE_TIMEOUT
     ae.dimse_timeout = dimse.network_timeout
     ae.add_supported_context(Verification)
-    # Storage Commitment: both roles, so the report can go back on the same association.
+    # Storage Commitment: both roles accepted, for SCUs that propose them (the report on the
+    # same association needs none; node.dimse.commitment).
     ae.add_supported_context(COMMIT_UID, scu_role=True, scp_role=True)
     for model in QR_MODELS:
         ae.add_supported_context(model)
