@@ -35,6 +35,7 @@ from node.core import Core
 from node.errors import NodeError
 from node.index.audit import Entry, os_user
 from node.index.inventory import Row, indexed_folders, remove_conflict_row
+from node.index.spooled import SpooledRows
 from node.layout import CONFLICTS, DESCRIPTION, ORIGINAL, QUARANTINE
 from node.store.sweep import find_temp_files, sweep_temp_files
 
@@ -102,8 +103,10 @@ def check(core: Core, objects: list[str], now: datetime | None = None) -> Consis
             found.recent.append(folder)
         else:
             found.unindexed.append(folder)
+    spooled = SpooledRows(core.catalog).paths()  # acknowledged, not uploaded yet: present
     found.missing = [row for folder, row in sorted(rows.items())
-                     if f"{folder}/{ORIGINAL}" not in keys]
+                     if f"{folder}/{ORIGINAL}" not in keys
+                     and f"{folder}/{ORIGINAL}" not in spooled]
     return found
 
 

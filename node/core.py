@@ -8,6 +8,7 @@ policy. It is built in one place, :func:`node.wiring.open_core`, the composition
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
 from node.access import AccessPolicy
 from node.crypto.keyring import Keyring
@@ -36,8 +37,13 @@ class Core:
     sender: Sender | None = None  # "send to PACS"; given by the DIMSE edge (node.wiring)
     audit: AuditLog | None = None  # the audit trail's writer (node.index.audit)
     pressure: Pressure | None = None  # back-pressure: may another instance come in now?
+    uploader: Any = None  # the spool's uploader, in the one process of serve that runs it
 
     def close(self) -> None:
+        if self.uploader is not None:
+            self.uploader.stop()
+        if self.ingest.spool is not None:
+            self.ingest.spool.close()
         if self.audit is not None:
             self.audit.close()
         self.catalog.close()

@@ -3,7 +3,9 @@
     1. parse the header (no pixel decode) and check the encoding is whole
     2. check it against what the sender said it was sending
     3. write the original, then its description, each encrypted and atomic, under its UID path
-    4. index row, one transaction
+       (with a spool, ``[store] ack = "spool"``: append both, encrypted, to the local spool
+       with one shared fdatasync; node.store.spool)
+    4. index row, one transaction (with a spool: and where its objects wait)
     5. only now return: the caller acknowledges the sender
 
 A store or index failure raises (StoreError / CatalogError) after removing what this call
@@ -37,7 +39,7 @@ from node.errors import (
 )
 from node.index.audit import AuditLog, Entry
 from node.index.catalog import Catalog
-from node.index.records import ConflictRecord
+from node.index.records import ConflictRecord, InstanceRecord
 from node.layout import (
     CONFLICTS,
     DESCRIPTION,
@@ -46,6 +48,7 @@ from node.layout import (
     Pseudonymiser,
 )
 from node.patient_keys import PatientKeys
+from node.store.spool import SpoolWriter
 from node.uid_lock import UidLocks
 
 log = logging.getLogger("support_node.ingest")
@@ -85,8 +88,9 @@ class Ingest:
     def __init__(self, fs: Any, catalog: Catalog, keys: Pseudonymiser,
                  clock: Callable[[], datetime] = lambda: datetime.now(UTC),
                  max_bytes: int | None = None, locks: UidLocks | None = None,
-                 audit: AuditLog | None = None) -> None:
+                 audit: AuditLog | None = None, spool: SpoolWriter | None = None) -> None:
         self.fs = fs
+        self.spool = spool
         self.audit = audit
         self.max_bytes = max_bytes
         # Two receipts of one SOP Instance UID (threads, receiving processes, nodes) must
@@ -165,14 +169,11 @@ class Ingest:
             if existing is not None:
                 return self._known(*existing, data, header, path, receipt)
             dicom = to_json(ds)
-            with metrics.timed(metrics.INGEST_SECONDS, "encrypt_write"):
-                self._write(path.folder, data, describe.build(header, path, receipt, dicom))
+            doc = describe.build(header, path, receipt, dicom)
             rec = describe.record(dicom, path, receipt, header.transfer_syntax,
                                   header.sop_class_uid)
             try:
-                with metrics.timed(metrics.INGEST_SECONDS, "index"):
-                    inserted = self.catalog.add_instance(
-                        rec, audit=self._entry(source, "stored", path.sop, path))
+                inserted = self._keep(path, data, doc, rec, source)
             except CatalogError:
                 self._remove(path.folder)
                 raise
@@ -190,6 +191,28 @@ class Ingest:
             log.warning("stored %s with derived %s", path.sop, ", ".join(header.derived))
         log.info("stored %s from %s via %s", path.sop, source.who or "-", source.via)
         return Result(Outcome.STORED, path.sop, path.folder, header.derived)
+
+    def _keep(self, path: InstancePath, data: bytes, doc: dict[str, Any],
+              rec: InstanceRecord, source: Source) -> bool:
+        """Writes the objects (to the store, or to the spool) and indexes the instance;
+        returns what ``add_instance`` returned. Raises StoreError, CatalogError,
+        UidCollisionError (the store's objects of this call are removed by the caller)."""
+        audit = self._entry(source, "stored", path.sop, path)
+        if self.spool is None:
+            with metrics.timed(metrics.INGEST_SECONDS, "encrypt_write"):
+                self._write(path.folder, data, doc)
+            with metrics.timed(metrics.INGEST_SECONDS, "index"):
+                return self.catalog.add_instance(rec, audit=audit)
+        with metrics.timed(metrics.INGEST_SECONDS, "encrypt_write"):
+            # Original first, as in the store: the uploader puts them in this order.
+            blobs = {f"{path.folder}/{name}": self.fs.seal(f"{path.folder}/{name}", value)
+                     for name, value in ((ORIGINAL, data), (DESCRIPTION, describe.encode(doc)))}
+        try:
+            with self.spool.spooled(blobs) as entries:
+                with metrics.timed(metrics.INGEST_SECONDS, "index"):
+                    return self.catalog.add_instance(rec, audit=audit, spooled=entries)
+        except OSError as exc:
+            raise StoreError(f"could not spool {path.folder}") from exc
 
     def _check(self, header: Header, sop_class: str | None, sop_uid: str | None) -> None:
         if sop_uid is not None and sop_uid.strip() != header.sop_instance_uid:

@@ -115,3 +115,11 @@ def is_rewritten(path: str) -> bool:
     (node.index.object_versions). Originals are written once."""
     name = path.rsplit("/", 1)[-1]
     return name in (DESCRIPTION, OUTPUT, PREVIEW, LABELS) or prediction_model(name) is not None
+
+
+def is_spoolable(path: str) -> bool:
+    """Whether the object at ``path`` may wait in the local spool (node.store.spool): an
+    instance's original and description, as ingest writes them; nothing else is spooled,
+    so reads of other objects never ask the spool."""
+    name = path.rsplit("/", 1)[-1]
+    return name in (ORIGINAL, DESCRIPTION) and f"/{CONFLICTS}/" not in f"/{path}"

@@ -7,6 +7,8 @@ Two watermarks, from the settings:
   than 5% of their size when that is smaller (so a small disk is not refused from the
   start). An S3 store is not measured: its space is the object store's business.
 - the processing queue (``[processing] max_queue``): at most that many jobs waiting.
+- the spool (``[store] spool_max_bytes``): at most that many bytes waiting for upload in
+  the home's local spool (node.store.spool), as when the object store is down.
 
 Over either, the edges refuse for now (C-STORE 0xA700, STOW-RS 503 with Retry-After) and
 log why, once per change of state; below them again, service resumes by itself. A reading
@@ -35,6 +37,7 @@ class Reading:
     reason: str | None
     free_bytes: int | None  # least free space over the watched filesystems
     queue_depth: int | None
+    spool_bytes: int | None = None
 
     @property
     def ok(self) -> bool:
@@ -42,7 +45,7 @@ class Reading:
 
     def as_dict(self) -> dict[str, object]:
         return {"accepting": self.ok, "reason": self.reason, "free_bytes": self.free_bytes,
-                "queue_depth": self.queue_depth}
+                "queue_depth": self.queue_depth, "spool_bytes": self.spool_bytes}
 
 
 def _gib(n: int) -> str:
@@ -54,8 +57,11 @@ class Pressure:
 
     def __init__(self, paths: Sequence[Path], min_free_bytes: int,
                  queue_depth: Callable[[], int] | None, max_queue: int,
-                 ttl: float = 1.0, clock: Callable[[], float] = time.monotonic) -> None:
+                 ttl: float = 1.0, clock: Callable[[], float] = time.monotonic,
+                 spool_bytes: Callable[[], int] | None = None, spool_max: int = 0) -> None:
         self.paths = list(paths)
+        self.spool_bytes = spool_bytes
+        self.spool_max = spool_max
         self.min_free_bytes = min_free_bytes
         self.queue_depth = queue_depth
         self.max_queue = max_queue
@@ -100,7 +106,12 @@ class Pressure:
             if reason is None and depth is not None and depth > self.max_queue:
                 reason = (f"{depth} jobs wait for processing, over processing.max_queue "
                           f"({self.max_queue})")
-        return Reading(reason, least, depth)
+        spooled = self.spool_bytes() if self.spool_bytes is not None else None
+        if reason is None and spooled is not None and self.spool_max and \
+                spooled > self.spool_max:
+            reason = (f"{_gib(spooled)} wait in the spool for upload, over "
+                      f"store.spool_max_bytes ({_gib(self.spool_max)}): is the store down?")
+        return Reading(reason, least, depth, spooled)
 
     def _space(self, path: Path) -> tuple[int | None, int]:
         probe = path

@@ -85,9 +85,11 @@ def _hangup_ignored() -> Iterator[None]:
 
 
 def at_start(core: Core) -> None:
-    """Once per start of the node: warn about a home that others can read, and sweep stale
-    temporary files of the store (in the background: it walks a local store)."""
+    """Once per start of the node: warn about a home that others can read, sweep stale
+    temporary files of the store (in the background: it walks a local store), and start
+    the spool's uploader (``core.close()`` stops it)."""
     warn_exposed(core.settings)
+    wiring.start_uploader(core)
     threading.Thread(target=_sweep, args=(core,), name="sweep", daemon=True).start()
 
 
@@ -110,7 +112,7 @@ def serve_one(settings: Settings, ready: Callable[[int, str | None], None],
     Raises OSError when a port cannot be bound, and what ``open_core`` raises.
     """
     stop = stop or stop_event()
-    core = wiring.open_core(settings)
+    core = wiring.open_core(settings, serving=True)
     reload_keys_on_hangup(core.keyring)
     if not shared_port:  # one of several workers: the parent did it
         at_start(core)
@@ -138,7 +140,7 @@ def serve_one(settings: Settings, ready: Callable[[int, str | None], None],
 def serve_web(settings: Settings) -> tuple[str, Callable[[], None]]:
     """Starts the HTTP server in this process on a core of its own (used beside several DIMSE
     worker processes); returns its URL and a function that stops it. Raises OSError."""
-    core = wiring.open_core(settings)
+    core = wiring.open_core(settings, serving=True)
     reload_keys_on_hangup(core.keyring)  # also passes SIGHUP on to the DIMSE workers
     at_start(core)
     try:

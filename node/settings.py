@@ -174,6 +174,12 @@ class StoreSettings:
     # filesystems of the home and store have less free space than this, or than 5% of
     # their size when that is smaller (0: never refuse for space).
     min_free_bytes: int = 2 << 30
+    # "spool": a received instance is acknowledged once durable in the home's local spool,
+    # and uploaded to the store in the background (node.store.spool); "store": only once
+    # the store holds it.
+    ack: str = "spool"
+    spool_max_bytes: int = 8 << 30  # refuse new instances while the spool holds more
+    upload_threads: int = 8  # PUTs at once from the spool
 
 
 @dataclass(frozen=True)
@@ -297,7 +303,7 @@ _SCHEMA: dict[str, dict[str, tuple[type, Any]]] = {
         "allow_any_ae": (bool, False),
         "max_pdu": (int, 1048576),
         "network_timeout": (int, 60),
-        "workers": (int, 1),
+        "workers": (int, 0),  # 0: one per core (one when the port is 0)
         "association_request_timeout": (float, 5.0),
         "max_connections_per_address": (int, 10),
         "any_ae_rights": (tuple, ("store",)),
@@ -327,6 +333,9 @@ _SCHEMA: dict[str, dict[str, tuple[type, Any]]] = {
         "fsync": (bool, True),
         "chunk_size": (int, 1048576),
         "min_free_bytes": (int, 2 << 30),
+        "ack": (str, "spool"),
+        "spool_max_bytes": (int, 8 << 30),
+        "upload_threads": (int, 8),
     },
     "index": {"url": (str, None)},
     "keys": {"file": (str, None), "bits": (int, 128)},
@@ -611,7 +620,7 @@ def _validate(s: Settings) -> None:
     if not 0 <= d.port <= 65535:
         raise ConfigError(f"dimse.port: {d.port} is not a TCP port")
     if d.workers < 1:
-        raise ConfigError("dimse.workers: must be at least 1")
+        raise ConfigError("dimse.workers: 0 (one per core) or more")
     if d.workers > 1 and d.port == 0:
         raise ConfigError("dimse.workers: several workers share one port; set dimse.port")
     if d.max_associations < 1:
@@ -637,6 +646,11 @@ def _validate(s: Settings) -> None:
         raise ConfigError("keys.bits: 128 or 256")
     if s.store.chunk_size < 4096:
         raise ConfigError("store.chunk_size: at least 4096")
+    if s.store.ack not in ("spool", "store"):
+        raise ConfigError('store.ack: "spool" or "store"')
+    if s.store.spool_max_bytes < 0 or s.store.upload_threads < 1:
+        raise ConfigError("store.spool_max_bytes: 0 (off) or more; store.upload_threads: "
+                          "at least 1")
     if s.store.min_free_bytes < 0 or s.processing.max_queue < 0:
         raise ConfigError("store.min_free_bytes and processing.max_queue: 0 (off) or more")
     p = s.processing
@@ -705,6 +719,15 @@ def _sqlite_under(home: Path, url: str) -> str:
     return f"{head}:///{_under(home, file)}{query_sep}{query}"
 
 
+def _receivers(dimse: Mapping[str, Any]) -> int:
+    """``dimse.workers``, with 0 (the default) as one receiving process per core: the
+    GIL binds one process to one core. A port the OS picks (0) cannot be shared: one."""
+    workers = int(dimse["workers"])
+    if workers == 0:
+        return 1 if dimse["port"] == 0 else max(1, len(os.sched_getaffinity(0)))
+    return workers if workers > 0 else -1
+
+
 def load(
     config: str | os.PathLike[str] | None = None,
     home: str | os.PathLike[str] | None = None,
@@ -738,11 +761,14 @@ def load(
     index_url = _sqlite_under(home_path, v["index"]["url"] or "sqlite:///index.sqlite")
     settings = Settings(
         home=home_path,
-        dimse=DimseSettings(**v["dimse"], callers=_callers(file_data),
+        dimse=DimseSettings(**{**v["dimse"], "workers": _receivers(v["dimse"])},
+                            callers=_callers(file_data),
                             tls=_dimse_tls(v["dimse.tls"], home_path)),
         store=StoreSettings(
             url=store_url, options=options, fsync=v["store"]["fsync"],
             chunk_size=v["store"]["chunk_size"], min_free_bytes=v["store"]["min_free_bytes"],
+            ack=v["store"]["ack"], spool_max_bytes=v["store"]["spool_max_bytes"],
+            upload_threads=v["store"]["upload_threads"],
         ),
         index=IndexSettings(url=index_url),
         keys=KeysSettings(file=_under(home_path, v["keys"]["file"] or "keys.json"),

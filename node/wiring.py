@@ -18,6 +18,7 @@ from node.errors import KeyringError
 from node.index.audit import AuditLog
 from node.index.catalog import Catalog
 from node.index.object_versions import ObjectVersions
+from node.index.spooled import SpooledRows
 from node.index.tokens import Tokens
 from node.ingest import Ingest
 from node.pressure import Pressure
@@ -25,6 +26,8 @@ from node.settings import Settings
 from node.store.backends import open_backend
 from node.store.encrypted_fs import EncryptedFileSystem
 from node.store.modes import sqlite_file
+from node.store.spool import SPOOL, SpoolReader, SpoolWriter
+from node.store.uploader import Uploader
 from node.uid_lock import UidLocks
 
 log = logging.getLogger("support_node")
@@ -62,8 +65,12 @@ def ensure_keyring(settings: Settings) -> Keyring:
     return keyring
 
 
-def open_core(settings: Settings, create_keys: bool = False) -> Core:
+def open_core(settings: Settings, create_keys: bool = False, serving: bool = False) -> Core:
     """Opens the store, the index and the keyring named by ``settings``.
+
+    ``serving``: a process of ``serve`` (a receiver, the web server), which acknowledges
+    from the local spool when ``[store] ack = "spool"``; other cores (the CLI, the Python
+    API, workers) write straight to the store. Every core reads spooled objects.
 
     Raises KeyringError (no key file and ``create_keys`` is False), StoreError, CatalogError.
     """
@@ -81,16 +88,28 @@ def open_core(settings: Settings, create_keys: bool = False) -> Core:
     from node.dimse.send import DimseSender  # the DIMSE edge's C-STORE SCU
 
     locks = UidLocks(settings.home / "run" / "uid-locks", catalog.engine)
+    fs.spool = SpoolReader(settings.home / SPOOL, SpooledRows(catalog), locks)
+    writer = SpoolWriter(settings.home / SPOOL) \
+        if serving and settings.store.ack == "spool" else None
     audit = AuditLog(catalog)
     ingest = Ingest(fs, catalog, keyring, max_bytes=settings.dimse.max_instance_bytes,
-                    locks=locks, audit=audit)
+                    locks=locks, audit=audit, spool=writer)
     return Core(settings, keyring, fs, catalog, ingest, tokens, policy,
                 sender=DimseSender(settings, fs), audit=audit,
-                pressure=_pressure(settings, backend, root, catalog))
+                pressure=_pressure(settings, backend, root, catalog, fs.spool))
 
 
-def _pressure(settings: Settings, backend: Any, root: str, catalog: Catalog) -> Pressure:
-    """Watches the home's filesystem, a local store's, and the processing queue."""
+def start_uploader(core: Core) -> None:
+    """Starts the uploader of the home's spool in this process (one per node: the process
+    of ``serve`` that also sweeps); ``core.close()`` stops it."""
+    core.uploader = Uploader(core.fs, core.fs.spool,
+                             threads=core.settings.store.upload_threads).start()
+
+
+def _pressure(settings: Settings, backend: Any, root: str, catalog: Catalog,
+              spool: SpoolReader) -> Pressure:
+    """Watches the home's filesystem, a local store's, the processing queue and the
+    spool."""
     from pathlib import Path
 
     from node.index.jobs import JobQueue
@@ -101,7 +120,8 @@ def _pressure(settings: Settings, backend: Any, root: str, catalog: Catalog) -> 
         paths.append(Path(root))
     queue = JobQueue(catalog)
     return Pressure(paths, settings.store.min_free_bytes, queue.depth,
-                    settings.processing.max_queue)
+                    settings.processing.max_queue, spool_bytes=spool.size,
+                    spool_max=settings.store.spool_max_bytes)
 
 
 def start_dimse(core: Core, shared_port: bool = False) -> Any:

@@ -93,7 +93,7 @@ def test_command_line_overrides_win_over_the_environment(tmp_path: Path) -> None
         ({"dimse": {"port": 70000}}, {}, "dimse.port"),
         ({"keys": {"bits": 192}}, {}, "keys.bits"),
         ({"log": {"level": "LOUD"}}, {}, "log.level"),
-        ({"dimse": {"workers": 0}}, {}, "dimse.workers"),
+        ({"dimse": {"workers": -1}}, {}, "dimse.workers"),
         ({"dimse": {"workers": 2, "port": 0}}, {}, "dimse.workers"),
         ({"dimse": {"callers": {"CT1": {"hospitl": "a"}}}}, {}, "dimse.callers.CT1"),
         ({"dimse": {"callers": {"CT1": {"hospital": "St Mary's"}}}}, {},

@@ -261,6 +261,13 @@ def reindex(home: HomeOpt = None, config: ConfigOpt = None) -> None:
         ctx = Context(home, config)
         counts: Counter[str] = Counter()
         with ctx.node() as node:
+            from node.index.spooled import SpooledRows
+
+            waiting, _ = SpooledRows(node.core.catalog).totals()
+            if waiting:  # the store does not hold them yet: a rebuild would drop them
+                raise fail(f"{waiting} objects still wait in a node's spool for upload; "
+                           "start the node (serve) until `support-node status` shows none, "
+                           "then reindex", 1)
             keys = node.descriptions()
             node.core.catalog.clear()
             with progress() as bar:
@@ -335,13 +342,14 @@ def _drain(node: Node, what: str, kinds: tuple[str, ...] | None = None) -> None:
         raise typer.Exit(1)
 
 
-def _wait_for_queue(queue: Any, timeout: float) -> bool:
-    """Polls until no job is queued or running, or ``timeout`` runs out. True: empty.
-    A job waiting on another (a segmentation waiting for its images) counts as queued."""
+def _wait_for_queue(queue: Any, spooled: Any, timeout: float) -> bool:
+    """Polls until no job is queued or running and nothing waits in a spool for upload,
+    or ``timeout`` runs out. True: empty. A job waiting on another (a segmentation waiting
+    for its images) counts as queued."""
     import time
 
     end = time.monotonic() + timeout
-    while queue.counts().queue_depth:
+    while queue.counts().queue_depth or spooled.totals()[0]:
         if time.monotonic() >= end:
             return False
         time.sleep(0.5)
@@ -357,21 +365,27 @@ def status(home: HomeOpt = None, config: ConfigOpt = None,
            as_json: Annotated[bool, typer.Option("--json", help="As one JSON object.")] = False,
            wait: Annotated[bool, typer.Option(
                "--wait", help="First wait until the queue is empty (the running workers "
-                              "are done), at most --timeout seconds.")] = False,
+                              "are done) and the spool is uploaded, at most --timeout "
+                              "seconds.")] = False,
            timeout: Annotated[float, typer.Option(help="Seconds --wait waits at most.")
                               ] = 600.0,
            ) -> None:
     """Processing queue depth; how many instances were processed, flagged blank, described
-    only, or failed; segmentation and pretraining jobs that failed, with their reasons."""
+    only, or failed; segmentation and pretraining jobs that failed, with their reasons;
+    what waits in the spool for upload to the store."""
     from node.index.jobs import JobQueue
+    from node.index.spooled import SpooledRows
 
     def body() -> None:
         ctx = Context(home, config)
         with ctx.node() as node:
             queue = JobQueue(node.core.catalog)
-            if wait and not _wait_for_queue(queue, timeout):
-                raise fail(f"the queue is not empty after {timeout:g} s: are the workers "
-                           "running (serve, or support-node worker)?", 1)
+            spooled = SpooledRows(node.core.catalog)
+            if wait and not _wait_for_queue(queue, spooled, timeout):
+                raise fail(f"the queue or the spool is not empty after {timeout:g} s: are "
+                           "the workers and the node running (serve, or support-node "
+                           "worker)?", 1)
+            spool_objects, spool_bytes = spooled.totals()
             counts = queue.counts()
             failures = queue.failed_jobs(8)
             stored = node.core.catalog.counts()["instances"]
@@ -385,7 +399,8 @@ def status(home: HomeOpt = None, config: ConfigOpt = None,
                "failed_pretrain": failed.get("pretrain", 0),
                "errors": [{"kind": k, "target": t, "error": e} for k, t, e in failures],
                "recipe": ctx.settings.recipe().recipe_id,
-               "accepting": None if pressure is None else pressure.as_dict()}
+               "accepting": None if pressure is None else pressure.as_dict(),
+               "spool": {"objects": spool_objects, "bytes": spool_bytes}}
         if as_json:
             print(json.dumps(doc))
             return
@@ -400,7 +415,8 @@ def status(home: HomeOpt = None, config: ConfigOpt = None,
                              ("DICOM SEG read as labels", states[State.LABELS]),
                              ("failed", states[State.FAILED]),
                              ("segmentations failed", doc["failed_segment"]),
-                             ("pretrainings failed", doc["failed_pretrain"])):
+                             ("pretrainings failed", doc["failed_pretrain"]),
+                             ("objects waiting in the spool for upload", spool_objects)):
             table.add_row(label, str(value))
         out.print(table)
         out.print(f"default recipe: {doc['recipe']}", highlight=False)

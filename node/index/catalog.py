@@ -15,7 +15,7 @@ PHI), and PostgreSQL's DETAIL lines (which quote row values) are left out.
 from __future__ import annotations
 
 import functools
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import AbstractContextManager, nullcontext
 from datetime import datetime
 from typing import Any, TypeVar
@@ -48,6 +48,8 @@ from node.index.engine import (
 )
 from node.index.jobs import enqueue
 from node.index.records import ConflictRecord, InstanceRecord, State
+from node.index.spooled import Spooled
+from node.index.spooled import insert_in as insert_spooled
 from node.index.upgrade import upgrade
 
 T = TypeVar("T")
@@ -172,10 +174,13 @@ class Catalog:
 
     # ---- instances ----------------------------------------------------------------------
 
-    def add_instance(self, rec: InstanceRecord, audit: Entry | None = None) -> bool:
+    def add_instance(self, rec: InstanceRecord, audit: Entry | None = None,
+                     spooled: Sequence[Spooled] = ()) -> bool:
         """Indexes one instance, creating or completing its patient, study and series.
 
         ``audit``: an entry of the audit trail, appended in the same transaction.
+        ``spooled``: where its objects wait in a local spool (node.store.spool), recorded
+        in the same transaction.
 
         Counts and modalities_in_study are updated in the same transaction. Descriptive
         attributes already stored are kept; NULLs are filled from ``rec``.
@@ -194,7 +199,7 @@ class Catalog:
         made: dict[tuple[str, str, str], tuple[int, int, int]] = {}
         inserted = self._write(
             f"indexing instance {rec.sop_uid}",
-            lambda conn: self._add_instance(conn, rec, made, audit)
+            lambda conn: self._add_instance(conn, rec, made, audit, spooled)
         )
         if made and self._dialect == "sqlite":  # only once committed
             if len(self._series_cache) > 4096:
@@ -493,6 +498,7 @@ class Catalog:
     # ---- the work of add_instance -------------------------------------------------------
 
     def _add_cached(self, conn: Connection, rec: InstanceRecord, audit: Entry | None,
+                    spooled: Sequence[Spooled],
                     series_pk: int, study_pk: int, patient_pk: int) -> bool:
         """The add of a further instance of a series this process indexed before: the
         instance row and the counts only (SQLite, writers serialised)."""
@@ -500,7 +506,7 @@ class Catalog:
         if conn.scalar(_SERIES_STILL, {"k_pk": series_pk, "k_uid": rec.series_uid}) is None:
             self._series_cache.pop(_cache_key(rec), None)
             raise _Retry()
-        self._insert_instance(conn, rec, series_pk, audit)
+        self._insert_instance(conn, rec, series_pk, audit, spooled)
         _update_row(conn, s.patients, patient_pk, fill=_present(rec, _PATIENT_FIELDS))
         self._bump_study(conn, study_pk, rec.modality, _present(rec, _STUDY_FIELDS), False)
         _update_row(conn, s.series, series_pk, fill=_present(rec, _SERIES_FIELDS),
@@ -508,7 +514,7 @@ class Catalog:
         return True
 
     def _insert_instance(self, conn: Connection, rec: InstanceRecord, series_pk: int,
-                         audit: Entry | None = None) -> None:
+                         audit: Entry | None = None, spooled: Sequence[Spooled] = ()) -> None:
         """Inserts the instance row and, for a queued instance, its processing job.
 
         Raises _Rollback(False) when another transaction indexed it since our check (the
@@ -524,10 +530,11 @@ class Catalog:
             enqueue(conn, [rec.sop_uid], rec.received_at)
         if audit is not None:
             entry_in(conn, audit)
+        insert_spooled(conn, spooled)
 
     def _add_instance(self, conn: Connection, rec: InstanceRecord,
                       made: dict[tuple[str, str, str], tuple[int, int, int]],
-                      audit: Entry | None = None) -> bool:
+                      audit: Entry | None = None, spooled: Sequence[Spooled] = ()) -> bool:
         """Returns True once the instance row and its hierarchy are written.
 
         On PostgreSQL the hierarchy is locked top-down (patient, study), the order in which
@@ -537,7 +544,7 @@ class Catalog:
         """
         cached = self._series_cache.get(_cache_key(rec))
         if cached is not None:
-            return self._add_cached(conn, rec, audit, *cached)
+            return self._add_cached(conn, rec, audit, spooled, *cached)
         if conn.scalar(_INSTANCE_EXISTS, {"k_sop_uid": rec.sop_uid}) is not None:
             return False
         patient = _present(rec, _PATIENT_FIELDS)
@@ -562,7 +569,7 @@ class Catalog:
         )
         if not new_series and conn.scalar(_SERIES_STUDY, {"k_pk": series_pk}) != study_pk:
             raise UidCollisionError("its Series Instance UID belongs to another study")
-        self._insert_instance(conn, rec, series_pk, audit)
+        self._insert_instance(conn, rec, series_pk, audit, spooled)
         self._bump_study(conn, study_pk, rec.modality, study, new_series)
         _update_row(conn, s.series, series_pk, fill=series, increment=("number_of_instances",),
                     assign=_arrival(rec))

@@ -235,6 +235,22 @@ object_versions = Table(
     Column("written_at", UTCDateTime, nullable=False),
 )
 
+# Objects acknowledged from a node's local spool and not yet in the object store
+# (node.store.spool): where each one's ciphertext lies, in which node's spool, until that
+# node's uploader has put it in the store. Not cleared by reindex (reindex refuses while
+# any are left: the store does not hold them yet).
+spooled = Table(
+    "spooled",
+    metadata,
+    Column("path", Ident, primary_key=True),
+    Column("spool", String(64), nullable=False),  # the spool's id (one per node home)
+    Column("segment", String(128), nullable=False),  # a file of that spool
+    Column("position", BigInteger, nullable=False),  # byte offset of the ciphertext
+    Column("length", BigInteger, nullable=False),
+    Column("spooled_at", UTCDateTime, nullable=False),
+    Index("ix_spooled_spool_segment", "spool", "segment"),
+)
+
 # Children before parents: the order in which rows can be deleted. ``reindex`` requeues
 # the jobs of instances whose description shows no result.
 INDEX_TABLES: tuple[Table, ...] = (jobs, instances, series, studies, patients, conflicts)
@@ -251,6 +267,7 @@ __all__ = [
     "object_versions",
     "patients",
     "series",
+    "spooled",
     "studies",
     "tokens",
 ]

@@ -58,7 +58,7 @@ from node.crypto.aead import (
 from node.crypto.keyring import Keyring
 from node.errors import IntegrityError, StoreError
 from node.index.object_versions import fingerprint
-from node.layout import is_rewritten
+from node.layout import is_rewritten, is_spoolable
 
 __all__ = ["TMP_SUFFIX", "EncryptedFileSystem", "EncryptedWriter", "Reencrypted"]
 
@@ -135,6 +135,9 @@ class EncryptedFileSystem(AbstractFileSystem):
         # Set by the node (node.wiring): the index's record of current versions of objects
         # rewritten in place; reads of those compare, so an older copy put back is refused.
         self.versions: Any = None
+        # Set by the node (node.wiring): the local spool's reader (node.store.spool). An
+        # object acknowledged from the spool is read there until the uploader has put it.
+        self.spool: Any = None
         self._local = isinstance(fs, LocalFileSystem)
         # A local root is always made absolute, so listings can be mapped back to relative paths.
         self.root: str = fs._strip_protocol(root) if (root or self._local) else ""
@@ -311,6 +314,9 @@ class EncryptedFileSystem(AbstractFileSystem):
         if rel == "":
             raise IsADirectoryError(errno.EISDIR, "is the root directory", "")
         if mode == "rb":
+            spooled = self._spooled(rel)
+            if spooled is not None:
+                return _StoreReader(spooled, self.keyring, rel)
             full = self._join(rel)
             if self._tracked(rel):
                 self._check_current(rel, self._read_header(rel).raw)
@@ -367,6 +373,10 @@ class EncryptedFileSystem(AbstractFileSystem):
         """
         rel = self._strip_protocol(path)
         if (start is None or start == 0) and end is None:
+            spooled = self._spooled(rel)
+            if spooled is not None:
+                with spooled:
+                    return decrypt(spooled.read(), self.keyring, rel)
             try:
                 blob = self.fs.cat_file(self._join(rel), **kwargs)
                 if not self._is_current(rel, blob[:HEADER_SIZE]):
@@ -378,6 +388,44 @@ class EncryptedFileSystem(AbstractFileSystem):
         if self._tracked(rel):
             self._check_current(rel, self._read_header(rel).raw)
         return bytes(super().cat_file(rel, start=start, end=end, **kwargs))
+
+    # -- the local spool ---------------------------------------------------------------
+
+    def _spooled(self, rel: str) -> Any:
+        """The spooled ciphertext of ``rel`` (a seekable file), or None: read the store."""
+        if self.spool is None or not is_spoolable(rel):
+            return None
+        try:
+            return self.spool.open(rel)
+        except FileNotFoundError:
+            raise
+        except Exception as exc:  # the index failed: the store may still hold it
+            raise StoreError(f"store read failed: {rel} (spool lookup)") from exc
+
+    def seal(self, path: str, value: bytes | bytearray | memoryview) -> bytearray:
+        """The ciphertext `pipe_file` would store at `path` (for the spool)."""
+        return encrypt_to_buffer(value, self.keyring.active, self._strip_protocol(path),
+                                 self.chunk_size)
+
+    def put_sealed(self, path: str, blob: bytes | bytearray | memoryview) -> None:
+        """Stores ciphertext made by `seal` at `path` as it is (the uploader). Raises
+        StoreError."""
+        self._publish(self._strip_protocol(path), blob)
+
+    def _publish(self, rel: str, blob: bytes | bytearray | memoryview) -> None:
+        """Writes `blob` at `rel` atomically; the old object, if any, stays on failure."""
+        sink = None
+        try:
+            sink = self._sink(rel)
+            sink.write(blob)
+            sink.finish()
+            sink.commit()
+        except BaseException as exc:
+            if sink is not None:
+                sink.discard()
+            if isinstance(exc, _store_errors()):
+                raise _translate(exc, rel, "write") from exc
+            raise
 
     # -- versions of rewritten objects ---------------------------------------------------
 
@@ -434,18 +482,9 @@ class EncryptedFileSystem(AbstractFileSystem):
         if mode == "create" and self.exists(rel):
             raise FileExistsError(errno.EEXIST, "object exists", rel)
         blob = encrypt_to_buffer(value, self.keyring.active, rel, self.chunk_size)
-        sink = None
-        try:
-            sink = self._sink(rel)
-            sink.write(blob)
-            sink.finish()
-            sink.commit()
-        except BaseException as exc:
-            if sink is not None:
-                sink.discard()
-            if isinstance(exc, _store_errors()):
-                raise _translate(exc, rel, "write") from exc
-            raise
+        if record_version and self.spool is not None and is_spoolable(rel):
+            self.spool.forget(rel)  # the spooled older version must never be put over this
+        self._publish(rel, blob)
         if record_version:
             self._record({rel: bytes(blob[:HEADER_SIZE])})
 
@@ -457,6 +496,10 @@ class EncryptedFileSystem(AbstractFileSystem):
 
         Raises StoreError; objects already renamed into place stay (each is whole).
         """
+        if record_versions and self.spool is not None:
+            for path in objects:
+                if is_spoolable(rel := self._strip_protocol(path)):
+                    self.spool.forget(rel)
         if not self._local:
             for path, value in objects.items():
                 self.pipe_file(path, value, record_version=record_versions)
@@ -701,10 +744,10 @@ class _BufferSink:
     def __init__(self, fs: AbstractFileSystem, final: str) -> None:
         self._fs = fs
         self._final = final
-        self._parts: list[bytes | bytearray] = []
-        self._blob: bytes | bytearray | None = None
+        self._parts: list[bytes | bytearray | memoryview] = []
+        self._blob: bytes | bytearray | memoryview | None = None
 
-    def write(self, data: bytes | bytearray) -> None:
+    def write(self, data: bytes | bytearray | memoryview) -> None:
         self._parts.append(data)
 
     def finish(self) -> None:

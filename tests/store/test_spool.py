@@ -1,0 +1,180 @@
+"""The local spool and its uploader, in one process: an instance acknowledged from the spool
+is readable at once, reaches the store byte for byte, survives an upload that fails half-way,
+and a newer version of a spooled object is never overwritten by the older spooled one."""
+
+from __future__ import annotations
+
+import io
+import os
+import threading
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import pytest
+
+from node import wiring
+from node.core import Core
+from node.errors import StoreError
+from node.ingest import Outcome, Source
+from node.layout import DESCRIPTION, ORIGINAL
+from node.settings import Settings
+from node.store.spool import SpoolWriter
+from node.store.uploader import Uploader
+from pipelines import synthetic
+
+SOURCE = Source("default", "dimse", "PACS")
+
+
+def _encoded(n: int, size: int = 64, seed: int = 0) -> list[bytes]:
+    out = []
+    for ds in synthetic.ct_series(n, size, seed=seed):
+        buf = io.BytesIO()
+        ds.save_as(buf, enforce_file_format=True)
+        out.append(buf.getvalue())
+    return out
+
+
+@pytest.fixture
+def serving(settings_factory: Callable[..., Settings]) -> Iterator[Callable[..., Core]]:
+    """``serving(**store)``: a core as a receiver of ``serve`` opens it (acknowledging from
+    the spool), on one home; closed after the test."""
+    opened: list[Core] = []
+
+    def make(**store: object) -> Core:
+        settings = settings_factory({"store": store} if store else None)
+        if not opened:
+            wiring.open_core(settings, create_keys=True).close()
+        core = wiring.open_core(settings, serving=True)
+        opened.append(core)
+        return core
+
+    yield make
+    for core in opened:
+        core.close()
+
+
+def _in_store(core: Core, key: str) -> bool:
+    return bool(core.fs.fs.exists(core.fs._join(key)))
+
+
+def _drain(core: Core) -> int:
+    uploader = Uploader(core.fs, core.fs.spool)
+    total = 0
+    while moved := uploader.round():
+        total += moved
+    return total
+
+
+def test_an_acknowledged_instance_is_read_from_the_spool_then_from_the_store(serving) -> None:
+    core = serving()
+    data = _encoded(6)
+    results = [core.ingest.accept(d, SOURCE) for d in data]
+    assert {r.outcome for r in results} == {Outcome.STORED}
+    key = f"{results[2].object_key}/{ORIGINAL}"
+    assert not _in_store(core, key)  # acknowledged before the store has it
+    spool_dir = core.settings.home / "spool"
+    segments = list(spool_dir.glob("*.seg"))
+    assert segments and data[2] not in b"".join(p.read_bytes() for p in segments)  # no plaintext
+    # every read path finds it: whole, streamed, a range, the description, the index
+    assert core.fs.cat_file(key) == data[2]
+    with core.fs.open(key, "rb") as fh:
+        fh.seek(100)
+        assert fh.read(50) == data[2][100:150]
+    assert core.fs.cat_file(key, start=10, end=20) == data[2][10:20]
+    description = core.fs.cat_file(f"{results[2].object_key}/{DESCRIPTION}").decode()
+    assert results[2].sop_uid in description
+    assert core.catalog.get_instance(results[2].sop_uid) is not None
+    assert core.ingest.accept(data[2], SOURCE).outcome is Outcome.DUPLICATE
+
+    assert _drain(core) == 12  # original and description of each
+    assert _in_store(core, key) and core.fs.cat_file(key) == data[2]
+    core.ingest.spool.close()  # the receiver stops: its last segment is released
+    assert core.fs.spool.collect() >= 1
+    assert not list(spool_dir.glob("*.seg"))
+
+
+def test_an_upload_that_fails_half_way_loses_nothing_and_puts_no_duplicate(serving) -> None:
+    core = serving()
+    data = _encoded(8, seed=1)
+    results = [core.ingest.accept(d, SOURCE) for d in data]
+    put = core.fs.put_sealed
+    calls = {"n": 0}
+
+    def failing(path: str, blob: bytes) -> None:
+        calls["n"] += 1
+        if calls["n"] > 5:
+            raise StoreError("store went away")
+        put(path, blob)
+
+    core.fs.put_sealed = failing  # type: ignore[method-assign]
+    with pytest.raises(StoreError):
+        Uploader(core.fs, core.fs.spool).round()
+    assert core.fs.spool.rows.totals()[0] == 16  # nothing forgotten that was not confirmed
+    core.fs.put_sealed = put  # type: ignore[method-assign]
+    _drain(core)  # the next start puts them again, at the same paths
+    for r, d in zip(results, data, strict=True):
+        assert core.fs.cat_file(f"{r.object_key}/{ORIGINAL}") == d
+    folder = Path(core.fs.root) / results[0].object_key
+    assert sorted(p.name for p in folder.iterdir()) == [DESCRIPTION, ORIGINAL]  # no copies
+
+
+def test_a_rewrite_of_a_spooled_description_is_never_overwritten_by_the_upload(serving) -> None:
+    core = serving()
+    result = core.ingest.accept(_encoded(1, seed=2)[0], SOURCE)
+    key = f"{result.object_key}/{DESCRIPTION}"
+    newer = b'{"rewritten": true}'
+    core.fs.pipe_file(key, newer)  # a worker's update while the instance waits for upload
+    _drain(core)
+    assert core.fs.cat_file(key) == newer
+    assert core.fs.cat_file(f"{result.object_key}/{ORIGINAL}") is not None
+
+
+def test_appends_at_the_same_time_share_one_sync(tmp_path: Path,
+                                                 monkeypatch: pytest.MonkeyPatch) -> None:
+    writer = SpoolWriter(tmp_path / "spool")
+    syncs = []
+    real = os.fdatasync
+
+    def slow_sync(fd: int) -> None:
+        syncs.append(fd)
+        threading.Event().wait(0.05)  # a slow disk: the others queue behind this one
+        real(fd)
+
+    monkeypatch.setattr(os, "fdatasync", slow_sync)
+    barrier = threading.Barrier(8)
+
+    def one(i: int) -> None:
+        barrier.wait()
+        with writer.spooled({f"a/b/c/d/{i}/{ORIGINAL}": bytes([i]) * 1000}) as entries:
+            assert entries[0].length == 1000
+
+    threads = [threading.Thread(target=one, args=(i,)) for i in range(8)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert 1 <= len(syncs) <= 3  # 8 appends, made durable by one or two shared syncs
+    writer.close()
+
+
+def test_a_segment_still_being_indexed_is_not_deleted(serving) -> None:
+    core = serving()
+    writer = core.ingest.spool
+    with writer.spooled({f"h/p/s/r/x/{ORIGINAL}": b"x" * 100}):
+        # appended and durable, its index write not yet done: held, so kept
+        assert core.fs.spool.collect() == 0
+        assert list((core.settings.home / "spool").glob("*.seg"))
+
+
+def test_the_spool_watermark_refuses_new_instances(serving) -> None:
+    core = serving(spool_max_bytes=1)
+    assert core.pressure is not None and core.pressure.state().ok
+    core.ingest.accept(_encoded(1, seed=3)[0], SOURCE)
+    core.pressure._at = float("-inf")  # read again now, not after the cache's second
+    reading = core.pressure.state()
+    assert not reading.ok and "spool" in (reading.reason or "")
+    _drain(core)
+    core.ingest.spool.close()
+    core.fs.spool.collect()
+    core.pressure._at = float("-inf")
+    assert core.pressure.state().ok
