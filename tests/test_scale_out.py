@@ -1,17 +1,33 @@
-"""The scale-out configuration end to end: S3 (SeaweedFS) for objects, PostgreSQL for the index."""
+"""The scale-out configuration end to end: S3 (SeaweedFS) for objects, PostgreSQL for the index;
+one node, then two `serve` nodes side by side on the same store and index."""
 
 from __future__ import annotations
 
+import io
+import json
+import re
+import shutil
+import signal
 import subprocess
+import time
 from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import pydicom
 import pytest
 
+from node.api import Node
+from node.index.jobs import JobQueue
+from node.index.records import InstanceRecord, State
+from node.layout import DESCRIPTION, ORIGINAL, OUTPUT
+from node.settings import Settings
 from pipelines import synthetic
-from tests.fixtures.node import RunningNode
+from tests.fixtures.node import RunningNode, free_port, make_settings
 from tests.test_dimse import dataset_bytes, storescu
+from tests.test_serve import READY, SUPPORT_NODE, Served, _env
 
 Dcmtk = Callable[..., subprocess.CompletedProcess[str]]
 
@@ -40,10 +56,242 @@ def test_c_store_into_s3_and_postgresql_and_read_back(
     assert len(records) == 6
     sent = {dataset_bytes(p.read_bytes()) for p in files}
     assert {dataset_bytes(node.node.read_original(r)) for r in records} == sent
-    # The bucket holds ciphertext only, under pseudonymous names.
+    # The bucket holds ciphertext only, under pseudonymous names (once uploaded, when the
+    # node acknowledges from a local spool).
+    home = node.settings.home
+    _wait_uploaded(home, home.parent / f"{home.name}.toml")
     raw = s3_server.filesystem()
     keys = raw.find(s3_root)
     assert len(keys) == 12  # original + description per instance
     for key in keys:
         assert "PAT-0001" not in key
         assert b"Doe^Jane" not in raw.cat_file(key)
+
+
+# --- Two `serve` nodes sharing one S3 store and one PostgreSQL index (issue 14) ---------
+
+QUIET_S = 4  # [segment] quiet_seconds: long enough that a series is not complete mid-send
+WATCH_S = 5.0  # how often each worker looks for complete series (Worker.watch_every)
+SERIES = 12  # instances in the series; A gets 0-7, B gets 4-11: 4-7 go to both
+
+
+def _cli(*args: str | Path, timeout: float = 120) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([str(SUPPORT_NODE), *map(str, args)], capture_output=True,
+                          text=True, timeout=timeout, env=_env(Path(".")), check=False)
+
+
+def _pending_uploads(doc: Any, path: str = "") -> list[tuple[str, float]]:
+    """(name, value) of every count in ``status --json`` about instances not yet in the store
+    (a local spool the uploader empties). None today; a key with 'spool' or 'upload' in
+    its name once acknowledging from a spool lands. Limits and sizes are not counts."""
+    found: list[tuple[str, float]] = []
+    if isinstance(doc, dict):
+        for key, value in doc.items():
+            found += _pending_uploads(value, f"{path}.{key}" if path else str(key))
+    elif (isinstance(doc, int | float) and not isinstance(doc, bool)
+          and re.search(r"spool|upload", path)
+          and not re.search(r"watermark|limit|max|free|capacity|rate|seconds", path)):
+        found.append((path, doc))
+    return found
+
+
+def _wait_uploaded(home: Path, config: Path, timeout: float = 120) -> dict[str, Any]:
+    """``status --json`` of a node once nothing it acknowledged waits to be uploaded."""
+    deadline = time.monotonic() + timeout
+    while True:
+        out = _cli("status", "--json", "--home", home, "--config", config)
+        assert out.returncode == 0, out.stderr
+        doc: dict[str, Any] = json.loads(out.stdout)
+        pending = [(k, v) for k, v in _pending_uploads(doc) if v]
+        if not pending:
+            return doc
+        assert time.monotonic() < deadline, f"still waiting to be uploaded: {pending}"
+        time.sleep(0.5)
+
+
+@dataclass
+class Cluster:
+    homes: tuple[Path, Path]
+    configs: tuple[Path, Path]
+    settings: tuple[Settings, Settings]
+    ports: tuple[int, int]
+    nodes: list[Served]
+    s3_root: str
+
+
+@pytest.fixture
+def cluster(tmp_path: Path, s3_server: Any, s3_root: str,
+            postgres_server: Any) -> Iterator[Cluster]:
+    """Two `support-node serve` processes, separate homes and DIMSE ports, one AE title (as
+    behind a balancer), one S3 bucket prefix, one PostgreSQL database, one key (A's key
+    file copied to B's home), each with its own processing workers; a tiny FCN in the
+    library as the `[segment] model`."""
+    homes = (tmp_path / "node-a", tmp_path / "node-b")
+    ports = (free_port(), free_port())
+    nodes: list[Served] = []
+    with postgres_server.database() as index_url:
+        settings, configs = [], []
+        for home, port in zip(homes, ports, strict=True):
+            home.mkdir()
+            settings.append(make_settings(home, {
+                "dimse": {"host": "127.0.0.1", "port": port},
+                "store": {"url": f"s3://{s3_root}", "options": s3_server.options()},
+                "index": {"url": index_url},
+                "recipes": {"small": {"size": 32}},
+                "processing": {"recipe": "small", "workers": 1},
+                "segment": {"model": "fcn/1", "quiet_seconds": QUIET_S}}))
+            configs.append(tmp_path / f"{home.name}.toml")  # where make_settings wrote it
+        init = _cli("init", "--home", homes[0], "--config", configs[0])
+        assert init.returncode == 0, init.stdout + init.stderr
+        shutil.copy2(homes[0] / "keys.json", homes[1] / "keys.json")  # same key, mode 0600
+        _library_model(settings[0])
+        try:
+            for home, config in zip(homes, configs, strict=True):
+                nodes.append(Served("--config", config, home=home))
+            for node in nodes:
+                node.wait_for(READY, timeout=60)
+            yield Cluster(homes, (configs[0], configs[1]), (settings[0], settings[1]), ports,
+                          nodes, s3_root)
+        finally:
+            for node in nodes:
+                node.stop()
+
+
+def _library_model(settings: Settings) -> None:
+    """A 3-level FCN that calls every pixel foreground (untrained, its last bias set): the
+    series gets a DICOM SEG with one segment whatever the images hold."""
+    import torch
+
+    from node.ai.library import Library
+    from pipelines.models import NetConfig, build_from
+
+    net = NetConfig("fcn", features=(4, 8, 16))
+    model = build_from(net)
+    with torch.no_grad():
+        dict(model.named_parameters())["up.0.deconv.bias"].copy_(torch.tensor([-20.0, 20.0]))
+    with Node.from_settings(settings) as node:
+        entry = Library.of(node).save("fcn", "segment", {"model": model.state_dict()},
+                                      {"net": net.to_dict(), "size": 32})
+    assert entry.id == "fcn/1"
+
+
+def _send(dcmtk: Dcmtk, port: int, calling: str, files: list[Path]
+          ) -> subprocess.CompletedProcess[str]:
+    return dcmtk("storescu", "-R", "-nh", "-aet", calling, "-aec", "SUPPORT_NODE",
+                 "127.0.0.1", str(port), *map(str, files), timeout=300)
+
+
+def _send_both(dcmtk: Dcmtk, cluster: Cluster, to_a: list[Path], to_b: list[Path]) -> None:
+    """storescu to both nodes at once (so that the instances sent to both race)."""
+    with ThreadPoolExecutor(2) as pool:
+        results = list(pool.map(lambda args: _send(dcmtk, *args),
+                                [(cluster.ports[0], "SENDER_A", to_a),
+                                 (cluster.ports[1], "SENDER_B", to_b)]))
+    for r in results:
+        assert r.returncode == 0 and "Store Failed" not in r.stderr, r.stderr[-3000:]
+
+
+def _segs(node: Node, study_uid: str) -> list[InstanceRecord]:
+    return [r for r in node.ls(None, None, study_uid) if r.modality == "SEG"]
+
+
+def _wait_segmented(node: Node, study_uid: str, timeout: float = 240) -> None:
+    """Until every instance is processed, a DICOM SEG of the series is stored and no job
+    is left (the SEG's own processing included)."""
+    queue = JobQueue(node.core.catalog)
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        records = list(node.ls(None, None, study_uid))
+        if (len(records) == SERIES + 1 and _segs(node, study_uid)
+                and all(r.state != State.QUEUED for r in records) and queue.depth() == 0):
+            return
+        time.sleep(1.0)
+    raise AssertionError(f"not segmented within {timeout:.0f} s: {queue.counts()}")
+
+
+def _times(pattern: str, text: str) -> int:
+    return len(re.findall(pattern, text))
+
+
+def test_two_nodes_on_one_store_and_index_accept_deduplicate_process_and_segment_once(
+        cluster: Cluster, s3_server: Any, dcmtk: Dcmtk, tmp_path: Path) -> None:
+    series = synthetic.ct_study(series=1, per_series=SERIES, size=64, seed=14)
+    files = [synthetic.write(ds, tmp_path / "send") for ds in series]
+    sent = {ds.SOPInstanceUID: dataset_bytes(p.read_bytes()) for ds, p in zip(series, files,
+                                                                              strict=True)}
+    study_uid, series_uid = series[0].StudyInstanceUID, series[0].SeriesInstanceUID
+    only_a, both, only_b = files[:4], files[4:8], files[8:]
+    _send_both(dcmtk, cluster, both + only_a, both + only_b)  # the shared ones first: a race
+
+    with Node.from_settings(cluster.settings[0]) as a, \
+            Node.from_settings(cluster.settings[1]) as b:
+        _wait_segmented(a, study_uid)
+        # Instances sent again to either node after the series completed are no-ops: they
+        # must neither store, nor process, nor open the series for a second segmentation.
+        _send_both(dcmtk, cluster, only_a[:2] + only_b[:1], both[:1] + only_b[-2:])
+        time.sleep(QUIET_S + 2 * WATCH_S + 1)  # both nodes' watchers look again, twice
+        _wait_segmented(a, study_uid, timeout=60)
+
+        # Indexed once each: one row per SOP Instance UID, no conflict copies.
+        images = [r for r in a.ls(None, None, study_uid) if r.series_uid == series_uid]
+        assert sorted(r.sop_uid for r in images) == sorted(sent)
+        assert a.conflicts() == [] and b.conflicts() == []
+        by_sop = {r.sop_uid: r for r in images}
+        # Both nodes took instances: those sent to one node only carry that sender's AE.
+        assert {by_sop[pydicom.dcmread(p).SOPInstanceUID].calling_ae for p in only_a} == {
+            "SENDER_A"}
+        assert {by_sop[pydicom.dcmread(p).SOPInstanceUID].calling_ae for p in only_b} == {
+            "SENDER_B"}
+        # Every instance decrypts, through either node's key file, to the bytes sent.
+        for node in (a, b):
+            for rec in images:
+                assert dataset_bytes(node.read_original(rec)) == sent[rec.sop_uid]
+        # Processed once each: one output each, one "processed" line over both nodes' logs.
+        assert {r.state for r in images} == {State.PROCESSED}
+        for rec in images:
+            assert b.read_output(rec).shape == (1, 32, 32)
+        # Segmented once: one DICOM SEG, made by the segment job, of every image.
+        [seg] = _segs(a, study_uid)
+        assert b.read_description(seg)["received"]["via"] == "segment"
+        refs = {str(r.ReferencedSOPInstanceUID) for item in
+                pydicom.dcmread(io.BytesIO(b.read_original(seg))).ReferencedSeriesSequence
+                for r in item.ReferencedInstanceSequence}
+        assert refs == set(sent)
+        seg_series = seg.series_uid
+
+    for home, config in zip(cluster.homes, cluster.configs, strict=True):
+        doc = _wait_uploaded(home, config)
+        assert doc["instances"] == SERIES + 1 and doc["queue_depth"] == 0, doc
+        assert doc["failed"] == 0 and doc["failed_segment"] == 0, doc
+    assert (cluster.homes[1] / "keys.json").read_bytes() == (
+        cluster.homes[0] / "keys.json").read_bytes()  # B made no key of its own
+
+    # The store: one folder per instance, each original and description once; nothing left
+    # over (`verify` holds the store against the index: rows without objects, objects
+    # without rows, temporary files).
+    names = s3_server.filesystem().find(cluster.s3_root)
+    folders: dict[str, set[str]] = {}
+    for key in names:
+        folder, name = key.rsplit("/", 1)
+        folders.setdefault(folder.rsplit("/", 1)[1], set()).add(name)
+    for sop in sent:
+        assert {ORIGINAL, DESCRIPTION, OUTPUT} <= folders[sop], folders[sop]
+    assert sum(key.endswith(f"/{ORIGINAL}") for key in names) == SERIES + 1
+    checked = _cli("verify", "--home", cluster.homes[1], "--config", cluster.configs[1],
+                   timeout=300)
+    assert checked.returncode == 0, checked.stdout + checked.stderr
+
+    for served in cluster.nodes:
+        served.proc.send_signal(signal.SIGTERM)
+    codes = [served.proc.wait(timeout=60) for served in cluster.nodes]
+    logs = [served.output() for served in cluster.nodes]
+    assert codes == [0, 0], logs
+    both_logs = "\n".join(logs)
+    assert "Traceback" not in both_logs
+    assert "Doe^Jane" not in both_logs and "PAT-0001" not in both_logs
+    for sop in sent:
+        assert _times(rf"processed {re.escape(sop)}\b", both_logs) == 1, sop
+    assert _times(rf"segmented series {re.escape(series_uid)}\b", both_logs) == 1
+    assert _times(rf"segmented series {re.escape(seg_series)}\b", both_logs) == 0
+    print("processed by node A / node B:",
+          [_times(r"\bprocessed [0-9.]+\b", log) for log in logs])
