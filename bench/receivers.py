@@ -123,20 +123,35 @@ class SupportNode(Receiver):
     name = "support-node"
     aet = "SUPPORT_NODE"
 
-    def __init__(self, workers: int = 1) -> None:
+    def __init__(self, workers: int | None = None, env: dict[str, str] | None = None) -> None:
+        """``workers``: receiving processes (None: the node's default, one per core);
+        ``env``: settings as SUPPORT_NODE_* variables (an S3 store, ``ack``)."""
         super().__init__()
         self.workers = workers
+        self.extra_env = dict(env or {})
 
     def command(self) -> tuple[list[str], dict[str, str]]:
         home = self.dir / "home"
-        env = node_env() | {"SUPPORT_NODE_HOME": str(home)}
+        env = node_env() | {"SUPPORT_NODE_HOME": str(home)} | self.extra_env
+        workers = [] if self.workers is None else ["--workers", str(self.workers)]
         return [*NODE_CLI, "serve", "--init", "--home", str(home), "--dimse-port", str(self.port),
-                "--http-port", "0",
-                "--workers", str(self.workers)], env
+                "--http-port", "0", *workers], env
+
+    def node_cli(self, *args: str) -> subprocess.CompletedProcess[str]:
+        """Runs ``support-node ARGS`` on this receiver's home and settings."""
+        env = node_env() | {"SUPPORT_NODE_HOME": str(self.dir / "home")} | self.extra_env
+        return subprocess.run([*NODE_CLI, *args], capture_output=True, text=True, env=env,
+                              check=False)
+
+    def http_url(self) -> str | None:
+        """The DICOMweb URL the node printed, once ready."""
+        import re
+
+        found = re.search(r"HTTP on (http://\S+?)/dicom-web", self.log_tail(100000))
+        return found.group(1) if found else None
 
     def stored(self) -> int:
-        out = subprocess.run([*NODE_CLI, "ls", "--json", "--home", str(self.dir / "home")],
-                             capture_output=True, text=True, env=node_env(), check=False)
+        out = self.node_cli("ls", "--json", "--home", str(self.dir / "home"))
         if out.returncode != 0:
             raise ReceiverError(f"support-node ls failed: {out.stderr[-400:]}")
         return sum(1 for line in out.stdout.splitlines() if line.startswith("{"))

@@ -59,8 +59,8 @@ SEND_TIMEOUT = 600.0
 ASSOCIATIONS = 4
 
 RECEIVERS: dict[str, tuple[str, Callable[[], Receiver]]] = {
-    "node": ("support-node (local store, fsync on)", SupportNode),
-    "node-2w": ("support-node, 2 worker processes", lambda: SupportNode(workers=2)),
+    "node": ("support-node, defaults (spool, a receiver per core)", SupportNode),
+    "node-1w": ("support-node, one receiving process", lambda: SupportNode(workers=1)),
     "bare": ("pynetdicom bare SCP, defaults (16 KiB PDU)", BarePynetdicom),
     "bare-1m": ("pynetdicom bare SCP, 1 MiB PDU", lambda: BarePynetdicom(MIB)),
     "bare-1m-tuned": ("pynetdicom bare SCP, 1 MiB PDU + node's transport",
@@ -72,7 +72,7 @@ RECEIVERS: dict[str, tuple[str, Callable[[], Receiver]]] = {
     "orthanc-env": ("Orthanc as apt's service runs it (TCP_NODELAY unset)",
                     lambda: Orthanc(nodelay=False)),
 }
-MAIN = ["node", "node-2w", "bare", "bare-1m", "bare-1m-tuned", "dcmtk", "orthanc"]
+MAIN = ["node", "node-1w", "bare", "bare-1m", "bare-1m-tuned", "dcmtk", "orthanc"]
 SMALL = ["node", "bare", "bare-1m", "bare-1m-tuned", "dcmtk", "dcmtk-env", "orthanc",
          "orthanc-env"]
 
@@ -296,24 +296,26 @@ def build_tables(results: dict[Case, Result], args: argparse.Namespace,
                             goal, mark])
 
     for a, nd, _ in modes:
-        ratio_row("node / bare pynetdicom, same PDU (1 MiB)", "bare-1m", 512, a, nd, 0.8)
+        ratio_row("node / bare pynetdicom, same PDU (1 MiB)", "bare-1m", 512, a, nd,
+                  0.6 if a == 1 else None)
     for a, nd, _ in modes:
         ratio_row("node / bare pynetdicom, 1 MiB + node transport", "bare-1m-tuned", 512, a, nd,
-                  0.8)
+                  None)
     for a, nd, _ in modes:
         ratio_row("node / bare pynetdicom, defaults", "bare", 512, a, nd, None)
-    ratio_row("node / Orthanc", "orthanc", 512, 1, True, 1.0, strictly=True)
-    ratio_row("node / Orthanc", "orthanc", 512, 1, False, 1.0, strictly=True)
-    ratio_row("node / Orthanc", "orthanc", 512, ASSOCIATIONS, True, None)
+    ratio_row("node / Orthanc", "orthanc", 512, 1, True, 0.8)
+    ratio_row("node / Orthanc", "orthanc", 512, 1, False, 0.8)
+    ratio_row("node / Orthanc", "orthanc", 512, ASSOCIATIONS, True, 1.0)
     for nd in (True, False):
         ratio_row("node / Orthanc as apt runs it (TCP_NODELAY unset)", "orthanc-env", 128, 1,
                   nd, 1.0, strictly=True)
     for a, nd, _ in modes:
         ratio_row("node / dcmtk storescp", "dcmtk", 512, a, nd, None)
     for nd in (True, False):
-        ratio_row("node / bare pynetdicom, same PDU (1 MiB)", "bare-1m", 128, 1, nd, 0.8)
+        ratio_row("node / bare pynetdicom, same PDU (1 MiB)", "bare-1m", 128, 1, nd, None)
     targets = TableData(
-        "Ratios and targets (≥ 0.8 of bare pynetdicom; faster than Orthanc on one association)",
+        "Ratios and targets (one association: ≥ 0.6 of bare pynetdicom with the same PDU and "
+        "≥ 0.8 of Orthanc; four associations: ≥ 1.0 of Orthanc)",
         ["comparison", "workload", "node /s", "reference /s", "ratio", "target", "result"],
         target_rows)
     return [main, small, sweep, targets]

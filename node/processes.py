@@ -41,6 +41,8 @@ from node.store.sweep import sweep_temp_files
 log = logging.getLogger("support_node")
 _STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM)
 PROCESSING_NICE = 10
+UPLOAD_NICE = 5
+UPLOAD = ("upload",)  # the uploader's place among the pool's processes
 
 
 def stop_event() -> threading.Event:
@@ -85,11 +87,9 @@ def _hangup_ignored() -> Iterator[None]:
 
 
 def at_start(core: Core) -> None:
-    """Once per start of the node: warn about a home that others can read, sweep stale
-    temporary files of the store (in the background: it walks a local store), and start
-    the spool's uploader (``core.close()`` stops it)."""
+    """Once per start of the node: warn about a home that others can read, and sweep stale
+    temporary files of the store (in the background: it walks a local store)."""
     warn_exposed(core.settings)
-    wiring.start_uploader(core)
     threading.Thread(target=_sweep, args=(core,), name="sweep", daemon=True).start()
 
 
@@ -261,10 +261,27 @@ def _process_jobs(settings: Settings, parent: int, kinds: tuple[str, ...]) -> No
         node.close()
 
 
+def _upload(settings: Settings, parent: int) -> None:
+    """The uploader's process: moves the spool into the store until told to stop or
+    orphaned. Below the receivers in priority (its PUTs cost CPU: signing, TLS, HTTP),
+    above the processing workers: a spool that never drains ends in back-pressure."""
+    logs.configure(settings.log.level)
+    os.nice(UPLOAD_NICE)
+    stop = stop_event()
+    threading.Thread(target=_orphan_watch, args=(stop, parent), daemon=True).start()
+    core = wiring.open_core(settings)
+    reload_keys_on_hangup(core.keyring)
+    try:
+        wiring.start_uploader(core)
+        stop.wait()
+    finally:
+        core.close()  # stops the uploader after its round in progress
+
+
 class ProcessingPool:
     """``processing.workers`` processes that preprocess and filter stored instances, apart
     from the DIMSE receiver so that decoding never slows a C-STORE; and, when segmentation
-    or pretraining is configured, one more for those jobs.
+    or pretraining is configured, one more for those jobs; and the spool's uploader.
 
     ``check()`` restarts one that died (at most once per ``restart_every`` seconds each):
     its jobs are taken again, and the receiver is not stopped for it.
@@ -289,15 +306,20 @@ class ProcessingPool:
             # arriving images never wait behind them. Always there, since a person can ask
             # for a segmentation on the AI page (it idles, polling, until a job comes).
             self._kinds.append(AI_KINDS)
+        self._kinds.append(UPLOAD)
         for i in range(len(self._kinds)):
             self._procs.append(self._spawn(i))
             self._started.append(time.monotonic())
         return self
 
     def _spawn(self, index: int) -> Any:
-        proc = self._context.Process(target=_process_jobs,
-                                     args=(self.settings, os.getpid(), self._kinds[index]),
-                                     name=f"support-node-processing-{index}", daemon=False)
+        if self._kinds[index] == UPLOAD:
+            proc = self._context.Process(target=_upload, args=(self.settings, os.getpid()),
+                                         name="support-node-upload", daemon=False)
+        else:
+            proc = self._context.Process(target=_process_jobs,
+                                         args=(self.settings, os.getpid(), self._kinds[index]),
+                                         name=f"support-node-processing-{index}", daemon=False)
         with _hangup_ignored():
             proc.start()
         return proc
@@ -307,8 +329,8 @@ class ProcessingPool:
         for i, proc in enumerate(self._procs):
             if proc.is_alive() or time.monotonic() - self._started[i] < self.restart_every:
                 continue
-            log.error("processing worker %d stopped (exit code %s); starting it again",
-                      i, proc.exitcode)
+            log.error("%s stopped (exit code %s); starting it again", proc.name,
+                      proc.exitcode)
             metrics.process_gone(proc.pid)
             self._procs[i] = self._spawn(i)
             self._started[i] = time.monotonic()

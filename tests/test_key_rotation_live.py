@@ -112,6 +112,9 @@ def test_rotation_beside_a_running_node(running: dict[str, object],
     sent = dcmtk("storescu", "-aec", "SUPPORT_NODE", "127.0.0.1", str(port),
                  str(synthetic.write(new, tmp_path / "new")))
     assert sent.returncode == 0, sent.stderr
+    # Acknowledged from the node's spool: in the store once the uploader has put it.
+    wait_until(lambda: any(k.rsplit("/", 2)[-2] == str(new.SOPInstanceUID)
+                           for k in key_ids(home)))
     folder_of = {k.rsplit("/", 2)[-2]: k.rsplit("/", 1)[0] for k in key_ids(home)}
     folder = folder_of[str(new.SOPInstanceUID)]
     # The processing worker (another process) writes output.npy under the new key too.

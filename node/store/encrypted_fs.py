@@ -408,9 +408,16 @@ class EncryptedFileSystem(AbstractFileSystem):
                                  self.chunk_size)
 
     def put_sealed(self, path: str, blob: bytes | bytearray | memoryview) -> None:
-        """Stores ciphertext made by `seal` at `path` as it is (the uploader). Raises
-        StoreError."""
-        self._publish(self._strip_protocol(path), blob)
+        """Stores ciphertext made by `seal` at `path` (the uploader): as it is, or under
+        the active key when the keys were rotated since it was sealed (a rotation's
+        re-encryption pass cannot reach what was not in the store yet). Raises StoreError,
+        IntegrityError."""
+        rel = self._strip_protocol(path)
+        active = self.keyring.active
+        if parse_header(bytes(blob[:HEADER_SIZE]), rel).key_id != active.id:
+            blob = encrypt_to_buffer(decrypt(blob, self.keyring, rel), active, rel,
+                                     self.chunk_size)
+        self._publish(rel, blob)
 
     def _publish(self, rel: str, blob: bytes | bytearray | memoryview) -> None:
         """Writes `blob` at `rel` atomically; the old object, if any, stays on failure."""

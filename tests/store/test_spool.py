@@ -178,3 +178,17 @@ def test_the_spool_watermark_refuses_new_instances(serving) -> None:
     core.fs.spool.collect()
     core.pressure._at = float("-inf")
     assert core.pressure.state().ok
+
+
+def test_an_instance_spooled_before_a_key_rotation_is_uploaded_under_the_new_key(
+        serving) -> None:
+    from node.crypto.keyring import Keyring
+
+    core = serving()
+    result = core.ingest.accept(_encoded(1, seed=4)[0], SOURCE)
+    key = f"{result.object_key}/{ORIGINAL}"
+    assert core.fs.spool.locate(key) is not None
+    _, new = Keyring.rotate(core.settings.keys.file)  # `keys rotate`, while it waits
+    _drain(core)
+    assert core.fs.key_id(key) == new.id  # the re-encryption pass could not have reached it
+    assert core.fs.cat_file(key)[128:132] == b"DICM"
