@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import logging
 import threading
+import time
 from dataclasses import dataclass
 from typing import Any, cast
 
@@ -97,6 +98,7 @@ def handle_store(event: Any, deps: StoreDeps) -> int:
         metrics.INSTANCES.labels("dimse", "refused").inc()
         return int(Status.OUT_OF_RESOURCES)
     request = event.request
+    started = time.perf_counter()
     try:
         data = part10(event)
         result = deps.ingest.accept(
@@ -120,6 +122,9 @@ def handle_store(event: Any, deps: StoreDeps) -> int:
     # the sender may forget it. The log and `ls` report it.
     metrics.INSTANCES.labels("dimse", result.outcome.value).inc()
     metrics.BYTES.labels("dimse").inc(len(data))
+    # From the whole data set in hand to the answer (what the sender waits for beyond
+    # the transfer itself).
+    metrics.INGEST_SECONDS.labels("acknowledge").observe(time.perf_counter() - started)
     return int(Status.SUCCESS)
 
 
