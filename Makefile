@@ -61,6 +61,7 @@ test: $(VENV)/.installed-test system-deps viewer
 bench: $(VENV)/.installed-test system-deps
 	rc=0; \
 	$(BIN)/python bench/run.py || rc=1; \
+	$(BIN)/python bench/cloud_bench.py || rc=1; \
 	$(BIN)/python bench/query_bench.py || rc=1; \
 	$(BIN)/python bench/retrieve_bench.py || rc=1; \
 	$(BIN)/python bench/preprocess_bench.py || rc=1; \
