@@ -31,6 +31,7 @@ from node.index.series_watch import (
 )
 from node.processing.derive import derive, derive_labels
 from node.processing.shared_filter import SharedFilter
+from node.store.spool import NotUploadedError
 from pipelines.dicom_seg import SEG_STORAGE
 from pipelines.recipe import Recipe
 
@@ -223,6 +224,12 @@ class Worker:
             self.queue.postpone(job, _NO_SPACE_RETRY_S)
             log.warning("%s postponed: no space left to write its outputs", what)
             return "retry"
+        if _caused_by(exc, NotUploadedError):
+            # Received by another node sharing the index, still in its spool: not the
+            # job's fault either; there in a moment.
+            self.queue.postpone(job, _NOT_UPLOADED_RETRY_S)
+            log.info("%s postponed: its original is not uploaded yet", what)
+            return "retry"
         final = self.queue.fail(job, why, self.settings.max_attempts)
         log.error("%s failed (attempt %d%s): %s", what, job.attempts,
                   ", giving up" if final else ", will retry", why)
@@ -230,6 +237,18 @@ class Worker:
 
 
 _NO_SPACE_RETRY_S = 30.0
+_NOT_UPLOADED_RETRY_S = 2.0
+
+
+def _caused_by(exc: BaseException | None, kind: type[BaseException]) -> bool:
+    """Whether ``exc`` or what caused it is a ``kind``."""
+    seen = 0
+    while exc is not None and seen < 10:
+        if isinstance(exc, kind):
+            return True
+        exc = exc.__cause__ or exc.__context__
+        seen += 1
+    return False
 
 
 def _out_of_space(exc: BaseException | None) -> bool:
