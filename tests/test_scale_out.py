@@ -295,3 +295,32 @@ def test_two_nodes_on_one_store_and_index_accept_deduplicate_process_and_segment
     assert _times(rf"segmented series {re.escape(seg_series)}\b", both_logs) == 0
     print("processed by node A / node B:",
           [_times(r"\bprocessed [0-9.]+\b", log) for log in logs])
+
+
+def test_a_node_added_without_the_key_file_is_refused_a_key_of_its_own(
+        tmp_path: Path, s3_server: Any, s3_root: str, postgres_server: Any) -> None:
+    """`serve --init` on a second home must not make a second key once the shared index
+    lists instances: every object the new node stored would be unreadable to the others."""
+    with postgres_server.database() as index_url:
+        config = {"store": {"url": f"s3://{s3_root}", "options": s3_server.options()},
+                  "index": {"url": index_url}}
+        homes = (tmp_path / "node-a", tmp_path / "node-b")
+        for home in homes:
+            home.mkdir()
+            make_settings(home, config)
+        toml = [tmp_path / f"{home.name}.toml" for home in homes]
+        assert _cli("init", "--home", homes[0], "--config", toml[0]).returncode == 0
+        ds = synthetic.ct_study(series=1, per_series=1, size=32, seed=3)[0]
+        stored = _cli("import", synthetic.write(ds, tmp_path / "in"), "--home", homes[0],
+                      "--config", toml[0])
+        assert stored.returncode == 0, stored.stdout + stored.stderr
+        for command in (["serve", "--init", "--dimse-port", "0", "--http-port", "0"], ["init"]):
+            refused = _cli(*command, "--home", homes[1], "--config", toml[1], timeout=60)
+            assert refused.returncode == 3, refused.stdout + refused.stderr
+            assert "key file not found" in refused.stderr
+            assert f"index postgresql+psycopg://postgres@127.0.0.1:{postgres_server.port}/" \
+                in refused.stderr
+            assert not (homes[1] / "keys.json").exists()
+        shutil.copy2(homes[0] / "keys.json", homes[1] / "keys.json")
+        listed = _cli("ls", "--json", "--home", homes[1], "--config", toml[1])
+        assert listed.returncode == 0 and ds.SOPInstanceUID in listed.stdout

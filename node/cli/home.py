@@ -23,8 +23,10 @@ def _local_store(url: str) -> Path | None:
 
 def data_without_keys(settings: Settings) -> list[str]:
     """What holds data in a home that has no key file: ``store /x/store``, ``index
-    /x/index.sqlite``. Looks at a local store and a SQLite index only (an S3 store or a
-    PostgreSQL index is not asked). Empty when the key file exists."""
+    /x/index.sqlite``, ``index postgresql+psycopg://node:***@db/x`` (a database server's
+    index that lists instances: another node of the same store made them, as when a second
+    node is added beside a running one). An S3 store is not asked. Empty when the key file
+    exists."""
     if settings.keys.file.exists():
         return []
     found = []
@@ -34,7 +36,46 @@ def data_without_keys(settings: Settings) -> list[str]:
     index = sqlite_file(settings.index.url)
     if index is not None and index.is_file() and index.stat().st_size > 0:
         found.append(f"index {index}")
+    elif (index is None and not settings.index.url.startswith("sqlite")
+          and _server_index_has_instances(settings.index.url)):
+        found.append(f"index {_without_password(settings.index.url)}")
     return found
+
+
+def _server_index_has_instances(url: str) -> bool:
+    """Whether a database server's index lists any instance. False when it has no tables
+    yet, or cannot be reached or parsed now (creating the index fails later, loudly)."""
+    from sqlalchemy import func, inspect, select
+    from sqlalchemy.exc import SQLAlchemyError
+
+    from node.errors import CatalogError
+    from node.index import schema
+    from node.index.engine import make_engine, normalise_url
+
+    try:
+        engine = make_engine(normalise_url(url))
+    except CatalogError:
+        return False
+    try:
+        with engine.connect() as conn:
+            if not inspect(conn).has_table(schema.instances.name):
+                return False
+            stmt = select(func.count()).select_from(schema.instances)
+            return bool(conn.scalar(stmt))
+    except SQLAlchemyError:
+        return False
+    finally:
+        engine.dispose()
+
+
+def _without_password(url: str) -> str:
+    from node.errors import CatalogError
+    from node.index.engine import normalise_url
+
+    try:
+        return normalise_url(url).render_as_string(hide_password=True)
+    except CatalogError:
+        return "(the configured index.url)"
 
 
 def check_new_keys(settings: Settings) -> None:
@@ -47,8 +88,8 @@ def check_new_keys(settings: Settings) -> None:
         raise KeyringError(
             f"key file not found: {settings.keys.file}, but {' and '.join(found)} hold "
             "data that only that key file can read; a new key would read none of it. "
-            "Restore the key file (from your backup), or give the right --home or "
-            "keys.file")
+            "Restore the key file (from your backup, or copy it from another node of this "
+            "store and index), or give the right --home or keys.file")
 
 
 def require_home(settings: Settings, init: bool, command: str) -> None:
