@@ -9,7 +9,11 @@ what the senders were told against what the node holds (bench/faults_check.py):
   associations in turn), restart, resend what was not acknowledged; every round.
 - s3: SeaweedFS killed mid-push, started again after a pause.
 - postgres: the PostgreSQL index stopped (immediate mode, as a crash) mid-push, started again.
-- disk: the home on a small tmpfs (needs root): filled, then space freed.
+- disk: the home on a small tmpfs (needs root): half pushed, filled below the watermark, the
+  rest pushed (0xA700), filled to the last byte; the processing worker starts while it is
+  full (it cannot even lease a job: SQLite is full too); then space is freed.
+- disk-store: the same with only the local store on the small tmpfs: the worker leases jobs
+  and cannot write their outputs (it must postpone them, not fail them).
 - senders: 16 associations at once, each also sending some of its neighbour's instances.
 - malformed: mutated real files (bench/faults_corpus.py) over DIMSE (pynetdicom, the bytes
   as they are) and the same corpus through STOW-RS, one case per request.
@@ -50,6 +54,7 @@ from bench.faults_env import (  # noqa: E402
     Pushed,
     Seaweed,
     Serve,
+    Worker,
     push,
     split,
 )
@@ -72,12 +77,11 @@ class Plan:
 
     @classmethod
     def short(cls) -> Plan:
-        """The version ``make test`` runs. Without the full disk (a 48 MiB home fills again
-        with the outputs of what it stored, so its processing waits out a long timeout; the
-        watermark itself is tested in tests/test_faults_pressure.py). ``make faults`` runs
-        it."""
+        """The version ``make test`` runs: every scenario but the full store disk (its
+        postponed jobs wait 30 s before they are tried again; tests/processing/test_worker.py
+        tests the postponing itself)."""
         return cls(rounds=5, per_round=30, outage_instances=60, senders=16, per_sender=6,
-                   cases=200, only=("kill", "postgres", "s3", "senders", "malformed"))
+                   cases=200, only=("kill", "postgres", "s3", "disk", "senders", "malformed"))
 
 
 @dataclass
@@ -131,13 +135,17 @@ def _resend(serve: Serve, pending: list[Path], acked: set[Path], assocs: int = 4
 
 
 def _finish(name: str, serve: Serve, env: dict[str, str], rounds: int, pending: list[Path],
-            acked: set[Path], recover: str, notes: str = "") -> Row:
-    """Resends what is left, waits for processing, stops the node, checks."""
+            acked: set[Path], recover: str, notes: str = "",
+            also_stop: Callable[[], None] | None = None) -> Row:
+    """Resends what is left, waits for processing, stops the node (and ``also_stop``, its
+    separate worker), checks."""
     left = _resend(serve, pending, acked)
     try:
         wait_processed(serve.home, env, timeout=600)
     except TimeoutError as exc:
         notes += f" {exc}"
+    if also_stop is not None:
+        also_stop()
     serve.stop()
     found = check(serve.home, env, acked)
     if left:
@@ -301,53 +309,148 @@ def scenario_senders(plan: Plan, work: Path, corpus: Corpus, rng: random.Random)
 
 
 def scenario_disk(plan: Plan, work: Path, corpus: Corpus, rng: random.Random) -> Row:
+    """The home (index, spool, store) on a small filesystem that fills."""
     del rng
-    mount = work / "small-disk"
+    return _on_small_disk(work, "disk full",
+                          lambda mount: _disk_full(plan, mount, corpus, store_only=False))
+
+
+def scenario_disk_store(plan: Plan, work: Path, corpus: Corpus, rng: random.Random) -> Row:
+    """Only the local store on the small filesystem: the index can still lease jobs, so the
+    worker meets the full disk when it writes outputs (it must postpone the jobs)."""
+    del rng
+    return _on_small_disk(work, "store disk full",
+                          lambda mount: _disk_full(plan, mount, corpus, store_only=True))
+
+
+def _on_small_disk(work: Path, name: str, body: Callable[[Path], Row]) -> Row:
+    mount = work / name.replace(" ", "-")
     mount.mkdir()
-    size_mb = 48
+    # Big enough that the watermark (8 MiB here; at most 5% of the filesystem) holds more
+    # than a second of pushing: the node reads free space once a second.
+    size_mb = 256
     made = subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size_mb}m,mode=0700",
                            "tmpfs", str(mount)], capture_output=True, text=True, check=False)
     if made.returncode != 0:
         reason = (made.stderr.strip() or "mount failed").splitlines()[-1]
-        return Row("disk full", 0, 0, 0, 0, 0, 0, "-", f"skipped: cannot mount a small "
+        return Row(name, 0, 0, 0, 0, 0, 0, "-", f"skipped: cannot mount a small "
                    f"filesystem here ({reason}); needs root", ok=True)
     try:
-        return _disk_full(plan, mount, corpus)
+        return body(mount)
     finally:
         subprocess.run(["umount", "-l", str(mount)], check=False, capture_output=True)
 
 
-def _disk_full(plan: Plan, mount: Path, corpus: Corpus) -> Row:
-    env = {"SUPPORT_NODE_STORE_MIN_FREE_BYTES": str(4 << 20)}
-    serve = Serve(mount / "home", env)
+_DISK_CONFIG = """\
+# The full-disk scenario: processing by a separate worker process, started once the disk is
+# full, and outputs of the instances' own size, so that everything fits once space is freed.
+[processing]
+workers = 0
+recipe = "small"
+
+[recipes.small]
+size = 64
+"""
+
+
+def _fill(path: Path, leave: int = 0) -> None:
+    """Writes ``path`` until ``leave`` bytes are free (0: until the filesystem says full)."""
+    chunk = b"\0" * (64 << 10)
+    with path.open("ab", buffering=0) as fh:
+        try:
+            while shutil.disk_usage(path.parent).free > leave + len(chunk):
+                fh.write(chunk)
+            if not leave:
+                while True:
+                    fh.write(b"\0" * 4096)
+        except OSError:  # ENOSPC: full
+            pass
+
+
+def _disk_full(plan: Plan, mount: Path, corpus: Corpus, store_only: bool) -> Row:
+    """Pushes half, fills the home's filesystem below its watermark and pushes the rest
+    (0xA700 each), then fills it to the last byte (still 0xA700); the processing worker
+    starts only then (its outputs do not fit: it must postpone the jobs, not fail them);
+    frees the space; everything acknowledged must end stored and processed."""
+    name = "store disk full" if store_only else "disk full"
+    config = mount.parent / f"{mount.name}.toml"  # outside the small filesystem
+    config.write_text(_DISK_CONFIG)
+    env = {"SUPPORT_NODE_CONFIG": str(config), "SUPPORT_NODE_STORE_MIN_FREE_BYTES": str(8 << 20)}
+    home = mount / "home"
+    if store_only:
+        home = mount.parent / f"{mount.name}-home"
+        env["SUPPORT_NODE_STORE_URL"] = f"file://{mount / 'store'}"
+    serve = Serve(home, env)
     serve.start()
-    free = shutil.disk_usage(mount).free
-    ballast = mount / "ballast"
-    # Leave about 3 MiB above the watermark: a few dozen instances, then refusals.
-    with ballast.open("wb") as fh:
-        fh.truncate(0)
-        left = free - (7 << 20)
-        chunk = b"\0" * (1 << 20)
-        for _ in range(left >> 20):
-            fh.write(chunk)
-    files = corpus.batch(max(plan.outage_instances, 400))
-    first = push(files, serve.port, 4)
+    worker = Worker(home, env)
+    mark = _Clock(name)
+    ballast, filler = mount / "ballast", mount / "filler"
+    n = max(plan.outage_instances, 60)
+    files = corpus.batch(n)
+    first = push(files[: n // 2], serve.port, 4)
+    mark(f"pushed {n // 2} with room")
+    # Below the watermark (8 MiB here), not yet full; then the rest, after the node's
+    # once-a-second reading of free space has seen it.
+    _fill(ballast, leave=4 << 20)
+    time.sleep(1.5)
+    first.answers.update(push(files[n // 2:], serve.port, 4).answers)
+    mark(f"pushed {n - n // 2} below the watermark")
     acked = set(first.acknowledged)
     pending = [p for p in files if p not in acked]
-    statuses = Counter(_status_name(a) for a in first.refused.values())
-    alive = serve.alive()
+    _fill(filler)  # the last byte, as the processing outputs of a real recipe would
+    during = push(pending[:8], serve.port, 2, timeout=120) if pending else Pushed()
+    acked |= during.acknowledged
+    pending = [p for p in pending if p not in during.acknowledged]
+    wrongly = len(acked & set(files[n // 2:]))  # acknowledged below the watermark or full
+    statuses = Counter(_status_name(a) for a in [*first.refused.values(),
+                                                  *during.refused.values()])
+    worker.start()
+    deadline = time.monotonic() + 60
+    while not _waited(worker) and time.monotonic() < deadline and worker.alive():
+        time.sleep(0.5)
+    time.sleep(2.0)  # a little longer full: nothing may fail meanwhile
+    postponed, paused = worker.count(_POSTPONED), worker.count(_INDEX_FULL)
+    failed = worker.count(" failed (attempt")
+    alive = serve.alive() and worker.alive()
+    mark(f"full: {postponed} jobs postponed, {paused} pauses with a full index, "
+         f"{failed} failed")
     ballast.unlink()
+    filler.unlink()
     freed = time.monotonic()
-    recover = (_probe_until_stored(serve, pending, acked) if pending else 0.0)
-    recover += time.monotonic() - freed - recover  # from freeing space to storing again
-    notes = (f"{len(first.acknowledged)} stored before full; refused: {dict(statuses)}; "
-             f"node up: {alive}")
-    row = _finish("disk full", serve, env, 1, pending, acked, f"{recover:.1f}", notes)
-    row.ok = row.ok and alive and bool(pending or statuses)
-    if not statuses:
-        row.details.append("the disk never filled: nothing was refused")
+    recover = _probe_until_stored(serve, pending, acked) if pending else 0.0
+    recover = time.monotonic() - freed  # from freeing space to storing again
+    mark("stored again")
+    notes = (f"{len(first.acknowledged)} stored with room; refused (0xA700): "
+             f"{sum(statuses.values())}; "
+             f"{wrongly} acknowledged below the watermark; jobs while full: {postponed} "
+             f"postponed, {paused} pauses (index full), {failed} failed; node up: {alive}")
+    row = _finish(name, serve, env, 1, pending, acked, f"{recover:.1f}", notes,
+                  also_stop=worker.stop)
+    (mount.parent / f"{mount.name}-serve.log").write_text("".join(serve.lines))
+    (mount.parent / f"{mount.name}-worker.log").write_text("".join(worker.lines))
+    row.ok = row.ok and alive and wrongly == 0 and not failed and _waited(worker) \
+        and len(first.acknowledged) == n // 2
+    # storescu names every 0xA7xx alike; the node's log tells the watermark's 0xA700 from a
+    # failed write (0xA701/0xA702: "could not keep an instance").
+    failed_writes = sum("could not keep an instance" in line for line in serve.lines)
+    if set(statuses) != {"Refused"} or failed_writes or not serve.log_has(_REFUSING):
+        row.details.append(f"while full the senders were told {dict(statuses)}; "
+                           f"{failed_writes} failed writes logged; watermark logged: "
+                           f"{serve.log_has(_REFUSING)}")
         row.ok = False
+    if not _waited(worker):
+        row.details.append("the worker never met the full disk (did it fill?)")
     return row
+
+
+_POSTPONED = "postponed: no space left"  # outputs did not fit: the job waits, untried
+_INDEX_FULL = "database or disk is full"  # SQLite could not even lease: processing pauses
+
+
+def _waited(worker: Worker) -> bool:
+    return bool(worker.count(_POSTPONED) or worker.count(_INDEX_FULL))
+
+_REFUSING = "refusing new instances for now"
 
 
 def scenario_malformed(plan: Plan, work: Path, corpus: Corpus, rng: random.Random) -> Row:
@@ -358,7 +461,8 @@ def scenario_malformed(plan: Plan, work: Path, corpus: Corpus, rng: random.Rando
 
 SCENARIOS: dict[str, Callable[[Plan, Path, Corpus, random.Random], Row]] = {
     "kill": scenario_kill, "s3": scenario_s3, "postgres": scenario_postgres,
-    "disk": scenario_disk, "senders": scenario_senders, "malformed": scenario_malformed,
+    "disk": scenario_disk, "disk-store": scenario_disk_store, "senders": scenario_senders,
+    "malformed": scenario_malformed,
 }
 
 
@@ -366,6 +470,7 @@ def run(plan: Plan, report: Callable[[Row], None] = lambda row: None) -> list[Ro
     """Runs the planned scenarios; returns one row each (a scenario that cannot run, a
     missing server, is a row with the reason and ok False)."""
     work = plan.work or Path(tempfile.mkdtemp(prefix="faults-"))
+    work.mkdir(parents=True, exist_ok=True)
     corpus = Corpus(work / "corpus", plan.seed)
     rng = random.Random(plan.seed)
     rows = []

@@ -121,6 +121,43 @@ class Serve:
         self.port = 0
 
 
+class Worker:
+    """One ``support-node worker`` process group on ``home`` (serve run with
+    ``[processing] workers = 0`` leaves its jobs to it), started when the scenario says."""
+
+    def __init__(self, home: Path, env: dict[str, str]) -> None:
+        self.home = home
+        self.env = env
+        self.proc: subprocess.Popen[str] | None = None
+        self.lines: list[str] = []
+
+    def start(self) -> None:
+        self.proc = subprocess.Popen(
+            [str(SUPPORT_NODE), "worker", "--home", str(self.home), "--kinds", "process"],
+            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+            env=clean_env(self.env), start_new_session=True)
+        out = self.proc.stdout
+        assert out is not None
+        threading.Thread(target=lambda: self.lines.extend(iter(out.readline, "")),
+                         daemon=True).start()
+
+    def count(self, text: str) -> int:
+        return sum(text in line for line in list(self.lines))
+
+    def alive(self) -> bool:
+        return self.proc is not None and self.proc.poll() is None
+
+    def stop(self, grace: float = 30) -> None:
+        if self.proc is None or self.proc.poll() is not None:
+            return
+        _killpg(self.proc, signal.SIGTERM)
+        try:
+            self.proc.wait(grace)
+        except subprocess.TimeoutExpired:
+            _killpg(self.proc, signal.SIGKILL)
+            self.proc.wait(10)
+
+
 # -- storescu ----------------------------------------------------------------------------------
 
 _SENDING = re.compile(r"Sending file: (.+?)\s*$")
