@@ -117,6 +117,7 @@ class Cluster:
     ports: tuple[int, int]
     nodes: list[Served]
     s3_root: str
+    http_ports: tuple[int, int]
 
 
 @pytest.fixture
@@ -148,13 +149,18 @@ def cluster(tmp_path: Path, s3_server: Any, s3_root: str,
         try:
             for home, config in zip(homes, configs, strict=True):
                 nodes.append(Served("--config", config, home=home))
-            for node in nodes:
-                node.wait_for(READY, timeout=60)
+            http = [_http_port(node.wait_for(READY, timeout=60).string) for node in nodes]
             yield Cluster(homes, (configs[0], configs[1]), (settings[0], settings[1]), ports,
-                          nodes, s3_root)
+                          nodes, s3_root, (http[0], http[1]))
         finally:
             for node in nodes:
                 node.stop()
+
+
+def _http_port(ready_line: str) -> int:
+    match = re.search(r"HTTP on https?://[^ ]+?:(\d+)/", ready_line)
+    assert match, ready_line
+    return int(match.group(1))
 
 
 def _library_model(settings: Settings) -> None:
@@ -324,3 +330,104 @@ def test_a_node_added_without_the_key_file_is_refused_a_key_of_its_own(
         shutil.copy2(homes[0] / "keys.json", homes[1] / "keys.json")
         listed = _cli("ls", "--json", "--home", homes[1], "--config", toml[1])
         assert listed.returncode == 0 and ds.SOPInstanceUID in listed.stdout
+
+
+# --- The README's HAProxy configuration in front of the two nodes ---------------------------
+
+README = Path(__file__).resolve().parents[1] / "README.md"
+
+
+def _haproxy_config(cluster: Cluster, port: int, stats: Path) -> str:
+    """The README's HAProxy block with this machine's addresses: the frontend on
+    127.0.0.1:``port``, two servers (the nodes' DIMSE ports, checked on their HTTP ports)."""
+    text = README.read_text()
+    part = text[text.index("## Running several nodes"):]
+    [block] = re.findall(r"^```\n(frontend .*?)^```", part, re.S | re.M)[:1]
+    block = block.replace("bind :11112", f"bind 127.0.0.1:{port}")
+    servers = [line for line in block.splitlines() if line.strip().startswith("server ")]
+    assert len(servers) >= 2, block
+    for i, line in enumerate(servers):
+        if i < 2:
+            block = block.replace(line, re.sub(
+                r"\S+:11112 check port 8042",
+                f"127.0.0.1:{cluster.ports[i]} check port {cluster.http_ports[i]}", line))
+        else:
+            block = block.replace(line + "\n", "")
+    return f"global\n    stats socket {stats} level operator\n\n{block}"
+
+
+def _haproxy_stats(stats: Path) -> dict[str, dict[str, str]]:
+    """``show stat`` of the running HAProxy: server name -> its CSV row."""
+    import socket
+
+    with socket.socket(socket.AF_UNIX) as sock:
+        sock.connect(str(stats))
+        sock.sendall(b"show stat\n")
+        data = b"".join(iter(lambda: sock.recv(65536), b"")).decode()
+    header, *rows = [line for line in data.splitlines() if line]
+    names = header.lstrip("# ").split(",")
+    out = {}
+    for row in rows:
+        doc = dict(zip(names, row.split(","), strict=False))
+        if doc.get("svname", "").startswith("node"):
+            out[doc["svname"]] = doc
+    return out
+
+
+@pytest.fixture
+def haproxy(cluster: Cluster, tmp_path: Path) -> Iterator[tuple[int, Path]]:
+    """HAProxy with the README's configuration in front of the cluster: (port, stats)."""
+    binary = shutil.which("haproxy") or shutil.which("haproxy", path="/usr/sbin")
+    if binary is None:
+        reason = "HAProxy is not installed (apt-get install haproxy): balancer test skipped"
+        print(reason)
+        pytest.skip(reason)
+    port, stats = free_port(), tmp_path / "haproxy.sock"
+    config = tmp_path / "haproxy.cfg"
+    config.write_text(_haproxy_config(cluster, port, stats))
+    checked = subprocess.run([binary, "-c", "-f", str(config)], capture_output=True, text=True,
+                             timeout=30, check=False)
+    assert checked.returncode == 0, checked.stdout + checked.stderr
+    proc = subprocess.Popen([binary, "-db", "-f", str(config)], stdout=subprocess.DEVNULL,
+                            stderr=subprocess.PIPE, text=True)
+    try:
+        deadline = time.monotonic() + 30
+        while True:  # both servers up: their /healthz said 200
+            try:
+                if {s["status"] for s in _haproxy_stats(stats).values()} == {"UP"}:
+                    break
+            except OSError:
+                pass
+            assert proc.poll() is None, proc.stderr.read() if proc.stderr else ""
+            assert time.monotonic() < deadline, _haproxy_stats(stats)
+            time.sleep(0.3)
+        yield port, stats
+    finally:
+        proc.terminate()
+        proc.wait(timeout=10)
+
+
+def test_senders_through_the_readme_haproxy_reach_both_nodes_and_each_instance_once(
+        cluster: Cluster, haproxy: tuple[int, Path], dcmtk: Dcmtk, tmp_path: Path) -> None:
+    port, stats = haproxy
+    study = synthetic.ct_study(series=4, per_series=4, size=32, seed=41)
+    folders = []
+    for i in range(4):  # four senders, one series each, at once
+        folders.append([synthetic.write(ds, tmp_path / f"s{i}") for ds in study[4 * i:4 * i + 4]])
+    with ThreadPoolExecutor(4) as pool:
+        results = list(pool.map(lambda files: _send(dcmtk, port, "PACS", files), folders))
+    for r in results:
+        assert r.returncode == 0 and "Store Failed" not in r.stderr, r.stderr[-3000:]
+    again = _send(dcmtk, port, "PACS", folders[0])  # a resend, to whichever node
+    assert again.returncode == 0, again.stderr[-3000:]
+    sessions = {name: int(row["stot"]) for name, row in _haproxy_stats(stats).items()}
+    assert sessions.keys() == {"node1", "node2"}
+    assert sum(sessions.values()) == 5 and min(sessions.values()) >= 1, sessions
+    with Node.from_settings(cluster.settings[1]) as b:
+        records = [r for r in b.ls() if r.modality == "CT"]  # not the SEGs made meanwhile
+        assert sorted(r.sop_uid for r in records) == sorted(ds.SOPInstanceUID for ds in study)
+        assert b.conflicts() == []
+        sent = {ds.SOPInstanceUID: dataset_bytes(p.read_bytes())
+                for ds, p in zip(study, [p for f in folders for p in f], strict=True)}
+        for rec in records:
+            assert dataset_bytes(b.read_original(rec)) == sent[rec.sop_uid]
