@@ -270,14 +270,16 @@ def test_serve_keeps_segmentation_and_pretraining_apart_from_processing(
     plain = settings_factory({"processing": {"workers": 2}}, name="plain")
     Node.from_settings(plain, create_keys=True).close()
     with ProcessingPool(plain) as pool:  # an AI worker too: the AI page queues segmentations
-        assert pool._kinds == [("process",), ("process",), ("segment", "pretrain")]
+        # and the spool's uploader, always
+        assert pool._kinds == [("process",), ("process",), ("segment", "pretrain"),
+                               ("upload",)]
     none = settings_factory({"processing": {"workers": 0}}, name="none")
     with ProcessingPool(none) as pool:
-        assert pool._kinds == []
+        assert pool._kinds == [("upload",)]
     ai = settings_factory({"segment": {"model": "unet/1"}}, name="ai")
     Node.from_settings(ai, create_keys=True).close()
     with ProcessingPool(ai) as pool:
-        assert pool._kinds == [("process",), ("segment", "pretrain")]
+        assert pool._kinds == [("process",), ("segment", "pretrain"), ("upload",)]
         assert all(p.is_alive() for p in pool._procs)
     assert not any(p.is_alive() for p in pool._procs)
 
