@@ -80,32 +80,18 @@ def _cli(*args: str | Path, timeout: float = 120) -> subprocess.CompletedProcess
                           text=True, timeout=timeout, env=_env(Path(".")), check=False)
 
 
-def _pending_uploads(doc: Any, path: str = "") -> list[tuple[str, float]]:
-    """(name, value) of every count in ``status --json`` about instances not yet in the store
-    (a local spool the uploader empties). None today; a key with 'spool' or 'upload' in
-    its name once acknowledging from a spool lands. Limits and sizes are not counts."""
-    found: list[tuple[str, float]] = []
-    if isinstance(doc, dict):
-        for key, value in doc.items():
-            found += _pending_uploads(value, f"{path}.{key}" if path else str(key))
-    elif (isinstance(doc, int | float) and not isinstance(doc, bool)
-          and re.search(r"spool|upload", path)
-          and not re.search(r"watermark|limit|max|free|capacity|rate|seconds", path)):
-        found.append((path, doc))
-    return found
-
-
 def _wait_uploaded(home: Path, config: Path, timeout: float = 120) -> dict[str, Any]:
-    """``status --json`` of a node once nothing it acknowledged waits to be uploaded."""
+    """``status --json`` of a node once no object waits in a spool for upload (the node
+    acknowledges from its local spool; the uploader empties it in the background)."""
     deadline = time.monotonic() + timeout
     while True:
         out = _cli("status", "--json", "--home", home, "--config", config)
         assert out.returncode == 0, out.stderr
         doc: dict[str, Any] = json.loads(out.stdout)
-        pending = [(k, v) for k, v in _pending_uploads(doc) if v]
-        if not pending:
+        waiting = doc.get("spool", {}).get("objects", 0)  # absent before the spool existed
+        if not waiting:
             return doc
-        assert time.monotonic() < deadline, f"still waiting to be uploaded: {pending}"
+        assert time.monotonic() < deadline, f"{waiting} objects still wait for upload"
         time.sleep(0.5)
 
 
