@@ -72,9 +72,10 @@ bench: $(VENV)/.installed-test system-deps
 	exit $$rc
 
 ## faults: the long fault suite (50 kill -9 rounds of serve, S3 and PostgreSQL outages, a full
-## disk, 16 senders, 1000 malformed cases); `make test` runs its short version
+## home disk and a full store disk, 16 senders, 1000 malformed cases); `make test` runs its
+## short version
 faults: $(VENV)/.installed-test system-deps
-	$(BIN)/python bench/faults.py --only kill,s3,postgres,disk,senders,malformed
+	$(BIN)/python bench/faults.py --only kill,s3,postgres,disk,disk-store,senders,malformed
 
 lint: $(VENV)/.installed-test
 	$(BIN)/ruff check node pipelines tests bench
