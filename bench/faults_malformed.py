@@ -61,12 +61,24 @@ def _dimse(paths: list[Path], cases: list[faults_corpus.Case], serve: Serve,
         else:
             tally["wrong"] += 1
             shown = "none" if code is None else f"0x{code:04X}"
-            problems.append(f"{path.name}: {shown}, expected 0x{case.expected:04X}")
+            problems.append(f"{path.name}: {shown}, expected 0x{case.expected:04X}"
+                            + ("" if code is not None else _why_none(assoc, status, serve)))
         if i % 25 == 24 and not _alive(serve, assoc, good, i):
             problems.append(f"node not serving after case {i}")
     if assoc.is_established:  # type: ignore[attr-defined]
         assoc.release()  # type: ignore[attr-defined]
     return tally, problems, lost
+
+
+def _why_none(assoc: object, status: object, serve: Serve) -> str:
+    """What is known when a case got no status: the sender's side and the node's last
+    lines (an intermittent end of the association was seen once and not reproduced)."""
+    state = ("aborted" if getattr(assoc, "is_aborted", False) else
+             "released" if getattr(assoc, "is_released", False) else
+             "established" if getattr(assoc, "is_established", False) else "ended")
+    sender = type(status).__name__ if isinstance(status, Exception) else "empty response"
+    last = " | ".join(line.strip()[-160:] for line in serve.lines[-3:])
+    return f" (sender: {sender}, association {state}; node's last lines: {last})"
 
 
 _ACKED: set[Path] = set()
