@@ -141,7 +141,8 @@ def _finish(name: str, serve: Serve, env: dict[str, str], rounds: int, pending: 
     separate worker), checks."""
     left = _resend(serve, pending, acked)
     try:
-        wait_processed(serve.home, env, timeout=600)
+        # 50 kill rounds leave ~25000 instances to process: 600 s, or 0.1 s each.
+        wait_processed(serve.home, env, timeout=max(600.0, 0.1 * len(acked)))
     except TimeoutError as exc:
         notes += f" {exc}"
     if also_stop is not None:
