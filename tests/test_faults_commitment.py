@@ -144,3 +144,32 @@ def test_report_comes_on_a_new_association_when_the_caller_released(
         assert reports.empty()  # once, not also on the released association
     finally:
         server.shutdown()
+
+
+def test_two_requests_on_one_association_get_a_report_each(
+        dimse_factory: Callable[..., RunningNode], tmp_path: Path) -> None:
+    node = dimse_factory()
+    paths = [synthetic.write(ds, tmp_path) for ds in synthetic.ct_series(2, 64, seed=6)]
+    for path in paths:
+        node.node.write(path.read_bytes())
+    reports: queue.Queue[Dataset] = queue.Queue()
+
+    def on_report(event: evt.Event) -> tuple[int, None]:
+        reports.put(event.event_information)
+        return 0x0000, None
+
+    ae = AE(ae_title="PACS")
+    ae.add_requested_context(StorageCommitmentPushModel)
+    assoc = ae.associate("127.0.0.1", node.port, ae_title=node.ae_title,
+                         evt_handlers=[(evt.EVT_N_EVENT_REPORT, on_report)])
+    assert assoc.is_established
+    try:
+        requests = [_request([_ref(CT, p.stem)]) for p in paths]
+        for request in requests:
+            status, _ = assoc.send_n_action(request, 1, StorageCommitmentPushModel,
+                                            "1.2.840.10008.1.20.1.1")
+            assert status.Status == 0x0000
+        got = {reports.get(timeout=REPORT_WAIT).TransactionUID for _ in requests}
+        assert got == {r.TransactionUID for r in requests}
+    finally:
+        assoc.release()

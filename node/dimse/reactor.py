@@ -39,6 +39,7 @@ class Checkpoint:
         self._cond = threading.Condition()
         self._open = True
         self._parked = False
+        self.owner = threading.Lock()  # one sender at a time parks and speaks
 
     def set(self) -> None:
         with self._cond:
@@ -70,13 +71,16 @@ class Checkpoint:
         reopens the checkpoint and returns False."""
         deadline = time.monotonic() + timeout
         with self._cond:
-            self._open = False
             while not self._parked:
+                # Closed again on every poll: pynetdicom's own send_* (a C-GET's
+                # sub-operations, on the reactor's thread) reopen it when they finish.
+                self._open = False
                 if not alive() or time.monotonic() > deadline:
                     self._open = True
                     self._cond.notify_all()
                     return False
                 self._cond.wait(_POLL)
+            self._open = False
         return True
 
 
@@ -122,6 +126,14 @@ def send_event_report(assoc: Any, checkpoint: Checkpoint, data: Dataset, event_t
     def alive() -> bool:
         return bool(assoc.is_established) and not _peer_leaving(assoc)
 
+    with checkpoint.owner:
+        return _send_parked(assoc, checkpoint, data, event_type, sop_class, sop_instance,
+                            timeout, alive)
+
+
+def _send_parked(assoc: Any, checkpoint: Checkpoint, data: Dataset, event_type: int,
+                 sop_class: str, sop_instance: str, timeout: float,
+                 alive: Any) -> int | None:
     if not alive() or not checkpoint.park(alive, timeout):
         return None
     try:
