@@ -417,3 +417,60 @@ def test_senders_through_the_readme_haproxy_reach_both_nodes_and_each_instance_o
                 for ds, p in zip(study, [p for f in folders for p in f], strict=True)}
         for rec in records:
             assert dataset_bytes(b.read_original(rec)) == sent[rec.sop_uid]
+
+
+# --- A retrieve through another node right after a store (the balancer's usual case) -------
+
+
+@pytest.mark.parametrize("ack", [
+    "store",
+    pytest.param("spool", marks=pytest.mark.xfail(strict=True, reason=(
+        "issue 14 finding: an instance in the receiving node's spool cannot be read through "
+        "another node until it is uploaded (NotUploadedError: C-GET answers 0xA702 with "
+        "nothing sent); README says so and advises ack = \"store\""))),
+])
+def test_a_retrieve_through_another_node_right_after_the_store_gets_every_instance(
+        ack: str, tmp_path: Path, s3_server: Any, s3_root: str, postgres_server: Any,
+        dcmtk: Dcmtk) -> None:
+    """Node B's S3 is 0.6 s away (the delay proxy, 0.3 s each way), so its uploads take a
+    moment; a C-GET through node A at once must still get what B acknowledged."""
+    from bench import delay_proxy
+
+    s3_host, s3_port = s3_server.endpoint_url.rsplit("/", 1)[1].split(":")
+    homes, ports = (tmp_path / "node-a", tmp_path / "node-b"), (free_port(), free_port())
+    with delay_proxy.start(target=(s3_host, int(s3_port)), delay_s=0.3) as far, \
+            postgres_server.database() as index_url:
+        endpoints = (s3_server.endpoint_url, f"http://127.0.0.1:{far.port}")
+        for home, port, endpoint in zip(homes, ports, endpoints, strict=True):
+            home.mkdir()
+            make_settings(home, {
+                "dimse": {"port": port},
+                "store": {"url": f"s3://{s3_root}", "ack": ack,
+                          "options": {**s3_server.options(), "endpoint_url": endpoint}},
+                "index": {"url": index_url}, "processing": {"workers": 0}})
+        toml = [tmp_path / f"{home.name}.toml" for home in homes]
+        assert _cli("init", "--home", homes[0], "--config", toml[0]).returncode == 0
+        shutil.copy2(homes[0] / "keys.json", homes[1] / "keys.json")
+        nodes = [Served("--config", c, home=h) for h, c in zip(homes, toml, strict=True)]
+        try:
+            for node in nodes:
+                node.wait_for(READY, timeout=60)
+            study = synthetic.ct_study(series=1, per_series=3, size=32, seed=17)
+            files = {ds.SOPInstanceUID: synthetic.write(ds, tmp_path / "in") for ds in study}
+            sent = _send(dcmtk, ports[1], "PACS", list(files.values()))
+            assert sent.returncode == 0, sent.stderr[-3000:]
+            out = tmp_path / "got"
+            out.mkdir()
+            got = dcmtk("getscu", "-S", "-od", str(out), "-aec", "SUPPORT_NODE",
+                        "-k", "QueryRetrieveLevel=STUDY",
+                        "-k", f"StudyInstanceUID={study[0].StudyInstanceUID}",
+                        "127.0.0.1", str(ports[0]))
+        finally:
+            for node in nodes:
+                node.stop()
+    assert got.returncode == 0 and "Refused" not in got.stderr, got.stderr[-3000:]
+    received = {str(pydicom.dcmread(p, stop_before_pixels=True).SOPInstanceUID): p
+                for p in out.iterdir()}
+    assert received.keys() == files.keys()
+    for uid, path in received.items():
+        assert dataset_bytes(path.read_bytes()) == dataset_bytes(files[uid].read_bytes())
