@@ -20,6 +20,7 @@ import enum
 import hashlib
 import logging
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
@@ -143,8 +144,14 @@ class Ingest:
     def _accept(self, data: bytes, source: Source, sop_class_uid: str | None,
                 sop_instance_uid: str | None, study_uid: str | None,
                 max_bytes: int | None) -> Result:
-        with metrics.timed(metrics.INGEST_SECONDS, "parse"):
-            header = parse(data, max_bytes or self.max_bytes)
+        # hashlib lets go of the GIL: the digest of a large instance is taken on another
+        # core while this thread parses it.
+        digest = _HASHING.submit(_sha256, data) if len(data) >= _HASH_APART else None
+        try:
+            with metrics.timed(metrics.INGEST_SECONDS, "parse"):
+                header = parse(data, max_bytes or self.max_bytes)
+        finally:
+            sha256 = digest.result() if digest is not None else _sha256(data)
         self._check(header, sop_class_uid, sop_instance_uid)
         if study_uid is not None and study_uid.strip() != header.study_uid:
             raise InconsistentError("Study Instance UID differs from the one requested")
@@ -158,7 +165,7 @@ class Ingest:
             sop=header.sop_instance_uid,
         )
         receipt = describe.Receipt(
-            sha256=hashlib.sha256(data).hexdigest(),
+            sha256=sha256,
             size=len(data),
             calling_ae=source.who,
             via=source.via,
@@ -275,6 +282,14 @@ class Ingest:
                 self.fs.rm_file(f"{folder}/{name}")
             except (FileNotFoundError, OSError, StoreError):
                 pass  # best effort: an orphan without an index row is invisible anyway
+
+
+_HASHING = ThreadPoolExecutor(2, thread_name_prefix="sha256")
+_HASH_APART = 64 << 10  # smaller instances are hashed in place: a hand-off costs more
+
+
+def _sha256(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()
 
 
 def _str(ds: Any, keyword: str) -> str | None:

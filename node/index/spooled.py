@@ -14,7 +14,9 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 
-from sqlalchemy import Connection, and_, delete, func, insert, select
+from sqlalchemy import Connection, and_, delete, func, select
+from sqlalchemy.dialects.postgresql import insert as pg_insert
+from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 
 from node.index import schema as s
 from node.index.transactions import Transactions
@@ -35,16 +37,19 @@ class Spooled:
 
 def insert_in(conn: Connection, entries: Sequence[Spooled],
               now: datetime | None = None) -> None:
-    """Adds ``entries`` inside the caller's transaction (ingest's index write). A row
-    already there for a path (an earlier receipt whose index write failed after it was
-    spooled cannot leave one: rows only exist for indexed instances) is replaced."""
+    """Adds ``entries`` inside the caller's transaction (ingest's index write), in one
+    statement. A row left for a path (its instance removed from the index while it was
+    spooled, then received again) is replaced."""
     if not entries:
         return
     at = now or datetime.now(UTC)
-    conn.execute(delete(_T).where(_T.c.path.in_([e.path for e in entries])))
-    conn.execute(insert(_T), [{"path": e.path, "spool": e.spool, "segment": e.segment,
-                               "position": e.position, "length": e.length,
-                               "spooled_at": at} for e in entries])
+    make = pg_insert if conn.dialect.name == "postgresql" else sqlite_insert
+    stmt = make(_T)
+    stmt = stmt.on_conflict_do_update(index_elements=["path"], set_={
+        c: stmt.excluded[c] for c in ("spool", "segment", "position", "length", "spooled_at")})
+    conn.execute(stmt, [{"path": e.path, "spool": e.spool, "segment": e.segment,
+                         "position": e.position, "length": e.length,
+                         "spooled_at": at} for e in entries])
 
 
 def _row(r: object) -> Spooled:
