@@ -33,8 +33,6 @@ from __future__ import annotations
 import enum
 import errno
 import io
-import os
-import secrets
 import shutil
 import sys
 import time
@@ -59,11 +57,11 @@ from node.crypto.keyring import Keyring
 from node.errors import IntegrityError, StoreError
 from node.index.object_versions import fingerprint
 from node.layout import is_rewritten, is_spoolable
+from node.store.sinks import TMP_SUFFIX, BufferSink, LocalSink, fsync_directory
 
 __all__ = ["TMP_SUFFIX", "EncryptedFileSystem", "EncryptedWriter", "Reencrypted"]
 
 #: Suffix of the hidden temporary files a local write goes through (swept by node.store.sweep).
-TMP_SUFFIX = ".snenc-tmp"
 _TMP_SUFFIX = TMP_SUFFIX
 
 
@@ -512,13 +510,13 @@ class EncryptedFileSystem(AbstractFileSystem):
                 self.pipe_file(path, value, record_version=record_versions)
             return
         headers: dict[str, bytes] = {}
-        sinks: list[tuple[str, _LocalSink]] = []
+        sinks: list[tuple[str, LocalSink]] = []
         try:
             for path, value in objects.items():
                 rel = self._strip_protocol(path)
                 blob = encrypt_to_buffer(value, self.keyring.active, rel, self.chunk_size)
                 headers[rel] = bytes(blob[:HEADER_SIZE])
-                sink = _LocalSink(self._join(rel), self.fsync, sync_directory=False)
+                sink = LocalSink(self._join(rel), self.fsync, sync_directory=False)
                 sinks.append((rel, sink))
                 sink.write(blob)
                 sink.finish()
@@ -528,7 +526,7 @@ class EncryptedFileSystem(AbstractFileSystem):
                 directories.update(sink.synced_directories)
             if self.fsync:
                 for directory in directories:
-                    _fsync_directory(directory)
+                    fsync_directory(directory)
         except BaseException as exc:
             for _, sink in sinks:
                 sink.discard()
@@ -539,10 +537,10 @@ class EncryptedFileSystem(AbstractFileSystem):
         if record_versions:
             self._record(headers)
 
-    def _sink(self, rel: str) -> _LocalSink | _BufferSink:
+    def _sink(self, rel: str) -> LocalSink | BufferSink:
         if self._local:
-            return _LocalSink(self._join(rel), self.fsync)
-        return _BufferSink(self.fs, self._join(rel))
+            return LocalSink(self._join(rel), self.fsync)
+        return BufferSink(self.fs, self._join(rel))
 
     def rm_file(self, path: str) -> None:
         """Delete one object. Raises FileNotFoundError if there is none."""
@@ -667,111 +665,6 @@ class _StoreReader(DecryptingReader):
             raise _translate(exc, self.path, "read") from exc
 
 
-def _make_directories(directory: str) -> list[str]:
-    """Creates ``directory`` and missing parents, each 0700 (whatever the umask: the names
-    are UIDs and pseudonyms, still no one else's business); returns the parents of those it
-    made."""
-    missing = []
-    path = directory
-    while path and not os.path.isdir(path):
-        missing.append(path)
-        parent = os.path.dirname(path)
-        if parent == path:
-            break
-        path = parent
-    for folder in reversed(missing):
-        try:
-            os.mkdir(folder, 0o700)
-        except FileExistsError:
-            if not os.path.isdir(folder):
-                raise
-    return [os.path.dirname(p) for p in missing]
-
-
-def _fsync_directory(directory: str) -> None:
-    fd = os.open(directory, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
-class _LocalSink:
-    """A temporary file beside the target, renamed over it on commit."""
-
-    def __init__(self, final: str, fsync: bool, sync_directory: bool = True) -> None:
-        directory, base = os.path.split(final)
-        # A folder made here (a new study, series, instance) is only durable once the
-        # entry in its parent is: those parents are synced on commit too.
-        self.synced_directories = [directory, *_make_directories(directory)]
-        self._final = final
-        self._directory = directory
-        self.directory = directory
-        self._sync_directory = sync_directory
-        self._fsync = fsync
-        self._tmp = os.path.join(directory, f".{base}.{secrets.token_hex(6)}{_TMP_SUFFIX}")
-        # 0600 whatever the umask: ciphertext, but no one else's to copy.
-        fd = os.open(self._tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-        self._file: io.FileIO | None = io.FileIO(fd, "wb")
-
-    def write(self, data: bytes | bytearray | memoryview) -> None:
-        assert self._file is not None
-        view = memoryview(data)
-        while view:  # FileIO.write may write less than asked
-            n = self._file.write(view)
-            view = view[n or 0 :]
-
-    def finish(self) -> None:
-        if self._file is not None:
-            if self._fsync:
-                os.fsync(self._file.fileno())
-            self._file.close()
-            self._file = None
-
-    def commit(self) -> None:
-        self.finish()
-        os.replace(self._tmp, self._final)
-        if self._fsync and self._sync_directory:
-            for directory in self.synced_directories:
-                _fsync_directory(directory)
-
-    def discard(self) -> None:
-        if self._file is not None:
-            self._file.close()
-            self._file = None
-        try:
-            os.unlink(self._tmp)
-        except FileNotFoundError:
-            pass
-
-
-class _BufferSink:
-    """Ciphertext kept in memory and written with one `pipe_file` on commit."""
-
-    def __init__(self, fs: AbstractFileSystem, final: str) -> None:
-        self._fs = fs
-        self._final = final
-        self._parts: list[bytes | bytearray | memoryview] = []
-        self._blob: bytes | bytearray | memoryview | None = None
-
-    def write(self, data: bytes | bytearray | memoryview) -> None:
-        self._parts.append(data)
-
-    def finish(self) -> None:
-        if self._blob is None:
-            parts, self._parts = self._parts, []
-            self._blob = parts[0] if len(parts) == 1 else b"".join(parts)
-
-    def commit(self) -> None:
-        self.finish()
-        self._fs.pipe_file(self._final, self._blob)
-        self._blob = None
-
-    def discard(self) -> None:
-        self._parts = []
-        self._blob = None
-
-
 class EncryptedWriter(io.BufferedIOBase):
     """Write-only file for one object. `close()` publishes it atomically; leaving a `with` block
     by an exception, `discard()`, or garbage collection without `close()` publishes nothing.
@@ -787,7 +680,7 @@ class EncryptedWriter(io.BufferedIOBase):
         self.autocommit = autocommit
         self._encryptor = Encryptor(efs.keyring.active, path, efs.chunk_size)
         try:
-            self._sink: _LocalSink | _BufferSink | None = efs._sink(path)
+            self._sink: LocalSink | BufferSink | None = efs._sink(path)
         except _store_errors() as exc:
             raise _translate(exc, path, "write") from exc
 
