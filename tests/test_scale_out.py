@@ -5,13 +5,16 @@ from __future__ import annotations
 
 import io
 import json
+import queue
 import re
 import shutil
 import signal
 import subprocess
+import threading
 import time
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -106,13 +109,9 @@ class Cluster:
     http_ports: tuple[int, int]
 
 
-@pytest.fixture
-def cluster(tmp_path: Path, s3_server: Any, s3_root: str,
-            postgres_server: Any) -> Iterator[Cluster]:
-    """Two `support-node serve` processes, separate homes and DIMSE ports, one AE title (as
-    behind a balancer), one S3 bucket prefix, one PostgreSQL database, one key (A's key
-    file copied to B's home), each with its own processing workers; a tiny FCN in the
-    library as the `[segment] model`."""
+@contextmanager
+def _running_cluster(tmp_path: Path, s3_server: Any, s3_root: str, postgres_server: Any,
+                     processing_workers: int) -> Iterator[Cluster]:
     homes = (tmp_path / "node-a", tmp_path / "node-b")
     ports = (free_port(), free_port())
     nodes: list[Served] = []
@@ -125,7 +124,7 @@ def cluster(tmp_path: Path, s3_server: Any, s3_root: str,
                 "store": {"url": f"s3://{s3_root}", "options": s3_server.options()},
                 "index": {"url": index_url},
                 "recipes": {"small": {"size": 32}},
-                "processing": {"recipe": "small", "workers": 1},
+                "processing": {"recipe": "small", "workers": processing_workers},
                 "segment": {"model": "fcn/1", "quiet_seconds": QUIET_S}}))
             configs.append(tmp_path / f"{home.name}.toml")  # where make_settings wrote it
         init = _cli("init", "--home", homes[0], "--config", configs[0])
@@ -141,6 +140,26 @@ def cluster(tmp_path: Path, s3_server: Any, s3_root: str,
         finally:
             for node in nodes:
                 node.stop()
+
+
+@pytest.fixture
+def cluster(tmp_path: Path, s3_server: Any, s3_root: str,
+            postgres_server: Any) -> Iterator[Cluster]:
+    """Two `support-node serve` processes, separate homes and DIMSE ports, one AE title (as
+    behind a balancer), one S3 bucket prefix, one PostgreSQL database, one key (A's key
+    file copied to B's home), each with its own processing workers; a tiny FCN in the
+    library as the `[segment] model`."""
+    with _running_cluster(tmp_path, s3_server, s3_root, postgres_server, 1) as running:
+        yield running
+
+
+@pytest.fixture
+def receivers(tmp_path: Path, s3_server: Any, s3_root: str,
+              postgres_server: Any) -> Iterator[Cluster]:
+    """The same two nodes as the README runs them: receiving only (`processing.workers =
+    0`), the processing left to `support-node worker` elsewhere."""
+    with _running_cluster(tmp_path, s3_server, s3_root, postgres_server, 0) as running:
+        yield running
 
 
 def _http_port(ready_line: str) -> int:
@@ -361,7 +380,7 @@ def _haproxy_stats(stats: Path) -> dict[str, dict[str, str]]:
 
 
 @pytest.fixture
-def haproxy(cluster: Cluster, tmp_path: Path) -> Iterator[tuple[int, Path]]:
+def haproxy(receivers: Cluster, tmp_path: Path) -> Iterator[tuple[int, Path]]:
     """HAProxy with the README's configuration in front of the cluster: (port, stats)."""
     binary = shutil.which("haproxy") or shutil.which("haproxy", path="/usr/sbin")
     if binary is None:
@@ -370,7 +389,7 @@ def haproxy(cluster: Cluster, tmp_path: Path) -> Iterator[tuple[int, Path]]:
         pytest.skip(reason)
     port, stats = free_port(), tmp_path / "haproxy.sock"
     config = tmp_path / "haproxy.cfg"
-    config.write_text(_haproxy_config(cluster, port, stats))
+    config.write_text(_haproxy_config(receivers, port, stats))
     checked = subprocess.run([binary, "-c", "-f", str(config)], capture_output=True, text=True,
                              timeout=30, check=False)
     assert checked.returncode == 0, checked.stdout + checked.stderr
@@ -393,8 +412,23 @@ def haproxy(cluster: Cluster, tmp_path: Path) -> Iterator[tuple[int, Path]]:
         proc.wait(timeout=10)
 
 
-def test_senders_through_the_readme_haproxy_reach_both_nodes_and_each_instance_once(
-        cluster: Cluster, haproxy: tuple[int, Path], dcmtk: Dcmtk, tmp_path: Path) -> None:
+class _Worker(Served):
+    """`support-node worker` in the foreground, as on a host of its own."""
+
+    def __init__(self, *args: str | Path, home: Path) -> None:
+        self.proc = subprocess.Popen(
+            [str(SUPPORT_NODE), "worker", "--home", str(home), *map(str, args)],
+            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=_env(home))
+        self.lines = queue.Queue()
+        self.seen = []
+        threading.Thread(target=self._pump, daemon=True).start()
+
+
+def test_senders_through_the_readme_haproxy_reach_both_nodes_and_a_worker_elsewhere(
+        receivers: Cluster, haproxy: tuple[int, Path], dcmtk: Dcmtk, tmp_path: Path) -> None:
+    """The README's deployment: HAProxy (its own block) in front of two receiving nodes,
+    and the processing in a `support-node worker` with a home of its own (the config and
+    a copy of the key file)."""
     port, stats = haproxy
     study = synthetic.ct_study(series=4, per_series=4, size=32, seed=41)
     folders = []
@@ -409,14 +443,39 @@ def test_senders_through_the_readme_haproxy_reach_both_nodes_and_each_instance_o
     sessions = {name: int(row["stot"]) for name, row in _haproxy_stats(stats).items()}
     assert sessions.keys() == {"node1", "node2"}
     assert sum(sessions.values()) == 5 and min(sessions.values()) >= 1, sessions
-    with Node.from_settings(cluster.settings[1]) as b:
-        records = [r for r in b.ls() if r.modality == "CT"]  # not the SEGs made meanwhile
-        assert sorted(r.sop_uid for r in records) == sorted(ds.SOPInstanceUID for ds in study)
-        assert b.conflicts() == []
-        sent = {ds.SOPInstanceUID: dataset_bytes(p.read_bytes())
-                for ds, p in zip(study, [p for f in folders for p in f], strict=True)}
-        for rec in records:
-            assert dataset_bytes(b.read_original(rec)) == sent[rec.sop_uid]
+
+    worker_home = tmp_path / "worker"
+    worker_home.mkdir()
+    shutil.copy2(receivers.homes[0] / "keys.json", worker_home / "keys.json")
+    worker = _Worker("--config", receivers.configs[0], "--kinds", "process", home=worker_home)
+    try:
+        worker.wait_for(re.compile(r"support-node worker ready \(process\)"), timeout=60)
+        with Node.from_settings(receivers.settings[1]) as b:
+            deadline = time.monotonic() + 120
+            while True:
+                records = [r for r in b.ls() if r.modality == "CT"]
+                if len(records) == len(study) and all(
+                        r.state == State.PROCESSED for r in records):
+                    break
+                assert time.monotonic() < deadline, [r.state for r in records]
+                time.sleep(0.5)
+            assert sorted(r.sop_uid for r in records) == sorted(
+                ds.SOPInstanceUID for ds in study)
+            assert b.conflicts() == []
+            sent = {ds.SOPInstanceUID: dataset_bytes(p.read_bytes())
+                    for ds, p in zip(study, [p for f in folders for p in f], strict=True)}
+            for rec in records:
+                assert dataset_bytes(b.read_original(rec)) == sent[rec.sop_uid]
+                assert b.read_output(rec).shape == (1, 32, 32)
+        worker.proc.send_signal(signal.SIGTERM)
+        assert worker.proc.wait(timeout=60) == 0
+    finally:
+        worker.stop()
+    worked = worker.output()
+    for ds in study:  # each once, all by the worker; the receivers processed nothing
+        assert _times(rf"processed {re.escape(ds.SOPInstanceUID)}\b", worked) == 1, worked
+    for served in receivers.nodes:
+        assert _times(r"\bprocessed [0-9.]+", served.output()) == 0
 
 
 # --- A retrieve through another node right after a store (the balancer's usual case) -------
