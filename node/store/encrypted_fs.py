@@ -36,6 +36,7 @@ import io
 import shutil
 import sys
 import time
+from collections.abc import Callable
 from typing import Any, ClassVar
 
 from fsspec import AbstractFileSystem
@@ -417,14 +418,21 @@ class EncryptedFileSystem(AbstractFileSystem):
                                      self.chunk_size)
         self._publish(rel, blob)
 
-    def _publish(self, rel: str, blob: bytes | bytearray | memoryview) -> None:
-        """Writes `blob` at `rel` atomically; the old object, if any, stays on failure."""
+    def _publish(self, rel: str, blob: bytes | bytearray | memoryview,
+                 still: Callable[[], bool] | None = None) -> bool:
+        """Writes `blob` at `rel` atomically; the old object, if any, stays on failure.
+        `still`: asked once the bytes are ready, just before they are put in place; False
+        discards them and returns False (the object changed meanwhile)."""
         sink = None
         try:
             sink = self._sink(rel)
             sink.write(blob)
             sink.finish()
+            if still is not None and not still():
+                sink.discard()
+                return False
             sink.commit()
+            return True
         except BaseException as exc:
             if sink is not None:
                 sink.discard()
@@ -602,21 +610,8 @@ class EncryptedFileSystem(AbstractFileSystem):
         if self._tracked(rel):  # never give an older copy put back a fresh header
             self._check_current(rel, blob[:HEADER_SIZE])
         new = encrypt_to_buffer(decrypt(blob, self.keyring, rel), active, rel, self.chunk_size)
-        sink = None
-        try:
-            sink = self._sink(rel)
-            sink.write(new)
-            sink.finish()
-            if self._version(full) != before:
-                sink.discard()
-                return Reencrypted.CHANGED
-            sink.commit()
-        except BaseException as exc:
-            if sink is not None:
-                sink.discard()
-            if isinstance(exc, _store_errors()):
-                raise _translate(exc, rel, "write") from exc
-            raise
+        if not self._publish(rel, new, still=lambda: self._version(full) == before):
+            return Reencrypted.CHANGED
         if self._tracked(rel):
             # What the store holds now is current: this rewrite (same plaintext), or a newer
             # write of the node or of another rotation that landed meanwhile. Recording what

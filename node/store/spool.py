@@ -29,6 +29,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from node.index.spooled import Spooled, SpooledRows
+from node.store.sinks import fsync_directory
 from node.uid_lock import UidLocks
 
 log = logging.getLogger("support_node.spool")
@@ -56,16 +57,8 @@ def spool_id(directory: Path) -> str:
         fh.write(new + "\n")
         fh.flush()
         os.fsync(fh.fileno())
-    _fsync_dir(directory)
+    fsync_directory(str(directory))
     return new
-
-
-def _fsync_dir(directory: Path) -> None:
-    fd = os.open(directory, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
 
 
 @dataclass
@@ -137,7 +130,7 @@ class SpoolWriter:
         name = f"{self._prefix}-{self._count:06d}{SUFFIX}"
         fd = os.open(self.directory / name, os.O_RDWR | os.O_CREAT | os.O_EXCL, 0o600)
         fcntl.flock(fd, fcntl.LOCK_EX)  # held while this process may index into it
-        _fsync_dir(self.directory)
+        fsync_directory(str(self.directory))
         seg = self._current = self._segments[name] = _Segment(name, fd)
         return seg
 
