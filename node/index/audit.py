@@ -52,7 +52,10 @@ class Entry:
 
 def entry_in(conn: Connection, entry: Entry) -> None:
     """Appends ``entry`` inside the caller's transaction."""
-    conn.execute(insert(s.audit).values(**asdict(entry)))
+    conn.execute(_APPEND, asdict(entry))
+
+
+_APPEND = insert(s.audit)
 
 
 def os_user() -> str:

@@ -12,12 +12,14 @@ failed, with its error, and its instance is marked failed.
 
 from __future__ import annotations
 
+import functools
 import os
 import secrets
 import socket
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
+from typing import Any
 
 from sqlalchemy import ColumnElement, Connection, and_, delete, func, or_, select, update
 from sqlalchemy.dialects import postgresql, sqlite
@@ -75,15 +77,22 @@ def enqueue(conn: Connection, sop_uids: Sequence[str], now: datetime,
     """
     if not sop_uids:
         return
-    dialect = postgresql if conn.dialect.name == "postgresql" else sqlite
+    conn.execute(_requeue(conn.dialect.name),
+                 [{"kind": kind, "target": uid, "params": recipe, "state": QUEUED,
+                   "attempts": 0, "created_at": now} for uid in sop_uids])
+
+
+@functools.cache
+def _requeue(dialect_name: str) -> Any:
+    """INSERT … ON CONFLICT (kind, target) DO UPDATE to a clean, queued job: built once
+    per dialect (ingest runs it for every instance)."""
+    dialect = postgresql if dialect_name == "postgresql" else sqlite
     stmt = dialect.insert(s.jobs)
-    stmt = stmt.on_conflict_do_update(
+    return stmt.on_conflict_do_update(
         index_elements=["kind", "target"],
         set_={"params": stmt.excluded.params, "state": QUEUED, "attempts": 0,
               "lease_until": None, "worker": None, "token": None, "error": None},
     )
-    conn.execute(stmt, [{"kind": kind, "target": uid, "params": recipe, "state": QUEUED,
-                         "attempts": 0, "created_at": now} for uid in sop_uids])
 
 
 class JobQueue:
