@@ -26,7 +26,7 @@ from node.api import Node
 from node.index.jobs import JobQueue
 from node.index.records import InstanceRecord, State
 from node.layout import DESCRIPTION, ORIGINAL, OUTPUT
-from node.settings import Settings
+from node.settings import Settings, load
 from pipelines import synthetic
 from tests.fixtures.node import RunningNode, free_port, make_settings
 from tests.test_dimse import dataset_bytes, storescu
@@ -83,14 +83,19 @@ def _cli(*args: str | Path, timeout: float = 120) -> subprocess.CompletedProcess
                           text=True, timeout=timeout, env=_env(Path(".")), check=False)
 
 
+def _status(home: Path, config: Path) -> dict[str, Any]:
+    out = _cli("status", "--json", "--home", home, "--config", config)
+    assert out.returncode == 0, out.stderr
+    doc: dict[str, Any] = json.loads(out.stdout)
+    return doc
+
+
 def _wait_uploaded(home: Path, config: Path, timeout: float = 120) -> dict[str, Any]:
     """``status --json`` of a node once no object waits in a spool for upload (the node
     acknowledges from its local spool; the uploader empties it in the background)."""
     deadline = time.monotonic() + timeout
     while True:
-        out = _cli("status", "--json", "--home", home, "--config", config)
-        assert out.returncode == 0, out.stderr
-        doc: dict[str, Any] = json.loads(out.stdout)
+        doc = _status(home, config)
         waiting = doc.get("spool", {}).get("objects", 0)  # absent before the spool existed
         if not waiting:
             return doc
@@ -533,3 +538,72 @@ def test_a_retrieve_through_another_node_right_after_the_store_gets_every_instan
     assert received.keys() == files.keys()
     for uid, path in received.items():
         assert dataset_bytes(path.read_bytes()) == dataset_bytes(files[uid].read_bytes())
+
+
+# --- A node lost with instances in its spool ----------------------------------------------
+
+
+def test_a_node_lost_with_a_full_spool_loses_nothing_and_its_instances_are_processed_once(
+        tmp_path: Path, s3_server: Any, s3_root: str, postgres_server: Any,
+        dcmtk: Dcmtk) -> None:
+    """Node B acknowledges while its way to S3 is cut, then is killed (-9): its instances
+    wait in its spool, the other node's worker postpones them (no failed attempt), and once
+    B is back they are uploaded and processed once each."""
+    from bench import delay_proxy
+
+    s3_host, s3_port = s3_server.endpoint_url.rsplit("/", 1)[1].split(":")
+    s3 = (s3_host, int(s3_port))
+    homes, ports = (tmp_path / "node-a", tmp_path / "node-b"), (free_port(), free_port())
+    link = delay_proxy.start(target=s3, delay_s=0.0)  # B's only way to the store
+    with postgres_server.database() as index_url:
+        endpoints = (s3_server.endpoint_url, f"http://127.0.0.1:{link.port}")
+        for home, port, endpoint, workers in zip(homes, ports, endpoints, (1, 0), strict=True):
+            home.mkdir()
+            make_settings(home, {
+                "dimse": {"port": port},
+                "store": {"url": f"s3://{s3_root}",
+                          "options": {**s3_server.options(), "endpoint_url": endpoint}},
+                "index": {"url": index_url}, "recipes": {"small": {"size": 32}},
+                "processing": {"recipe": "small", "workers": workers}})
+        toml = [tmp_path / f"{home.name}.toml" for home in homes]
+        assert _cli("init", "--home", homes[0], "--config", toml[0]).returncode == 0
+        shutil.copy2(homes[0] / "keys.json", homes[1] / "keys.json")
+        nodes = [Served("--config", c, home=h) for h, c in zip(homes, toml, strict=True)]
+        try:
+            for node in nodes:
+                node.wait_for(READY, timeout=60)
+            link.stop()  # B's uploads now fail; its acknowledgements do not need the store
+            study = synthetic.ct_study(series=1, per_series=6, size=32, seed=23)
+            files = {ds.SOPInstanceUID: synthetic.write(ds, tmp_path / "in") for ds in study}
+            sent = _send(dcmtk, ports[1], "PACS", list(files.values()))
+            assert sent.returncode == 0, sent.stderr[-3000:]
+            nodes[1].proc.kill()  # -9: no chance to upload anything on the way out
+            nodes[1].proc.wait()
+            time.sleep(3)  # A's worker meets B's instances meanwhile
+            doc = _status(homes[0], toml[0])
+            assert doc["spool"]["objects"] == 2 * len(files), doc
+            assert doc["instances"] == len(files) and doc["processed"] == 0, doc
+            assert doc["failed"] == 0 and doc["errors"] == [], doc
+
+            link = delay_proxy.start(link.port, target=s3, delay_s=0.0)  # the way back
+            nodes.append(Served("--config", toml[1], home=homes[1]))  # B again
+            nodes[-1].wait_for(READY, timeout=60)
+            deadline = time.monotonic() + 120
+            while (doc := _status(homes[0], toml[0]))["processed"] < len(files):
+                assert time.monotonic() < deadline, doc
+                time.sleep(1)
+            assert doc["spool"]["objects"] == 0 and doc["failed"] == 0, doc
+            with Node.from_settings(load(config=toml[0], home=homes[0], environ={})) as a:
+                records = list(a.ls())
+                assert sorted(r.sop_uid for r in records) == sorted(files)
+                for rec in records:
+                    assert dataset_bytes(a.read_original(rec)) == dataset_bytes(
+                        files[rec.sop_uid].read_bytes())
+        finally:
+            for node in nodes:
+                node.stop()
+            link.stop()
+    a_log = nodes[0].output()
+    for uid in files:
+        assert _times(rf"processed {re.escape(uid)}\b", a_log) == 1, a_log[-3000:]
+    assert "not uploaded yet" in a_log  # postponed while B was away, not failed
