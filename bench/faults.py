@@ -382,8 +382,18 @@ def _disk_full(plan: Plan, mount: Path, corpus: Corpus, store_only: bool) -> Row
         home = mount.parent / f"{mount.name}-home"
         env["SUPPORT_NODE_STORE_URL"] = f"file://{mount / 'store'}"
     serve = Serve(home, env)
-    serve.start()
     worker = Worker(home, env)
+    serve.start()
+    try:
+        return _fill_and_free(plan, mount, corpus, name, serve, worker, env)
+    finally:  # also when a step raises: nothing of the scenario may outlive it
+        worker.stop()
+        if serve.alive():
+            serve.kill()
+
+
+def _fill_and_free(plan: Plan, mount: Path, corpus: Corpus, name: str, serve: Serve,
+                   worker: Worker, env: dict[str, str]) -> Row:
     mark = _Clock(name)
     ballast, filler = mount / "ballast", mount / "filler"
     n = max(plan.outage_instances, 60)
