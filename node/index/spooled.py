@@ -73,10 +73,14 @@ class SpooledRows:
                                  lambda conn: conn.execute(stmt).first())
         return None if row is None else _row(row)
 
-    def waiting(self, spool: str, limit: int) -> list[Spooled]:
-        """The oldest ``limit`` rows of ``spool``. Raises CatalogError."""
-        stmt = (select(*_COLUMNS).where(_T.c.spool == spool)
-                .order_by(_T.c.spooled_at, _T.c.segment, _T.c.position).limit(limit))
+    def waiting(self, spool: str, limit: int,
+                skip_segments: Iterable[str] = ()) -> list[Spooled]:
+        """The oldest ``limit`` rows of ``spool``, but none in ``skip_segments``. Raises
+        CatalogError."""
+        stmt = select(*_COLUMNS).where(_T.c.spool == spool)
+        if skip := list(skip_segments):
+            stmt = stmt.where(_T.c.segment.not_in(skip))
+        stmt = stmt.order_by(_T.c.spooled_at, _T.c.segment, _T.c.position).limit(limit)
         return self.index.reading("listing spooled objects",
                                   lambda conn: [_row(r) for r in conn.execute(stmt)])
 

@@ -28,6 +28,7 @@ from node.store.spool import SpoolReader, folder_of
 log = logging.getLogger("support_node.uploader")
 BATCH = 64  # rows taken per round
 COLLECT_EVERY = 5.0  # seconds between looks for deletable segments when idle
+MISSING_RETRY = 60.0  # seconds before segments found missing are looked for again
 
 
 @dataclass
@@ -49,6 +50,8 @@ class Uploader:
         self._stop = threading.Event()
         self._wake = threading.Event()
         self._thread: threading.Thread | None = None
+        self._missing: set[str] = set()
+        self._missing_since = 0.0
 
     def start(self) -> Uploader:
         self._thread = threading.Thread(target=self.run, name="uploader", daemon=True)
@@ -91,7 +94,12 @@ class Uploader:
         """Uploads up to BATCH waiting objects; returns how many were put. Raises
         StoreError, CatalogError, OSError (what was put stays put; rows stay for the
         rest)."""
-        rows = self.spool.rows.waiting(self.spool.id, BATCH)
+        if time.monotonic() - self._missing_since > MISSING_RETRY:
+            self._missing.clear()
+        rows = self.spool.rows.waiting(self.spool.id, BATCH, self._missing)
+        if not all(self._here(r.segment) for r in rows):  # look again past them
+            rows = [r for r in self.spool.rows.waiting(self.spool.id, BATCH, self._missing)
+                    if self._here(r.segment)]
         if not rows:
             return 0
         by_folder: dict[str, list[Spooled]] = defaultdict(list)
@@ -105,6 +113,20 @@ class Uploader:
         self.spool.rows.done(done)
         self.progress.uploaded += len(done)
         return len(done) or len(rows)  # rows forgotten meanwhile still count as progress
+
+    def _here(self, segment: str) -> bool:
+        """Whether ``segment`` is in this home's spool. One that the index names but this
+        spool lacks is another node's (a home copied with its spool id): left alone for a
+        while, so that it never holds up this spool's own uploads."""
+        if (self.spool.directory / segment).exists():
+            return True
+        if segment not in self._missing:
+            log.warning("spool segment %s is named by the index but not in this node's spool "
+                        "(another node started from a copy of this home?); its objects are "
+                        "left for that node", segment)
+            self._missing.add(segment)
+            self._missing_since = time.monotonic()
+        return False
 
     def _upload(self, folder: str, entries: list[Spooled]) -> list[Spooled]:
         """Puts one folder's waiting objects, holding the folder's lock so that a rewrite

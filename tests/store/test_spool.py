@@ -192,3 +192,22 @@ def test_an_instance_spooled_before_a_key_rotation_is_uploaded_under_the_new_key
     _drain(core)
     assert core.fs.key_id(key) == new.id  # the re-encryption pass could not have reached it
     assert core.fs.cat_file(key)[128:132] == b"DICM"
+
+
+def test_rows_of_a_segment_this_spool_lacks_never_hold_up_its_own_uploads(serving) -> None:
+    """Another node started from a copy of this home shares its spool id: its rows name
+    segments that are not here. They are left for it; this spool's own still go up."""
+    from datetime import UTC, datetime, timedelta
+
+    from node.index.spooled import Spooled, insert_in
+
+    core = serving()
+    spool = core.fs.spool
+    older = datetime.now(UTC) - timedelta(hours=1)  # listed first, as a blocker would be
+    foreign = [Spooled(f"h/p/s/r/{i}/{ORIGINAL}", spool.id, "elsewhere-000001.seg", 0, 10)
+               for i in range(70)]  # more than one round takes
+    core.catalog.transaction("a copy's rows", lambda conn: insert_in(conn, foreign, older))
+    result = core.ingest.accept(_encoded(1, seed=6)[0], SOURCE)
+    _drain(core)
+    assert _in_store(core, f"{result.object_key}/{ORIGINAL}")
+    assert spool.rows.totals()[0] == 70  # left for their owner, not dropped
