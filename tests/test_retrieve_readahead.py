@@ -294,3 +294,26 @@ def test_a_stored_dataset_is_never_encoded_again(tmp_path: Path) -> None:
     assert stored.decoded().SOPInstanceUID == ds.SOPInstanceUID
     assert encode(stored, False, True) is None  # pydicom refuses: no half data set sent
     assert StoredDataset.parse(dataset_bytes(data), "1.2", "1.2.3") is None  # no file meta
+
+
+def test_send_to_a_destination_reads_ahead_and_counts_a_damaged_instance(
+        series_node, destination) -> None:  # noqa: F811
+    """"Send to PACS" (node.dimse.send, behind the web API's /send) goes the same way."""
+    from node.archive import Archive
+    from node.dimse.send import DimseSender
+
+    node, series, files = series_node
+    damaged = str(series[2].SOPInstanceUID)
+    path = _object(node, damaged)
+    path.write_bytes(path.read_bytes()[:-7])  # truncated
+    core = node.node.core
+    refs = Archive(core).instances(None, str(series[0].StudyInstanceUID),
+                                   str(series[0].SeriesInstanceUID))
+    report = DimseSender(core.settings, core.fs)("DEST", refs)
+    assert (report.sent, report.failed) == (N - 1, 1)
+    arrived = [p for p in destination[1].rglob("*") if p.is_file()]
+    assert len(arrived) == N - 1
+    for p in arrived:
+        sop = str(pydicom.dcmread(p, stop_before_pixels=True).SOPInstanceUID)
+        assert dataset_bytes(p.read_bytes()) == dataset_bytes(files[sop].read_bytes())
+    assert _wait_until(lambda: not _readers())

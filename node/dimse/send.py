@@ -1,4 +1,7 @@
-"""C-STORE SCU: the DIMSE side of "send to PACS" (``node.sending.Sender``)."""
+"""C-STORE SCU: the DIMSE side of "send to PACS" (``node.sending.Sender``).
+
+Instances are read ahead of the association and sent as stored, as C-MOVE does
+(node.dimse.readahead, node.dimse.encoded)."""
 
 from __future__ import annotations
 
@@ -10,7 +13,9 @@ from typing import Any
 import pydicom
 from pynetdicom import AE, evt
 
+from node.dimse.encoded import StoredDataset, StoreSender, association_gone
 from node.dimse.qr import _contexts, _tls_context
+from node.dimse.readahead import ReadAhead
 from node.dimse.transport import tune_connection
 from node.index.query import InstanceRef
 from node.layout import ORIGINAL
@@ -42,23 +47,51 @@ class DimseSender:
         if not assoc.is_established:
             raise DestinationUnavailableError(f"{dest.ae_title} at {dest.host}:{dest.port} "
                                               "did not accept an association")
-        sent = failed = 0
+        sender = StoreSender(assoc, hold_reactor=True).install()
         try:
-            for ref in refs:
-                data = self.fs.cat_file(f"{ref.object_key}/{ORIGINAL}")
-                ds = pydicom.dcmread(io.BytesIO(data), force=True)
-                try:
-                    status = assoc.send_c_store(ds)
-                except (ValueError, RuntimeError, AttributeError) as exc:
-                    log.warning("send %s to %s failed: %s", ref.sop_uid, dest.ae_title,
-                                type(exc).__name__)
-                    failed += 1
-                    continue
-                if status and int(status.Status) in (0x0000, 0xB000, 0xB007, 0xB006):
-                    sent += 1
-                else:
-                    failed += 1
+            sent, failed = self._send_all(assoc, list(refs), dest.ae_title)
         finally:
+            sender.uninstall()
             assoc.release()
         log.info("sent %d instances to %s (%d failed)", sent, dest.ae_title, failed)
         return SendReport(dest.ae_title, sent, failed)
+
+    def _send_all(self, assoc: Any, refs: list[InstanceRef], title: str) -> tuple[int, int]:
+        """(sent, failed): each instance read ahead of the association (node.dimse.readahead),
+        sent as stored; one that cannot be read or is refused counts as failed."""
+        sent = failed = 0
+        with ReadAhead(refs, lambda ref: _load(self, ref),
+                       should_stop=lambda: association_gone(assoc)) as ahead:
+            for fetched in ahead:
+                if fetched.error is not None:
+                    log.error("send %s: cannot read it: %s", fetched.ref.sop_uid,
+                              type(fetched.error).__name__)
+                    failed += 1
+                    continue
+                try:
+                    status = assoc.send_c_store(fetched.value)
+                except (ValueError, RuntimeError, AttributeError) as exc:
+                    log.warning("send %s to %s failed: %s", fetched.ref.sop_uid, title,
+                                type(exc).__name__)
+                    failed += 1
+                    continue
+                if status and int(status.Status) in _SENT:
+                    sent += 1
+                else:
+                    failed += 1
+        failed += len(refs) - sent - failed  # not tried: the association went away
+        return sent, failed
+
+
+_SENT = (0x0000, 0xB000, 0xB007, 0xB006)  # success, or stored with a warning
+
+
+def _load(sender: DimseSender, ref: InstanceRef) -> tuple[pydicom.Dataset, int]:
+    """The stored original as stored (only its file meta parsed), or parsed when it has no
+    file meta; with its size in bytes."""
+    with sender.fs.open(f"{ref.object_key}/{ORIGINAL}", "rb") as fh:
+        data = fh.read()
+    stored = StoredDataset.parse(data, ref.sop_class_uid, ref.sop_uid)
+    if stored is not None:
+        return stored, len(data)
+    return pydicom.dcmread(io.BytesIO(data), force=True), len(data)
