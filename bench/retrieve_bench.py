@@ -7,8 +7,15 @@ OS) with ``[destinations.DEST]`` pointing at a dcmtk ``storescp``, and times ``m
 from disk to a fresh ``storescp``. Runs are interleaved; the table shows medians. C-GET
 (``getscu``) is timed once, for information. Every dcmtk tool runs with TCP_NODELAY=1, and
 both storescp get ``+B`` (bit-preserving), so moved data sets can be compared byte for byte
-with the originals. Target: C-MOVE >= 70% of storescu's rate. ``--quick``: 100 instances,
-one run.
+with the originals. The node runs without processing workers (the imported series would
+otherwise be preprocessed during the moves). Target (issue 14): C-MOVE >= 0.5 × storescu's
+rate. ``--quick``: 100 instances, one run.
+
+Also printed: where an instance's time goes in the node before the network, in this process:
+read + decrypt (streaming, as the read-ahead thread does), the file-meta parse that is all a
+move parses now, and what the path before read-ahead also paid on the association's thread
+(whole-data-set dcmread and pynetdicom's re-encode). Before read-ahead (commit f127440's
+node, 2 cores, lightly loaded): C-MOVE 150.6/s against storescu 1283/s, 0.12×.
 """
 
 from __future__ import annotations
@@ -40,11 +47,12 @@ from bench.receivers import (  # noqa: E402
     stop_process,
 )
 from node.api import Node  # noqa: E402
+from node.dimse.encoded import StoredDataset  # noqa: E402
 from node.layout import ORIGINAL  # noqa: E402
 from node.settings import load  # noqa: E402
 from pipelines.synthetic import ct_series, write  # noqa: E402
 
-TARGET = 0.70
+TARGET = 0.50
 DEST = "DEST"
 READY = re.compile(r"ready:\s+DIMSE\s+on\s+\S+?:(\d+)")
 
@@ -85,7 +93,8 @@ class ServedNode:
         with self.log.open("wb") as log:
             self.proc = subprocess.Popen(
                 [*NODE_CLI, "serve", "--home", str(home), "--config", str(config),
-                 "--dimse-port", "0"], stdout=log, stderr=subprocess.STDOUT, env=env,
+                 "--dimse-port", "0", "--http-port", "0", "--processing-workers", "0"],
+                stdout=log, stderr=subprocess.STDOUT, env=env,
                 stdin=subprocess.DEVNULL)
         deadline = time.monotonic() + 60
         while time.monotonic() < deadline:
@@ -172,33 +181,37 @@ def identical(received: list[Path], originals: Path, sample: int = 5) -> tuple[i
     return same, len(picked)
 
 
-def read_costs(home: Path, config: Path, keys: list[str]) -> tuple[float, float, float]:
-    """ms per instance, in this process, of what each move sub-operation does before the
-    network: decrypt the original from the store, parse it (pydicom), encode it again
-    (pynetdicom). Over the first 50 objects."""
+def read_costs(home: Path, config: Path, keys: list[str]) -> dict[str, float]:
+    """ms per instance, in this process, over the given objects: what the read-ahead thread
+    does for each move sub-operation (read + decrypt through ``fs.open``, parse the file meta
+    only), and what the path before it also did (dcmread the whole instance, encode it again
+    as pynetdicom does)."""
     node = Node.open(home=home, config=config)
+    totals = dict.fromkeys(("read", "meta", "dcmread", "encode"), 0.0)
     try:
         fs = node.core.fs
-        t_read = t_parse = t_encode = 0.0
         for key in keys:
             t0 = time.perf_counter()
-            data = fs.cat_file(f"{key}/{ORIGINAL}")
+            with fs.open(f"{key}/{ORIGINAL}", "rb") as fh:
+                data = fh.read()
             t1 = time.perf_counter()
-            ds = pydicom.dcmread(io.BytesIO(data), force=True)
+            StoredDataset.parse(data, "", "")
             t2 = time.perf_counter()
-            encode(ds, False, True)
+            ds = pydicom.dcmread(io.BytesIO(data), force=True)
             t3 = time.perf_counter()
-            t_read, t_parse, t_encode = t_read + t1 - t0, t_parse + t2 - t1, t_encode + t3 - t2
+            encode(ds, False, True)
+            t4 = time.perf_counter()
+            for name, spent in zip(totals, (t1 - t0, t2 - t1, t3 - t2, t4 - t3), strict=True):
+                totals[name] += spent
     finally:
         node.close()
-    per = 1000 / len(keys)
-    return t_read * per, t_parse * per, t_encode * per
+    return {name: 1000 * spent / len(keys) for name, spent in totals.items()}
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--instances", type=int, default=500)
-    parser.add_argument("--reps", type=int, default=2)
+    parser.add_argument("--reps", type=int, default=3)
     parser.add_argument("--quick", action="store_true", help="100 instances, one run")
     args = parser.parse_args(argv)
     n, reps = (100, 1) if args.quick else (args.instances, args.reps)
@@ -241,7 +254,7 @@ def main(argv: list[str] | None = None) -> int:
                   flush=True)
         get_rate = time_get(node, aet, keys, tmp / "got", n)
         node.stop()
-        read_ms, parse_ms, encode_ms = read_costs(home, config, object_keys[:50])
+        costs = read_costs(home, config, object_keys[:50])
     finally:
         if node is not None:
             node.stop()
@@ -260,9 +273,14 @@ def main(argv: list[str] | None = None) -> int:
     print(f"  C-MOVE / storescu = {ratio:.2f}  target >= {TARGET:.2f}: "
           f"{'PASS' if ratio >= TARGET else 'MISS'}")
     print(f"  moved data sets byte-identical to the originals: {same}/{compared}")
-    print(f"  per instance in the node before the network (in-process, ms): read+decrypt "
-          f"{read_ms:.1f}, dcmread {parse_ms:.1f}, re-encode {encode_ms:.1f}; "
-          f"C-MOVE wall per instance {1000 / move:.1f}, storescu {1000 / send:.1f}")
+    print("\n  Per instance (ms)                                        ")
+    print(f"  {'C-MOVE wall / storescu wall':<46} {1000 / move:>6.2f} / {1000 / send:.2f}")
+    print(f"  {'read-ahead thread: read + decrypt (fs.open)':<46} {costs['read']:>6.2f}")
+    print(f"  {'read-ahead thread: parse the file meta':<46} {costs['meta']:>6.2f}")
+    print(f"  {'no longer paid: dcmread of the instance':<46} {costs['dcmread']:>6.2f}")
+    print(f"  {'no longer paid: pynetdicom re-encode':<46} {costs['encode']:>6.2f}")
+    print("  (the reader's work overlaps the send of the instance before; the rest of the "
+          "C-MOVE wall is pynetdicom's C-STORE exchange and the pending C-MOVE responses)")
     return 0 if same == compared else 1
 
 
