@@ -52,6 +52,7 @@ def test_the_readme_has_the_tour_and_first_model_blocks() -> None:
 
 @pytest.mark.skipif(shutil.which("storescu", path="/usr/bin") is None,
                     reason="dcmtk is not installed (apt-get install dcmtk, or make test)")
+@pytest.mark.timeout(480)
 def test_the_readme_tour_runs_as_written(tmp_path: Path) -> None:
     dimse, http = free_port(), free_port()
     text = script(tour_blocks(README.read_text()), dimse)
@@ -67,7 +68,7 @@ def test_the_readme_tour_runs_as_written(tmp_path: Path) -> None:
         proc = subprocess.Popen(["bash", "tour.sh"], cwd=tmp_path, env=env,
                                 stdout=sink, stderr=subprocess.STDOUT, start_new_session=True)
         try:
-            proc.wait(timeout=240)
+            proc.wait(timeout=400)
         finally:
             try:  # serve, if the script stopped before its `kill %1`
                 os.killpg(proc.pid, signal.SIGTERM)
