@@ -136,8 +136,9 @@ class StoreSender:
         self._resume()
         if self._installed:
             self._installed = False
-            del self.assoc.send_c_store
-            self.assoc.dul._run_loop_delay = self._delay  # noqa: SLF001
+            if vars(self.assoc).get("send_c_store") == self.send:  # not a later sender's
+                del self.assoc.send_c_store
+                self.assoc.dul._run_loop_delay = self._delay  # noqa: SLF001
 
     def send(self, dataset: Any, msg_id: int = 1, priority: int = 2,
              originator_aet: str | None = None, originator_id: int | None = None) -> Dataset:
