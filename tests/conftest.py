@@ -6,4 +6,5 @@ pytest_plugins = [
     "tests.fixtures.node",
     "tests.fixtures.dcmtk",
     "tests.fixtures.browser",
+    "tests.fixtures.cluster",
 ]
