@@ -313,23 +313,10 @@ class EncryptedFileSystem(AbstractFileSystem):
         if rel == "":
             raise IsADirectoryError(errno.EISDIR, "is the root directory", "")
         if mode == "rb":
-            spooled = self._spooled(rel)
-            if spooled is not None:
-                return _StoreReader(spooled, self.keyring, rel)
-            full = self._join(rel)
-            if self._tracked(rel):
-                self._check_current(rel, self._read_header(rel).raw)
-            try:
-                raw = self.fs.open(
-                    full, "rb", block_size=block_size, cache_options=cache_options, **kwargs
-                )
-            except _store_errors() as exc:
-                raise _translate(exc, rel, "read") from exc
-            try:
-                return _StoreReader(raw, self.keyring, rel)
-            except BaseException:
-                raw.close()
-                raise
+            reader: DecryptingReader = self._from_store_or_spool(
+                rel, lambda: self._open_stored(rel, block_size, cache_options, **kwargs),
+                lambda spooled: _StoreReader(spooled, self.keyring, rel))
+            return reader
         if mode in ("wb", "xb"):
             if mode == "xb" and self.exists(rel):
                 raise FileExistsError(errno.EEXIST, "object exists", rel)
@@ -337,6 +324,21 @@ class EncryptedFileSystem(AbstractFileSystem):
         raise ValueError(
             f"unsupported mode {mode!r}: encrypted objects are read ('rb') or written whole ('wb')"
         )
+
+    def _open_stored(self, rel: str, block_size: int | None,
+                     cache_options: dict[str, Any] | None, **kwargs: Any) -> DecryptingReader:
+        if self._tracked(rel):
+            self._check_current(rel, self._read_header(rel).raw)
+        try:
+            raw = self.fs.open(self._join(rel), "rb", block_size=block_size,
+                               cache_options=cache_options, **kwargs)
+        except _store_errors() as exc:
+            raise _translate(exc, rel, "read") from exc
+        try:
+            return _StoreReader(raw, self.keyring, rel)
+        except BaseException:
+            raw.close()
+            raise
 
     def open(
         self,
@@ -372,23 +374,41 @@ class EncryptedFileSystem(AbstractFileSystem):
         """
         rel = self._strip_protocol(path)
         if (start is None or start == 0) and end is None:
-            spooled = self._spooled(rel)
-            if spooled is not None:
+            def whole_spooled(spooled: Any) -> bytes:
                 with spooled:
                     return decrypt(spooled.read(), self.keyring, rel)
-            try:
-                blob = self.fs.cat_file(self._join(rel), **kwargs)
-                if not self._is_current(rel, blob[:HEADER_SIZE]):
-                    blob = self.fs.cat_file(self._join(rel), **kwargs)  # a write just now?
-                    self._check_current(rel, blob[:HEADER_SIZE])
-            except _store_errors() as exc:
-                raise _translate(exc, rel, "read") from exc
-            return decrypt(blob, self.keyring, rel)
+            data: bytes = self._from_store_or_spool(
+                rel, lambda: self._cat_stored(rel, **kwargs), whole_spooled)
+            return data
         if self._tracked(rel):
             self._check_current(rel, self._read_header(rel).raw)
         return bytes(super().cat_file(rel, start=start, end=end, **kwargs))
 
+    def _cat_stored(self, rel: str, **kwargs: Any) -> bytes:
+        try:
+            blob = self.fs.cat_file(self._join(rel), **kwargs)
+            if not self._is_current(rel, blob[:HEADER_SIZE]):
+                blob = self.fs.cat_file(self._join(rel), **kwargs)  # a write just now?
+                self._check_current(rel, blob[:HEADER_SIZE])
+        except _store_errors() as exc:
+            raise _translate(exc, rel, "read") from exc
+        return decrypt(blob, self.keyring, rel)
+
     # -- the local spool ---------------------------------------------------------------
+
+    def _from_store_or_spool(self, rel: str, stored: Callable[[], Any],
+                             spooled: Callable[[Any], Any]) -> Any:
+        """``stored()``; when the store has no such object, ``spooled(file)`` on its
+        ciphertext in the spool; when the spool has none either, ``stored()`` again (it was
+        uploaded between the two looks) or its FileNotFoundError. The store comes first:
+        most reads are of uploaded objects, which then cost no index lookup."""
+        try:
+            return stored()
+        except FileNotFoundError:
+            found = self._spooled(rel)
+            if found is None:
+                return stored()
+        return spooled(found)
 
     def _spooled(self, rel: str) -> Any:
         """The spooled ciphertext of ``rel`` (a seekable file), or None: read the store."""
