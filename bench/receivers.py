@@ -137,6 +137,15 @@ class SupportNode(Receiver):
         return [*NODE_CLI, "serve", "--init", "--home", str(home), "--dimse-port", str(self.port),
                 "--http-port", "0", *workers], env
 
+    settle_s = 5.0  # serve's other processes (processing, uploader) finish starting
+
+    def start(self) -> None:
+        """Starts the node and waits until it answers, then ``settle_s`` more: the
+        receivers answer before the processing workers and the uploader have imported
+        their libraries, and that start-up would otherwise fall inside a short run."""
+        super().start()
+        time.sleep(self.settle_s)
+
     def node_cli(self, *args: str) -> subprocess.CompletedProcess[str]:
         """Runs ``support-node ARGS`` on this receiver's home and settings."""
         env = node_env() | {"SUPPORT_NODE_HOME": str(self.dir / "home")} | self.extra_env

@@ -19,6 +19,7 @@ from __future__ import annotations
 import enum
 import hashlib
 import logging
+import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -175,10 +176,11 @@ class Ingest:
             existing = self.catalog.known_digest(header.sop_instance_uid)
             if existing is not None:
                 return self._known(*existing, data, header, path, receipt)
-            dicom = to_json(ds)
-            doc = describe.build(header, path, receipt, dicom)
-            rec = describe.record(dicom, path, receipt, header.transfer_syntax,
-                                  header.sop_class_uid)
+            with metrics.timed(metrics.INGEST_SECONDS, "describe"):
+                dicom = to_json(ds)
+                doc = describe.build(header, path, receipt, dicom)
+                rec = describe.record(dicom, path, receipt, header.transfer_syntax,
+                                      header.sop_class_uid)
             try:
                 inserted = self._keep(path, data, doc, rec, source)
             except CatalogError:
@@ -214,8 +216,10 @@ class Ingest:
             # Original first, as in the store: the uploader puts them in this order.
             blobs = {f"{path.folder}/{name}": self.fs.seal(f"{path.folder}/{name}", value)
                      for name, value in ((ORIGINAL, data), (DESCRIPTION, describe.encode(doc)))}
+        started = time.perf_counter()
         try:
-            with self.spool.spooled(blobs) as entries:
+            with self.spool.spooled(blobs) as entries:  # appended, and durable
+                metrics.INGEST_SECONDS.labels("spool").observe(time.perf_counter() - started)
                 with metrics.timed(metrics.INGEST_SECONDS, "index"):
                     return self.catalog.add_instance(rec, audit=audit, spooled=entries)
         except OSError as exc:

@@ -36,8 +36,9 @@ BYTES = Counter("support_node_bytes_received", "Bytes of instances received", ["
                 registry=REGISTRY)
 INGEST_SECONDS = Histogram(
     "support_node_ingest_stage_seconds", "Time per ingest stage: receive (the instance's "
-    "bytes arriving), parse, encrypt_write, index, acknowledge (the whole path until the "
-    "sender is told)", ["stage"], registry=REGISTRY,
+    "bytes arriving), parse, describe (the DICOM JSON, description and index record), "
+    "encrypt_write, spool (append to the local spool and its fdatasync), index, "
+    "acknowledge (the whole path until the sender is told)", ["stage"], registry=REGISTRY,
     buckets=(0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10))
 PROCESSING_SECONDS = Histogram(
     "support_node_processing_stage_seconds", "Time per processing stage (decode, derive, "
