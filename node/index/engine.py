@@ -2,12 +2,15 @@
 PHI-free way of describing a database error.
 
 SQLite (the embedded default): WAL, ``synchronous=FULL`` (an acknowledged instance must
-survive a power cut), foreign keys, a busy timeout, and one writer lock per file in this
-process. PostgreSQL: the psycopg 3 driver, a connect timeout, pre-ping.
+survive a power cut), foreign keys, a busy timeout, and one writer lock per file, shared by
+the node's processes (``WriterLock``). PostgreSQL: the psycopg 3 driver, a connect timeout,
+pre-ping.
 """
 
 from __future__ import annotations
 
+import fcntl
+import os
 import threading
 from pathlib import Path
 from typing import Any
@@ -25,7 +28,7 @@ _POOL_SIZE = 8
 _POOL_OVERFLOW = 24  # one connection per association, plus streaming readers
 
 # One writer lock per SQLite file, shared by every Catalog of this process on that file.
-_sqlite_locks: dict[str, threading.Lock] = {}
+_sqlite_locks: dict[str, WriterLock] = {}
 _sqlite_locks_guard = threading.Lock()
 
 
@@ -145,9 +148,48 @@ def _sqlite_on_begin(conn: Connection) -> None:
     conn.exec_driver_sql(f"BEGIN {mode}")
 
 
-def sqlite_lock_for(url: URL) -> threading.Lock:
+class WriterLock:
+    """The writer lock of one SQLite file: a thread lock for this process's writers, then,
+    for a file on disk, an exclusive ``flock`` on ``<file>-writer.lock`` for the writers of
+    other processes (the receivers, the uploader, the workers of one node). Without it a
+    second process's writer finds the database busy and SQLite's busy handler polls with
+    sleeps of 1 to 100 ms; a flock wakes it as soon as the lock is let go. The lock file is
+    opened for each hold and closed after it (no descriptor kept per database)."""
+
+    def __init__(self, path: Path | None) -> None:
+        self.path = path
+        self._thread = threading.Lock()
+        self._fd: int | None = None
+
+    def __enter__(self) -> WriterLock:
+        self._thread.acquire()
+        if self.path is not None:
+            try:
+                fd = os.open(self.path, os.O_CREAT | os.O_RDWR, 0o600)
+            except OSError:  # a read-only folder: SQLite's own busy handling still holds
+                return self
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX)
+            except OSError:
+                os.close(fd)
+                return self
+            self._fd = fd
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        fd, self._fd = self._fd, None
+        if fd is not None:
+            os.close(fd)  # releases the flock
+        self._thread.release()
+
+
+def sqlite_lock_for(url: URL) -> WriterLock:
     """Returns the process-wide writer lock of this SQLite database file."""
     database = url.database or ":memory:"
     key = database if database == ":memory:" else str(Path(database).resolve())
     with _sqlite_locks_guard:
-        return _sqlite_locks.setdefault(key, threading.Lock())
+        lock = _sqlite_locks.get(key)
+        if lock is None:
+            lock = _sqlite_locks[key] = WriterLock(
+                None if database == ":memory:" else Path(f"{key}-writer.lock"))
+        return lock
