@@ -14,7 +14,7 @@ import logging
 import threading
 import time
 from collections import Counter
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import asdict
 from datetime import UTC, datetime
 
@@ -240,23 +240,21 @@ _NO_SPACE_RETRY_S = 30.0
 _NOT_UPLOADED_RETRY_S = 2.0
 
 
-def _caused_by(exc: BaseException | None, kind: type[BaseException]) -> bool:
-    """Whether ``exc`` or what caused it is a ``kind``."""
+def _causes(exc: BaseException | None) -> Iterator[BaseException]:
+    """``exc`` and what caused it, outermost first (at most 10 deep)."""
     seen = 0
     while exc is not None and seen < 10:
-        if isinstance(exc, kind):
-            return True
+        yield exc
         exc = exc.__cause__ or exc.__context__
         seen += 1
-    return False
+
+
+def _caused_by(exc: BaseException | None, kind: type[BaseException]) -> bool:
+    """Whether ``exc`` or what caused it is a ``kind``."""
+    return any(isinstance(e, kind) for e in _causes(exc))
 
 
 def _out_of_space(exc: BaseException | None) -> bool:
     """Whether ``exc`` (or what caused it) is a full disk or quota."""
-    seen = 0
-    while exc is not None and seen < 10:
-        if isinstance(exc, OSError) and exc.errno in (errno.ENOSPC, errno.EDQUOT):
-            return True
-        exc = exc.__cause__ or exc.__context__
-        seen += 1
-    return False
+    return any(isinstance(e, OSError) and e.errno in (errno.ENOSPC, errno.EDQUOT)
+               for e in _causes(exc))
