@@ -401,10 +401,13 @@ class EncryptedFileSystem(AbstractFileSystem):
         """``stored()``; when the store has no such object, ``spooled(file)`` on its
         ciphertext in the spool; when the spool has none either, ``stored()`` again (it was
         uploaded between the two looks) or its FileNotFoundError. The store comes first:
-        most reads are of uploaded objects, which then cost no index lookup."""
+        most reads are of uploaded objects, which then cost no index lookup; an object that
+        is never spooled (an output not made yet) is not looked for twice."""
         try:
             return stored()
         except FileNotFoundError:
+            if self.spool is None or not is_spoolable(rel):
+                raise
             found = self._spooled(rel)
             if found is None:
                 return stored()
@@ -412,8 +415,6 @@ class EncryptedFileSystem(AbstractFileSystem):
 
     def _spooled(self, rel: str) -> Any:
         """The spooled ciphertext of ``rel`` (a seekable file), or None: read the store."""
-        if self.spool is None or not is_spoolable(rel):
-            return None
         try:
             return self.spool.open(rel)
         except FileNotFoundError:
@@ -529,14 +530,14 @@ class EncryptedFileSystem(AbstractFileSystem):
 
         Raises StoreError; objects already renamed into place stay (each is whole).
         """
+        if not self._local:  # pipe_file forgets a spooled older version itself
+            for path, value in objects.items():
+                self.pipe_file(path, value, record_version=record_versions)
+            return
         if record_versions and self.spool is not None:
             for path in objects:
                 if is_spoolable(rel := self._strip_protocol(path)):
                     self.spool.forget(rel)
-        if not self._local:
-            for path, value in objects.items():
-                self.pipe_file(path, value, record_version=record_versions)
-            return
         headers: dict[str, bytes] = {}
         sinks: list[tuple[str, LocalSink]] = []
         try:

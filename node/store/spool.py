@@ -156,8 +156,7 @@ class SpoolWriter:
         with self._lock:
             for seg in list(self._segments.values()):
                 seg.sealed = True
-                if seg.pending == 0:
-                    self._close_if_done(seg)
+                self._close_if_done(seg)  # one still being indexed: when released
             self._current = None
 
 
