@@ -48,6 +48,20 @@ def _killpg(proc: subprocess.Popen[bytes] | subprocess.Popen[str], sig: int) -> 
         pass
 
 
+def stop_group(proc: subprocess.Popen[bytes] | subprocess.Popen[str] | None,
+               grace: float = 30) -> None:
+    """SIGTERM to ``proc``'s process group, as an operator stops it; kill -9 after ``grace``
+    seconds."""
+    if proc is None or proc.poll() is not None:
+        return
+    _killpg(proc, signal.SIGTERM)
+    try:
+        proc.wait(grace)
+    except subprocess.TimeoutExpired:
+        _killpg(proc, signal.SIGKILL)
+        proc.wait(10)
+
+
 class Serve:
     """One ``support-node serve`` process group on ``home``; ``env`` holds its settings."""
 
@@ -113,11 +127,7 @@ class Serve:
         """SIGTERM, as an operator stops it; kill -9 after ``grace`` seconds."""
         if self.proc is None or self.proc.poll() is not None:
             return
-        _killpg(self.proc, signal.SIGTERM)
-        try:
-            self.proc.wait(grace)
-        except subprocess.TimeoutExpired:
-            self.kill()
+        stop_group(self.proc, grace)
         self.port = 0
 
 
@@ -148,14 +158,7 @@ class Worker:
         return self.proc is not None and self.proc.poll() is None
 
     def stop(self, grace: float = 30) -> None:
-        if self.proc is None or self.proc.poll() is not None:
-            return
-        _killpg(self.proc, signal.SIGTERM)
-        try:
-            self.proc.wait(grace)
-        except subprocess.TimeoutExpired:
-            _killpg(self.proc, signal.SIGKILL)
-            self.proc.wait(10)
+        stop_group(self.proc, grace)
 
 
 # -- storescu ----------------------------------------------------------------------------------
@@ -344,12 +347,7 @@ class Seaweed:
             self.proc.wait(10)
 
     def stop(self) -> None:
-        if self.proc is not None and self.proc.poll() is None:
-            _killpg(self.proc, signal.SIGTERM)
-            try:
-                self.proc.wait(10)
-            except subprocess.TimeoutExpired:
-                self.kill()
+        stop_group(self.proc, 10)
         self._remove_sockets()
 
     def _remove_sockets(self) -> None:
