@@ -20,6 +20,36 @@ from tests.fixtures.node import free_port, make_settings
 from tests.test_dimse import dataset_bytes
 from tests.test_serve import READY, Served
 
+
+def _two_nodes(homes: tuple[Path, Path], configs: list[dict[str, Any]]
+               ) -> tuple[list[Served], list[Path]]:
+    """Node A's home made by `init` with ``configs[0]``, B's with A's key file copied in,
+    and both started (not yet waited for); the nodes and their config files."""
+    for home, config in zip(homes, configs, strict=True):
+        home.mkdir()
+        make_settings(home, config)
+    toml = [home.parent / f"{home.name}.toml" for home in homes]
+    assert cli("init", "--home", homes[0], "--config", toml[0]).returncode == 0
+    shutil.copy2(homes[0] / "keys.json", homes[1] / "keys.json")
+    return [Served("--config", c, home=h) for h, c in zip(homes, toml, strict=True)], toml
+
+
+def _wait_until_free(port: int, timeout: float = 30) -> None:
+    """Waits until 127.0.0.1:``port`` can be bound again (the receiving processes of a node
+    killed with -9 stop by themselves within a second or two of noticing)."""
+    import socket
+
+    deadline = time.monotonic() + timeout
+    while True:
+        with socket.socket() as probe:
+            try:
+                probe.bind(("127.0.0.1", port))
+                return
+            except OSError:
+                assert time.monotonic() < deadline, f"port {port} still taken"
+        time.sleep(0.2)
+
+
 # --- A retrieve through another node right after a store (the balancer's usual case) -------
 
 
@@ -42,17 +72,12 @@ def test_a_retrieve_through_another_node_right_after_the_store_gets_every_instan
     with delay_proxy.start(target=(s3_host, int(s3_port)), delay_s=0.3) as far, \
             postgres_server.database() as index_url:
         endpoints = (s3_server.endpoint_url, f"http://127.0.0.1:{far.port}")
-        for home, port, endpoint in zip(homes, ports, endpoints, strict=True):
-            home.mkdir()
-            make_settings(home, {
-                "dimse": {"port": port},
-                "store": {"url": f"s3://{s3_root}", "ack": ack,
-                          "options": {**s3_server.options(), "endpoint_url": endpoint}},
-                "index": {"url": index_url}, "processing": {"workers": 0}})
-        toml = [tmp_path / f"{home.name}.toml" for home in homes]
-        assert cli("init", "--home", homes[0], "--config", toml[0]).returncode == 0
-        shutil.copy2(homes[0] / "keys.json", homes[1] / "keys.json")
-        nodes = [Served("--config", c, home=h) for h, c in zip(homes, toml, strict=True)]
+        nodes, toml = _two_nodes(homes, [{
+            "dimse": {"port": port},
+            "store": {"url": f"s3://{s3_root}", "ack": ack,
+                      "options": {**s3_server.options(), "endpoint_url": endpoint}},
+            "index": {"url": index_url}, "processing": {"workers": 0}}
+            for port, endpoint in zip(ports, endpoints, strict=True)])
         try:
             for node in nodes:
                 node.wait_for(READY, timeout=60)
@@ -94,18 +119,13 @@ def test_a_node_lost_with_a_full_spool_loses_nothing_and_its_instances_are_proce
     link = delay_proxy.start(target=s3, delay_s=0.0)  # B's only way to the store
     with postgres_server.database() as index_url:
         endpoints = (s3_server.endpoint_url, f"http://127.0.0.1:{link.port}")
-        for home, port, endpoint, workers in zip(homes, ports, endpoints, (1, 0), strict=True):
-            home.mkdir()
-            make_settings(home, {
-                "dimse": {"port": port},
-                "store": {"url": f"s3://{s3_root}",
-                          "options": {**s3_server.options(), "endpoint_url": endpoint}},
-                "index": {"url": index_url}, "recipes": {"small": {"size": 32}},
-                "processing": {"recipe": "small", "workers": workers}})
-        toml = [tmp_path / f"{home.name}.toml" for home in homes]
-        assert cli("init", "--home", homes[0], "--config", toml[0]).returncode == 0
-        shutil.copy2(homes[0] / "keys.json", homes[1] / "keys.json")
-        nodes = [Served("--config", c, home=h) for h, c in zip(homes, toml, strict=True)]
+        nodes, toml = _two_nodes(homes, [{
+            "dimse": {"port": port},
+            "store": {"url": f"s3://{s3_root}",
+                      "options": {**s3_server.options(), "endpoint_url": endpoint}},
+            "index": {"url": index_url}, "recipes": {"small": {"size": 32}},
+            "processing": {"recipe": "small", "workers": workers}}
+            for port, endpoint, workers in zip(ports, endpoints, (1, 0), strict=True)])
         try:
             for node in nodes:
                 node.wait_for(READY, timeout=60)
@@ -123,6 +143,7 @@ def test_a_node_lost_with_a_full_spool_loses_nothing_and_its_instances_are_proce
             assert doc["failed"] == 0 and doc["errors"] == [], doc
 
             link = delay_proxy.start(link.port, target=s3, delay_s=0.0)  # the way back
+            _wait_until_free(ports[1])  # B's receivers notice their parent is gone
             nodes.append(Served("--config", toml[1], home=homes[1]))  # B again
             nodes[-1].wait_for(READY, timeout=60)
             deadline = time.monotonic() + 120
