@@ -185,6 +185,9 @@ def _probe_port(host: str, port: int) -> None:
     (with another store) silently share the port of one already running."""
     family = socket.AF_INET6 if ":" in host else socket.AF_INET
     with socket.socket(family, socket.SOCK_STREAM) as probe:
+        # As the receivers bind: connections of a node killed a moment ago, left in
+        # TIME_WAIT, do not hold the port; a listening node still does.
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         probe.bind((host, port))
 
 

@@ -42,6 +42,7 @@ def _wait_until_free(port: int, timeout: float = 30) -> None:
     deadline = time.monotonic() + timeout
     while True:
         with socket.socket() as probe:
+            probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as serve probes
             try:
                 probe.bind(("127.0.0.1", port))
                 return
