@@ -102,11 +102,20 @@ def _open_series(page: Any, root: str, token: str) -> None:
     page.goto(root + "/ui/")
     page.get_by_label("Token").fill(token)
     page.get_by_role("button", name="Sign in").click()
-    page.get_by_role("button", name="default").click()
-    page.get_by_role("button", name="Newcomer^Nina (NEW-1)").click()
-    page.locator("#list button").first.click()  # the study
+    _step(page, page.get_by_role("button", name="default"), "Patients")
+    _step(page, page.get_by_role("button", name="Newcomer^Nina (NEW-1)"), "Studies")
+    _step(page, page.locator("#list button").first, "Series")  # the study
     page.locator("#list button", has_text="CT").first.click()  # the CT series
     page.wait_for_selector("#grid figure")
+
+
+def _step(page: Any, button: Any, level: str) -> None:
+    """Click a list entry and wait until the page shows the next level, as a person waits
+    for the list to change before clicking in it again."""
+    button.click()
+    page.wait_for_function(
+        "level => document.querySelector('#crumbs li:last-child button')?.textContent === level"
+        " && document.querySelectorAll('#list button').length > 0", arg=level)
 
 
 def _canvas(page: Any) -> np.ndarray:

@@ -4,7 +4,7 @@ import { draw, loadImage } from './overlay.js';
 
 const $ = (id) => document.getElementById(id);
 const state = { path: [], series: null, images: [], index: 0, models: [], polling: null,
-                imageCache: new Map() };
+                imageCache: new Map(), browsing: 0 };
 
 function show(section) {
   for (const id of ['login', 'browse', 'status']) $(id).hidden = id !== section;
@@ -50,9 +50,14 @@ async function browse() {
     li.append(b); crumbs.append(li);
   });
   if (depth >= LEVELS.length) return;
-  const items = await guarded(() => LEVELS[depth].load(state.path));
-  if (!items) return;
+  // the previous level's buttons go at once: a click on one while the next level loads
+  // would choose from the wrong level (a study opened as if it were a series)
   const list = $('list');
+  if (list.dataset.depth !== String(depth)) list.replaceChildren();  // a refresh keeps them
+  list.dataset.depth = String(depth);
+  const turn = ++state.browsing;
+  const items = await guarded(() => LEVELS[depth].load(state.path));
+  if (!items || turn !== state.browsing) return;  // another click moved on meanwhile
   list.replaceChildren();
   for (const item of items) {
     const [title, detail] = LEVELS[depth].label(item);
