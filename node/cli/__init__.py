@@ -1,9 +1,10 @@
 """The admin CLI: ``support-node COMMAND``, a package of small command modules.
 
 ``common`` builds the app, the context object and the error table; each other module
-registers its commands on the app: ``data`` (init, serve, import, verify, ...), ``browse``
-(ls, get), ``audit`` (the audit trail), ``models`` (library, pretrain, train, evaluate,
-segment), ``demo`` (labelled phantoms), ``tokens`` (web API tokens).
+registers its commands on the app: ``data`` (init, serve, import, verify, ...), ``keys``
+(list, rotate, reencrypt), ``browse`` (ls, get), ``audit`` (the audit trail), ``models``
+(library, pretrain, train, evaluate, segment), ``demo`` (labelled phantoms), ``tokens``
+(web API tokens).
 """
 
 from __future__ import annotations
@@ -30,7 +31,7 @@ if _command(sys.argv[1:]) == "serve":
     use_folder()
 
 # After the metrics folder is chosen (above), hence not at the top.
-from node.cli import audit, browse, data, demo, models, tokens  # noqa: E402, F401  (they register commands)
+from node.cli import audit, browse, data, demo, keys, models, tokens  # noqa: E402, F401  (they register commands)
 from node.cli.common import app  # noqa: E402
 from node.store.modes import restrict_umask  # noqa: E402
 
