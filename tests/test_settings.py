@@ -8,10 +8,10 @@ from pathlib import Path
 
 import pytest
 
-from node import settings as settings_module
 from node.access import AccessPolicy
 from node.errors import ConfigError
 from node.settings import Settings, load
+from node.settings import sources as settings_sources
 
 REPO = Path(__file__).resolve().parents[1]
 SHIPPED_CONFIG = REPO / "config" / "node.toml"
@@ -247,7 +247,7 @@ def _sections(text: str) -> dict[str, str]:
 
 def test_shipped_config_documents_every_key() -> None:
     sections = _sections(SHIPPED_CONFIG.read_text())
-    for section, keys in settings_module._SCHEMA.items():
+    for section, keys in settings_sources._SCHEMA.items():
         assert section in sections, f"[{section}] missing from config/node.toml"
         for key in keys:
             assert re.search(rf"^\s*#?\s*{key}\s*=", sections[section], re.M), \

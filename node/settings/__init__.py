@@ -17,17 +17,8 @@ the built settings) and ``loading`` (``load``, which puts them together). Everyt
 imported from ``node.settings``, as before the split.
 """
 
-# __all__ is the public face. The underscored names lived in the single module before the
-# split and stay reachable as node.settings._NAME (tests read _SCHEMA); patching one here
-# does not reach load(): patch it in the submodule that uses it.
-from node.settings.loading import _SECRET_OPTIONS as _SECRET_OPTIONS
-from node.settings.loading import _dimse_tls as _dimse_tls
-from node.settings.loading import _http as _http
-from node.settings.loading import _receivers as _receivers
-from node.settings.loading import _sqlite_under as _sqlite_under
+# __all__ is the public face: everything is imported from node.settings.
 from node.settings.loading import load
-from node.settings.model import _AE as _AE
-from node.settings.model import _HOSPITAL as _HOSPITAL
 from node.settings.model import (
     RIGHTS,
     Caller,
@@ -48,23 +39,7 @@ from node.settings.model import (
     TrainSettings,
     valid_hospital,
 )
-from node.settings.model import _is_loopback as _is_loopback
-from node.settings.sources import _SCHEMA as _SCHEMA
 from node.settings.sources import ENV_PREFIX
-from node.settings.sources import _coerce as _coerce
-from node.settings.sources import _env_layer as _env_layer
-from node.settings.sources import _merge as _merge
-from node.settings.sources import _merge_nested as _merge_nested
-from node.settings.sources import _read_file as _read_file
-from node.settings.sources import _under as _under
-from node.settings.tables import _CALLER_KEYS as _CALLER_KEYS
-from node.settings.tables import _callers as _callers
-from node.settings.tables import _destinations as _destinations
-from node.settings.tables import _fingerprint as _fingerprint
-from node.settings.tables import _networks as _networks
-from node.settings.tables import _recipes as _recipes
-from node.settings.validation import _validate as _validate
-from node.settings.validation import _validate_dimse_guards as _validate_dimse_guards
 
 __all__ = [
     "ENV_PREFIX",
