@@ -13,8 +13,9 @@ from __future__ import annotations
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
+from typing import Any
 
-from sqlalchemy import Connection, and_, delete, func, select
+from sqlalchemy import Connection, and_, bindparam, delete, func, select
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 
@@ -43,21 +44,30 @@ def insert_in(conn: Connection, entries: Sequence[Spooled],
     if not entries:
         return
     at = now or datetime.now(UTC)
-    make = pg_insert if conn.dialect.name == "postgresql" else sqlite_insert
+    conn.execute(_UPSERT[conn.dialect.name], [
+        {"path": e.path, "spool": e.spool, "segment": e.segment, "position": e.position,
+         "length": e.length, "spooled_at": at} for e in entries])
+
+
+def _upsert(make: Any) -> Any:
     stmt = make(_T)
-    stmt = stmt.on_conflict_do_update(index_elements=["path"], set_={
+    return stmt.on_conflict_do_update(index_elements=["path"], set_={
         c: stmt.excluded[c] for c in ("spool", "segment", "position", "length", "spooled_at")})
-    conn.execute(stmt, [{"path": e.path, "spool": e.spool, "segment": e.segment,
-                         "position": e.position, "length": e.length,
-                         "spooled_at": at} for e in entries])
+
+
+# Statements are built once: building one costs more than running it on SQLite, and the
+# insert is on the acknowledgement path, the others on the uploader's.
+_UPSERT = {"postgresql": _upsert(pg_insert), "sqlite": _upsert(sqlite_insert)}
+_COLUMNS = (_T.c.path, _T.c.spool, _T.c.segment, _T.c.position, _T.c.length)
+_STILL_THERE = select(*_COLUMNS).where(_T.c.path.in_(bindparam("paths", expanding=True)))
+_DONE = delete(_T).where(and_(_T.c.path == bindparam("k_path"),
+                              _T.c.segment == bindparam("k_segment"),
+                              _T.c.position == bindparam("k_position")))
 
 
 def _row(r: object) -> Spooled:
     m = r._mapping  # type: ignore[attr-defined]
     return Spooled(m["path"], m["spool"], m["segment"], m["position"], m["length"])
-
-
-_COLUMNS = (_T.c.path, _T.c.spool, _T.c.segment, _T.c.position, _T.c.length)
 
 
 class SpooledRows:
@@ -89,9 +99,9 @@ class SpooledRows:
         wanted = {(e.path, e.segment, e.position): e for e in entries}
         if not wanted:
             return []
-        stmt = select(*_COLUMNS).where(_T.c.path.in_([p for p, _, _ in wanted]))
-        rows = self.index.reading("checking spooled objects",
-                                  lambda conn: [_row(r) for r in conn.execute(stmt)])
+        paths = {"paths": [p for p, _, _ in wanted]}
+        rows = self.index.reading("checking spooled objects", lambda conn: [
+            _row(r) for r in conn.execute(_STILL_THERE, paths)])
         return [wanted[k] for r in rows if (k := (r.path, r.segment, r.position)) in wanted]
 
     def done(self, entries: Sequence[Spooled]) -> None:
@@ -99,13 +109,10 @@ class SpooledRows:
         if not entries:
             return
 
-        def work(conn: Connection) -> None:
-            for e in entries:
-                conn.execute(delete(_T).where(and_(
-                    _T.c.path == e.path, _T.c.segment == e.segment,
-                    _T.c.position == e.position)))
-
-        self.index.transaction("recording uploaded objects", work)
+        rows = [{"k_path": e.path, "k_segment": e.segment, "k_position": e.position}
+                for e in entries]
+        self.index.transaction("recording uploaded objects",
+                               lambda conn: conn.execute(_DONE, rows))
 
     def forget(self, path: str) -> bool:
         """Deletes the row of ``path`` (its object is being rewritten in the store);
