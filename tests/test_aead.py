@@ -15,7 +15,6 @@ from node.crypto.aead import (
     HEADER_SIZE,
     MAGIC,
     TAG_SIZE,
-    DecryptingReader,
     Encryptor,
     ciphertext_size,
     decrypt,
@@ -24,6 +23,7 @@ from node.crypto.aead import (
     plaintext_size,
 )
 from node.crypto.keyring import Key, Keyring
+from node.crypto.reader import DecryptingReader
 from node.errors import IntegrityError
 
 PATH = "default/3f2a9c/1.2.3/1.2.3.4/1.2.3.4.5/original.dcm"

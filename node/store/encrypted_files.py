@@ -7,7 +7,8 @@ from __future__ import annotations
 import io
 from typing import TYPE_CHECKING, Any
 
-from node.crypto.aead import DecryptingReader, Encryptor
+from node.crypto.aead import Encryptor
+from node.crypto.reader import DecryptingReader
 from node.errors import IntegrityError, StoreError
 from node.store.failures import store_errors, translate
 from node.store.sinks import BufferSink, LocalSink

@@ -42,12 +42,12 @@ from typing import Any, ClassVar
 
 from node.crypto.aead import (
     HEADER_SIZE,
-    DecryptingReader,
     decrypt,
     encrypt_to_buffer,
     parse_header,
     plaintext_size,
 )
+from node.crypto.reader import DecryptingReader
 from node.errors import IntegrityError, StoreError
 from node.layout import is_spoolable
 from node.store.encrypted_files import EncryptedWriter, StoreReader, TextFile
