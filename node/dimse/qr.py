@@ -120,12 +120,14 @@ def handle_find(event: Any, deps: QRDeps) -> Iterator[tuple[int, Any]]:
     _audit(event, deps, "query", f"{sent} matches", query)
 
 
-def _load(deps: QRDeps, ref: InstanceRef, decompress: bool = False
-          ) -> tuple[pydicom.Dataset, int]:
-    """The stored original, read through the streaming decryptor, and its size in bytes: as
-    stored (a StoredDataset, only its file meta parsed), or parsed and, with ``decompress``,
-    decompressed. Raises what the store raises (FileNotFoundError, IntegrityError, ...)."""
-    with deps.fs.open(f"{ref.object_key}/{ORIGINAL}", "rb") as fh:
+def load_original(fs: Any, ref: InstanceRef, decompress: bool = False
+                  ) -> tuple[pydicom.Dataset, int]:
+    """The stored original of ``ref`` ready to send by C-STORE (C-MOVE, C-GET, send to
+    PACS), read through the streaming decryptor, and its size in bytes: as stored (a
+    StoredDataset, only its file meta parsed), or parsed (no file meta) and, with
+    ``decompress``, decompressed. Raises what the store raises (FileNotFoundError,
+    IntegrityError, ...)."""
+    with fs.open(f"{ref.object_key}/{ORIGINAL}", "rb") as fh:
         data = fh.read()
     if not decompress:
         stored = StoredDataset.parse(data, ref.sop_class_uid, ref.sop_uid)
@@ -182,7 +184,7 @@ def _sub_operations(event: Any, deps: QRDeps, refs: list[InstanceRef],
         return cancel() or association_gone(event.assoc)
 
     def load(ref: InstanceRef) -> tuple[pydicom.Dataset, int]:
-        return _load(deps, ref, decompress=fit and _must_decompress(event, ref))
+        return load_original(deps.fs, ref, decompress=fit and _must_decompress(event, ref))
 
     cancelled = False
     handed = 0

@@ -5,20 +5,17 @@ Instances are read ahead of the association and sent as stored, as C-MOVE does
 
 from __future__ import annotations
 
-import io
 import logging
 from collections.abc import Sequence
 from typing import Any
 
-import pydicom
 from pynetdicom import AE, evt
 
-from node.dimse.encoded import StoredDataset, StoreSender, association_gone
-from node.dimse.qr import _contexts, _tls_context
+from node.dimse.encoded import StoreSender, association_gone
+from node.dimse.qr import _contexts, _tls_context, load_original
 from node.dimse.readahead import ReadAhead
 from node.dimse.transport import tune_connection
 from node.index.query import InstanceRef
-from node.layout import ORIGINAL
 from node.sending import DestinationUnavailableError, SendReport, UnknownDestinationError
 from node.settings import Settings
 
@@ -60,7 +57,7 @@ class DimseSender:
         """(sent, failed): each instance read ahead of the association (node.dimse.readahead),
         sent as stored; one that cannot be read or is refused counts as failed."""
         sent = failed = 0
-        with ReadAhead(refs, lambda ref: _load(self, ref),
+        with ReadAhead(refs, lambda ref: load_original(self.fs, ref),
                        should_stop=lambda: association_gone(assoc)) as ahead:
             for fetched in ahead:
                 if fetched.error is not None:
@@ -85,13 +82,3 @@ class DimseSender:
 
 _SENT = (0x0000, 0xB000, 0xB007, 0xB006)  # success, or stored with a warning
 
-
-def _load(sender: DimseSender, ref: InstanceRef) -> tuple[pydicom.Dataset, int]:
-    """The stored original as stored (only its file meta parsed), or parsed when it has no
-    file meta; with its size in bytes."""
-    with sender.fs.open(f"{ref.object_key}/{ORIGINAL}", "rb") as fh:
-        data = fh.read()
-    stored = StoredDataset.parse(data, ref.sop_class_uid, ref.sop_uid)
-    if stored is not None:
-        return stored, len(data)
-    return pydicom.dcmread(io.BytesIO(data), force=True), len(data)

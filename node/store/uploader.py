@@ -97,7 +97,7 @@ class Uploader:
         if time.monotonic() - self._missing_since > MISSING_RETRY:
             self._missing.clear()
         rows = self.spool.rows.waiting(self.spool.id, BATCH, self._missing)
-        if not all(self._here(r.segment) for r in rows):  # look again past them
+        if not all(map(self._here, {r.segment for r in rows})):  # look again past them
             rows = [r for r in self.spool.rows.waiting(self.spool.id, BATCH, self._missing)
                     if self._here(r.segment)]
         if not rows:
