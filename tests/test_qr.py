@@ -179,22 +179,28 @@ def test_move_to_unknown_or_down_destination(qr_node, dcmtk: Dcmtk) -> None:
     assert dcmtk("echoscu", "-aec", node.ae_title, "127.0.0.1", str(node.port)).returncode == 0
 
 
-def test_get_a_series(qr_node, dcmtk: Dcmtk, tmp_path: Path) -> None:
-    node, study, files = qr_node
-    out = tmp_path / "got"
+def get_series(dcmtk: Dcmtk, node: RunningNode, first: pydicom.Dataset, out: Path,
+               files: dict[str, Path]) -> list[Path]:
+    """getscu of the series of ``first`` into ``out``: asserts success and that each
+    arrived data set is byte for byte the one sent (``files`` by SOP Instance UID)."""
     out.mkdir()
     result = dcmtk("getscu", "-S", "-od", str(out), "-aec", node.ae_title,
                    "-k", "QueryRetrieveLevel=SERIES",
-                   "-k", f"StudyInstanceUID={study[0].StudyInstanceUID}",
-                   "-k", f"SeriesInstanceUID={study[0].SeriesInstanceUID}",
+                   "-k", f"StudyInstanceUID={first.StudyInstanceUID}",
+                   "-k", f"SeriesInstanceUID={first.SeriesInstanceUID}",
                    "127.0.0.1", str(node.port))
     assert result.returncode == 0, result.stderr
-    got = sorted(out.glob("*"))
-    assert len(got) == 3
+    got = sorted(out.iterdir())
     for path in got:
         ds = pydicom.dcmread(path, stop_before_pixels=True)
         assert dataset_bytes(path.read_bytes()) == \
             dataset_bytes(files[str(ds.SOPInstanceUID)].read_bytes())
+    return got
+
+
+def test_get_a_series(qr_node, dcmtk: Dcmtk, tmp_path: Path) -> None:
+    node, study, files = qr_node
+    assert len(get_series(dcmtk, node, study[0], tmp_path / "got", files)) == 3
 
 
 def test_get_of_a_compressed_instance_by_a_requester_without_its_syntax(

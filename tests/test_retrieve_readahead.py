@@ -27,7 +27,10 @@ from node.dimse.readahead import ReadAhead
 from pipelines import synthetic
 from tests.fixtures.node import RunningNode, free_port
 from tests.test_dimse import dataset_bytes
-from tests.test_qr import destination  # noqa: F401  (a fixture: storescp as DEST)
+from tests.test_qr import (
+    destination,  # noqa: F401  (a fixture: storescp as DEST)
+    get_series,
+)
 
 Dcmtk = Callable[..., subprocess.CompletedProcess[str]]
 N = 24  # several times the read-ahead depth
@@ -208,19 +211,7 @@ def test_an_aborted_move_leaves_no_reader_and_closes_the_sub_association(
 
 def test_get_of_the_series_by_getscu(series_node, dcmtk: Dcmtk, tmp_path: Path) -> None:
     node, series, files = series_node
-    out = tmp_path / "got"
-    out.mkdir()
-    result = dcmtk("getscu", "-S", "-od", str(out), "-aec", node.ae_title,
-                   "-k", "QueryRetrieveLevel=SERIES",
-                   "-k", f"StudyInstanceUID={series[0].StudyInstanceUID}",
-                   "-k", f"SeriesInstanceUID={series[0].SeriesInstanceUID}",
-                   "127.0.0.1", str(node.port))
-    assert result.returncode == 0, result.stderr
-    got = sorted(out.iterdir())
-    assert len(got) == N
-    for path in got:
-        sop = str(pydicom.dcmread(path, stop_before_pixels=True).SOPInstanceUID)
-        assert dataset_bytes(path.read_bytes()) == dataset_bytes(files[sop].read_bytes())
+    assert len(get_series(dcmtk, node, series[0], tmp_path / "got", files)) == N
     assert _wait_until(lambda: not _readers())
 
 
