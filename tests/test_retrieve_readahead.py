@@ -26,6 +26,7 @@ from node.dimse.encoded import StoredDataset
 from node.dimse.readahead import ReadAhead
 from pipelines import synthetic
 from tests.fixtures.node import RunningNode, free_port
+from tests.fixtures.waiting import eventually
 from tests.test_dimse import dataset_bytes
 from tests.test_qr import (
     destination,  # noqa: F401  (a fixture: storescp as DEST)
@@ -39,15 +40,6 @@ READER = "retrieve-read-ahead"
 
 def _readers() -> list[threading.Thread]:
     return [t for t in threading.enumerate() if t.name == READER]
-
-
-def _wait_until(check: Callable[[], bool], timeout: float = 10.0) -> bool:
-    deadline = time.monotonic() + timeout
-    while not check():
-        if time.monotonic() > deadline:
-            return False
-        time.sleep(0.05)
-    return True
 
 
 class SlowDestination:
@@ -151,7 +143,7 @@ def test_movescu_gets_every_instance_byte_identical(series_node, destination,  #
     for path in arrived:
         sop = str(pydicom.dcmread(path, stop_before_pixels=True).SOPInstanceUID)
         assert dataset_bytes(path.read_bytes()) == dataset_bytes(files[sop].read_bytes())
-    assert _wait_until(lambda: not _readers())
+    assert eventually(lambda: not _readers(), 10)
 
 
 def test_a_damaged_and_a_missing_instance_are_two_failed_sub_operations(
@@ -186,7 +178,7 @@ def test_c_cancel_stops_the_move_and_its_reader(series_node, slow: SlowDestinati
     assert int(final.Status) == 0xFE00
     assert 0 < int(final.NumberOfCompletedSuboperations) < N
     assert int(final.NumberOfRemainingSuboperations) > 0
-    assert _wait_until(lambda: not _readers())
+    assert eventually(lambda: not _readers(), 10)
     assert slow.ended.wait(10)  # the sub-association was closed
     assert len(slow.received) < N
 
@@ -200,7 +192,7 @@ def test_an_aborted_move_leaves_no_reader_and_closes_the_sub_association(
         return True
 
     _move(node, _identifier(series[0]), "SLOW", on_pending=abort)
-    assert _wait_until(lambda: not _readers())
+    assert eventually(lambda: not _readers(), 10)
     assert slow.ended.wait(10)
     assert len(slow.received) < N
     # ... and the node keeps serving retrievals.
@@ -212,7 +204,7 @@ def test_an_aborted_move_leaves_no_reader_and_closes_the_sub_association(
 def test_get_of_the_series_by_getscu(series_node, dcmtk: Dcmtk, tmp_path: Path) -> None:
     node, series, files = series_node
     assert len(get_series(dcmtk, node, series[0], tmp_path / "got", files)) == N
-    assert _wait_until(lambda: not _readers())
+    assert eventually(lambda: not _readers(), 10)
 
 
 # -- the read-ahead itself ------------------------------------------------------------------
@@ -253,7 +245,7 @@ def test_read_ahead_is_bounded_by_bytes() -> None:
     assert len(waiting) == 3  # 3 × 40 bytes >= 100: no fourth read while nobody consumes
     it = iter(ahead)
     next(it)
-    assert _wait_until(lambda: len(waiting) == 4)
+    assert eventually(lambda: len(waiting) == 4, 10)
     ahead.close()
     assert not ahead.alive
 
@@ -264,7 +256,7 @@ def test_read_ahead_stops_when_asked_or_closed() -> None:
                       poll=0.05)
     assert ahead.alive
     stop.set()
-    assert _wait_until(lambda: not ahead.alive, 2)
+    assert eventually(lambda: not ahead.alive, 2)
     assert len(list(ahead)) <= 2  # what was read before the stop, then the end
 
     closed = ReadAhead(range(1000), lambda i: (i, 1), depth=2)
@@ -307,4 +299,4 @@ def test_send_to_a_destination_reads_ahead_and_counts_a_damaged_instance(
     for p in arrived:
         sop = str(pydicom.dcmread(p, stop_before_pixels=True).SOPInstanceUID)
         assert dataset_bytes(p.read_bytes()) == dataset_bytes(files[sop].read_bytes())
-    assert _wait_until(lambda: not _readers())
+    assert eventually(lambda: not _readers(), 10)

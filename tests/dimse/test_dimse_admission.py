@@ -17,6 +17,7 @@ from pynetdicom.sop_class import Verification  # type: ignore[attr-defined]
 
 from pipelines import synthetic
 from tests.fixtures.node import RunningNode
+from tests.fixtures.waiting import eventually
 
 Dcmtk = Callable[..., subprocess.CompletedProcess[str]]
 ATTACKER = "127.0.0.2"  # all of 127/8 is loopback: a second address for the same machine
@@ -40,15 +41,6 @@ def closed_by_peer(sock: socket.socket) -> bool:
         return sock.recv(1) == b""
     except ConnectionResetError:
         return True
-
-
-def eventually(check: Callable[[], bool], seconds: float = 3) -> bool:
-    deadline = time.monotonic() + seconds
-    while not check():
-        if time.monotonic() > deadline:
-            return False
-        time.sleep(0.05)
-    return True
 
 
 def warnings(caplog: pytest.LogCaptureFixture) -> str:
