@@ -87,10 +87,6 @@ class StoredDataset(Dataset):
         """The data set's bytes as stored, in :attr:`transfer_syntax`."""
         return self._stored[self._offset:]
 
-    @property
-    def size(self) -> int:
-        return len(self._stored)
-
     def decoded(self) -> Dataset:
         """The whole stored instance, parsed (pydicom)."""
         return pydicom.dcmread(io.BytesIO(self._stored), force=True)
