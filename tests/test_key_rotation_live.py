@@ -117,8 +117,11 @@ def test_rotation_beside_a_running_node(running: dict[str, object],
                            for k in key_ids(home)))
     folder_of = {k.rsplit("/", 2)[-2]: k.rsplit("/", 1)[0] for k in key_ids(home)}
     folder = folder_of[str(new.SOPInstanceUID)]
-    # The processing worker (another process) writes output.npy under the new key too.
-    wait_until(lambda: f"{folder}/{OUTPUT}" in key_ids(home))
+    # The uploader puts the original and the description (several PUTs at once, so either
+    # may land first), and the processing worker (another process), which may read the
+    # original from the spool before its upload, writes output.npy: wait for all three.
+    wait_until(lambda: {f"{folder}/{n}" for n in (ORIGINAL, DESCRIPTION, OUTPUT)}
+               <= key_ids(home).keys())
     ids = key_ids(home)
     for name in (ORIGINAL, DESCRIPTION, OUTPUT):
         assert ids[f"{folder}/{name}"] == 2, name
