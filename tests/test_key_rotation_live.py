@@ -20,6 +20,7 @@ import pytest
 from node.api import Node
 from node.layout import DESCRIPTION, ORIGINAL, OUTPUT
 from pipelines import synthetic
+from tests.fixtures.waiting import eventually
 from tests.test_qr import destination  # noqa: F401  (a fixture: storescp as DEST)
 from tests.test_serve import READY, SUPPORT_NODE, Served
 
@@ -43,15 +44,6 @@ def finished(proc: subprocess.Popen[str], timeout: float = 120) -> str:
     out, _ = proc.communicate(timeout=timeout)
     assert proc.returncode == 0, out
     return out
-
-
-def wait_until(check: Callable[[], bool], timeout: float = 60.0) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if check():
-            return
-        time.sleep(0.2)
-    raise AssertionError("timed out")
 
 
 @pytest.fixture
@@ -113,15 +105,15 @@ def test_rotation_beside_a_running_node(running: dict[str, object],
                  str(synthetic.write(new, tmp_path / "new")))
     assert sent.returncode == 0, sent.stderr
     # Acknowledged from the node's spool: in the store once the uploader has put it.
-    wait_until(lambda: any(k.rsplit("/", 2)[-2] == str(new.SOPInstanceUID)
-                           for k in key_ids(home)))
+    assert eventually(lambda: any(k.rsplit("/", 2)[-2] == str(new.SOPInstanceUID)
+                                  for k in key_ids(home)), 60, every=0.2)
     folder_of = {k.rsplit("/", 2)[-2]: k.rsplit("/", 1)[0] for k in key_ids(home)}
     folder = folder_of[str(new.SOPInstanceUID)]
     # The uploader puts the original and the description (several PUTs at once, so either
     # may land first), and the processing worker (another process), which may read the
     # original from the spool before its upload, writes output.npy: wait for all three.
-    wait_until(lambda: {f"{folder}/{n}" for n in (ORIGINAL, DESCRIPTION, OUTPUT)}
-               <= key_ids(home).keys())
+    assert eventually(lambda: {f"{folder}/{n}" for n in (ORIGINAL, DESCRIPTION, OUTPUT)}
+                      <= key_ids(home).keys(), 60, every=0.2)
     ids = key_ids(home)
     for name in (ORIGINAL, DESCRIPTION, OUTPUT):
         assert ids[f"{folder}/{name}"] == 2, name

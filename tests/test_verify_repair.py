@@ -22,7 +22,8 @@ import pytest
 from node.api import Node
 from node.layout import DESCRIPTION, ORIGINAL, QUARANTINE
 from pipelines import synthetic
-from tests.test_key_rotation_live import _env, wait_until
+from tests.fixtures.waiting import eventually
+from tests.test_key_rotation_live import _env
 from tests.test_serve import READY, SUPPORT_NODE, Served
 
 PATIENT = synthetic.Patient("PAT-REPAIR", "Fixit^Felix", "19600606", "M")
@@ -127,7 +128,7 @@ def test_serve_sweeps_stale_temporary_files_at_start(damaged: Damaged, tmp_path:
     served = Served("--dimse-port", "0", "--processing-workers", "0", home=damaged.home)
     try:
         served.wait_for(READY, timeout=60)
-        wait_until(lambda: not damaged.temp.exists(), timeout=30)
+        assert eventually(lambda: not damaged.temp.exists(), 30, every=0.2)
         assert fresh.exists()  # too young to be stale: it may still be written
     finally:
         served.proc.send_signal(signal.SIGTERM)

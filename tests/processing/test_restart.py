@@ -8,7 +8,6 @@ import re
 import signal
 import subprocess
 import sys
-import time
 from collections import Counter
 from pathlib import Path
 
@@ -20,6 +19,7 @@ from node.index.records import State
 from node.settings import load
 from pipelines import synthetic
 from tests.fixtures.node import free_port
+from tests.fixtures.waiting import eventually
 from tests.test_serve import READY, Served
 
 SUPPORT_NODE = Path(sys.executable).parent / "support-node"
@@ -29,15 +29,6 @@ COMMITTED = re.compile(r"support_node.processing: processed (\S+)")
 def env() -> dict[str, str]:
     clean = {k: v for k, v in os.environ.items() if not k.startswith("SUPPORT_NODE_")}
     return clean | {"PYTHONUNBUFFERED": "1"}
-
-
-def wait_until(check, timeout: float = 60.0, every: float = 0.2) -> None:  # type: ignore[no-untyped-def]
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if check():
-            return
-        time.sleep(every)
-    raise AssertionError("timed out")
 
 
 def counts(home: Path):  # type: ignore[no-untyped-def]
@@ -55,7 +46,7 @@ def test_serve_processes_what_storescu_sends(tmp_path: Path, dcmtk) -> None:  # 
     try:
         port = int(served.wait_for(READY).group(2))
         dcmtk("storescu", "-aec", "SUPPORT_NODE", "127.0.0.1", str(port), "+sd", str(folder))
-        wait_until(lambda: counts(home).instances.get(State.PROCESSED) == 20)
+        assert eventually(lambda: counts(home).instances.get(State.PROCESSED) == 20, 60, every=0.2)
         assert counts(home).queue_depth == 0
     finally:
         served.proc.send_signal(signal.SIGTERM)
@@ -75,7 +66,7 @@ def test_a_killed_worker_loses_nothing_and_records_nothing_twice(tmp_path: Path)
         first = subprocess.Popen([str(SUPPORT_NODE), "worker", "--home", str(home)],
                                  stdout=log, stderr=subprocess.STDOUT, env=env())
         try:
-            wait_until(lambda: len(COMMITTED.findall(logs[0].read_text())) >= 15, every=0.05)
+            assert eventually(lambda: len(COMMITTED.findall(logs[0].read_text())) >= 15, 60)
         finally:
             first.send_signal(signal.SIGKILL)  # no chance to finish or clean up
             first.wait()
