@@ -88,7 +88,8 @@ def open_core(settings: Settings, create_keys: bool = False, serving: bool = Fal
     from node.dimse.send import DimseSender  # the DIMSE edge's C-STORE SCU
 
     locks = UidLocks(settings.home / "run" / "uid-locks", catalog.engine)
-    fs.spool = SpoolReader(settings.home / SPOOL, SpooledRows(catalog), locks)
+    fs.spool = SpoolReader(settings.home / SPOOL, SpooledRows(catalog), locks,
+                           wait=settings.store.other_spool_wait)
     writer = SpoolWriter(settings.home / SPOOL) \
         if serving and settings.store.ack == "spool" else None
     audit = AuditLog(catalog)

@@ -54,18 +54,13 @@ def _wait_until_free(port: int, timeout: float = 30) -> None:
 # --- A retrieve through another node right after a store (the balancer's usual case) -------
 
 
-@pytest.mark.parametrize("ack", [
-    "store",
-    pytest.param("spool", marks=pytest.mark.xfail(strict=True, reason=(
-        "issue 14 finding: an instance in the receiving node's spool cannot be read through "
-        "another node until it is uploaded (NotUploadedError: C-GET answers 0xA702 with "
-        "nothing sent); README says so and advises ack = \"store\""))),
-])
+@pytest.mark.parametrize("ack", ["store", "spool"])
 def test_a_retrieve_through_another_node_right_after_the_store_gets_every_instance(
         ack: str, tmp_path: Path, s3_server: Any, s3_root: str, postgres_server: Any,
         dcmtk: Dcmtk) -> None:
     """Node B's S3 is 0.6 s away (the delay proxy, 0.3 s each way), so its uploads take a
-    moment; a C-GET through node A at once must still get what B acknowledged."""
+    moment; a C-GET through node A at once must still get what B acknowledged (with the
+    spool, A's reads wait for B's uploads: `[store] other_spool_wait`)."""
     from bench import delay_proxy
 
     s3_host, s3_port = s3_server.endpoint_url.rsplit("/", 1)[1].split(":")
@@ -110,8 +105,9 @@ def test_a_node_lost_with_a_full_spool_loses_nothing_and_its_instances_are_proce
         tmp_path: Path, s3_server: Any, s3_root: str, postgres_server: Any,
         dcmtk: Dcmtk) -> None:
     """Node B acknowledges while its way to S3 is cut, then is killed (-9): its instances
-    wait in its spool, the other node's worker postpones them (no failed attempt), and once
-    B is back they are uploaded and processed once each."""
+    wait in its spool, the other node's worker waits for them (1 s here), then postpones
+    them (no failed attempt), and once B is back they are uploaded and processed once
+    each."""
     from bench import delay_proxy
 
     s3_host, s3_port = s3_server.endpoint_url.rsplit("/", 1)[1].split(":")
@@ -122,7 +118,7 @@ def test_a_node_lost_with_a_full_spool_loses_nothing_and_its_instances_are_proce
         endpoints = (s3_server.endpoint_url, f"http://127.0.0.1:{link.port}")
         nodes, toml = _two_nodes(homes, [{
             "dimse": {"port": port},
-            "store": {"url": f"s3://{s3_root}",
+            "store": {"url": f"s3://{s3_root}", "other_spool_wait": 1.0,
                       "options": {**s3_server.options(), "endpoint_url": endpoint}},
             "index": {"url": index_url}, "recipes": {"small": {"size": 32}},
             "processing": {"recipe": "small", "workers": workers}}

@@ -117,6 +117,7 @@ def load(
             chunk_size=v["store"]["chunk_size"], min_free_bytes=v["store"]["min_free_bytes"],
             ack=v["store"]["ack"], spool_max_bytes=v["store"]["spool_max_bytes"],
             upload_threads=v["store"]["upload_threads"],
+            other_spool_wait=v["store"]["other_spool_wait"],
         ),
         index=IndexSettings(url=index_url),
         keys=KeysSettings(file=_under(home_path, v["keys"]["file"] or "keys.json"),

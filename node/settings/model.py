@@ -164,6 +164,9 @@ class StoreSettings:
     ack: str = "spool"
     spool_max_bytes: int = 8 << 30  # refuse new instances while the spool holds more
     upload_threads: int = 8  # PUTs at once from the spool
+    # Seconds a read of an instance still in another node's spool (nodes sharing one
+    # index) waits for that node to upload it before it fails (0: fail at once).
+    other_spool_wait: float = 30.0
 
 
 @dataclass(frozen=True)

@@ -58,6 +58,7 @@ _SCHEMA: dict[str, dict[str, tuple[type, Any]]] = {
         "ack": (str, "spool"),
         "spool_max_bytes": (int, 8 << 30),
         "upload_threads": (int, 8),
+        "other_spool_wait": (float, 30.0),
     },
     "index": {"url": (str, None)},
     "keys": {"file": (str, None), "bits": (int, 128)},

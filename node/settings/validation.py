@@ -49,6 +49,8 @@ def _validate(s: Settings) -> None:
     if s.store.spool_max_bytes < 0 or s.store.upload_threads < 1:
         raise ConfigError("store.spool_max_bytes: 0 (off) or more; store.upload_threads: "
                           "at least 1")
+    if s.store.other_spool_wait < 0:
+        raise ConfigError("store.other_spool_wait: 0 (fail at once) or more seconds")
     if s.store.min_free_bytes < 0 or s.processing.max_queue < 0:
         raise ConfigError("store.min_free_bytes and processing.max_queue: 0 (off) or more")
     p = s.processing

@@ -23,6 +23,7 @@ import logging
 import os
 import secrets
 import threading
+import time
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -37,6 +38,7 @@ SPOOL = "spool"  # the folder under the home
 SUFFIX = ".seg"
 ID_FILE = "id"
 SEGMENT_BYTES = 64 << 20  # a new segment once the current one holds this much
+STALLED_S = 60.0  # after a wait for another spool's upload ran out, its reads fail at once
 
 
 def spool_id(directory: Path) -> str:
@@ -161,13 +163,22 @@ class SpoolWriter:
 
 
 class SpoolReader:
-    """Finds spooled objects through the index and opens their ciphertext."""
+    """Finds spooled objects through the index and opens their ciphertext.
 
-    def __init__(self, directory: Path, rows: SpooledRows, locks: UidLocks) -> None:
+    ``wait``: seconds a read of an object that waits in another node's spool (nodes sharing
+    one index) gives that node's uploader before it fails with NotUploadedError. After one
+    such wait runs out, reads of that spool's objects fail at once for ``STALLED_S``: a node
+    that is down would otherwise make a retrieve of many instances wait for each.
+    """
+
+    def __init__(self, directory: Path, rows: SpooledRows, locks: UidLocks,
+                 wait: float = 0.0) -> None:
         self.directory = directory
         self.id = spool_id(directory)
         self.rows = rows
         self.locks = locks
+        self.wait = wait
+        self._stalled: dict[str, float] = {}  # spool id -> until when its reads fail at once
 
     def forget(self, path: str) -> None:
         """Before ``path`` is rewritten in the store: its spooled (older) version is never
@@ -189,12 +200,35 @@ class SpoolReader:
         if entry is None:
             return None
         if entry.spool != self.id:
-            raise NotUploadedError(path)
+            self._wait_for_upload(path, entry.spool)
+            return None  # uploaded meanwhile: in the store now
         try:
             fd = os.open(self.directory / entry.segment, os.O_RDONLY)
         except FileNotFoundError:
             return None  # uploaded and its segment deleted since the lookup
         return _SegmentSlice(fd, entry.position, entry.length)
+
+    def _wait_for_upload(self, path: str, spool: str) -> None:
+        """Returns once ``path``, waiting in ``spool`` (another node's), has been uploaded
+        (its row is gone); raises NotUploadedError after ``wait`` seconds, or at once while
+        that spool is stalled. Raises CatalogError."""
+        now = time.monotonic()
+        if self.wait <= 0 or self._stalled.get(spool, 0.0) > now:
+            raise NotUploadedError(path)
+        deadline, pause = now + self.wait, 0.02
+        while True:
+            time.sleep(pause)
+            pause = min(2 * pause, 0.5)
+            entry = self.rows.locate(path)
+            if entry is None:
+                self._stalled.pop(spool, None)
+                return
+            if time.monotonic() >= deadline:
+                self._stalled[spool] = time.monotonic() + STALLED_S
+                log.warning("an object waiting in spool %s (another node's) was not uploaded "
+                            "in %g s: reads of that spool's objects fail at once for %g s",
+                            spool, self.wait, STALLED_S)
+                raise NotUploadedError(path)
 
     def read(self, entry: Spooled) -> bytes:
         """The whole ciphertext of ``entry``. Raises OSError."""

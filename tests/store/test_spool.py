@@ -7,6 +7,7 @@ from __future__ import annotations
 import io
 import os
 import threading
+import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
@@ -18,7 +19,7 @@ from node.errors import StoreError
 from node.ingest import Outcome, Source
 from node.layout import DESCRIPTION, ORIGINAL
 from node.settings import Settings
-from node.store.spool import SpoolWriter
+from node.store.spool import NotUploadedError, SpoolWriter
 from node.store.uploader import Uploader
 from pipelines import synthetic
 
@@ -211,3 +212,61 @@ def test_rows_of_a_segment_this_spool_lacks_never_hold_up_its_own_uploads(servin
     _drain(core)
     assert _in_store(core, f"{result.object_key}/{ORIGINAL}")
     assert spool.rows.totals()[0] == 70  # left for their owner, not dropped
+
+
+def _hand_to_another_node(core: Core, key: str) -> bytes:
+    """Makes the row of ``key`` name another node's spool (nodes sharing one index), as
+    that node's acknowledgement leaves it; returns its ciphertext, for that node's upload."""
+    from sqlalchemy import update
+
+    from node.index import schema
+
+    entry = core.fs.spool.locate(key)
+    assert entry is not None
+    sealed = core.fs.spool.read(entry)
+    stmt = update(schema.spooled).where(schema.spooled.c.path == key).values(spool="other-node")
+    core.catalog.transaction("another node's row", lambda conn: conn.execute(stmt))
+    return sealed
+
+
+def test_a_read_of_another_nodes_spooled_object_waits_for_its_upload(serving) -> None:
+    """A retrieve through one node right after another node acknowledged: the read waits
+    for the other node's uploader instead of missing the instance."""
+    core = serving(other_spool_wait=10.0)
+    data = _encoded(1, seed=8)[0]
+    key = f"{core.ingest.accept(data, SOURCE).object_key}/{ORIGINAL}"
+    sealed = _hand_to_another_node(core, key)
+
+    def other_uploader() -> None:  # the other node puts it, then deletes its row
+        core.fs.put_sealed(key, sealed)
+        core.fs.spool.rows.forget(key)
+
+    timer = threading.Timer(0.5, other_uploader)
+    started = time.monotonic()
+    timer.start()
+    try:
+        assert core.fs.cat_file(key) == data
+    finally:
+        timer.join()
+    assert 0.4 < time.monotonic() - started < 5
+
+
+def test_a_node_that_never_uploads_fails_reads_after_the_wait_then_at_once(serving) -> None:
+    core = serving(other_spool_wait=0.5)
+    data = _encoded(3, seed=9)
+    keys = [f"{core.ingest.accept(d, SOURCE).object_key}/{ORIGINAL}" for d in data]
+    sealed = [_hand_to_another_node(core, key) for key in keys]
+
+    started = time.monotonic()
+    with pytest.raises(NotUploadedError):
+        core.fs.cat_file(keys[0])
+    assert time.monotonic() - started >= 0.5  # it waited
+    started = time.monotonic()
+    with pytest.raises(NotUploadedError):  # that node is stalled: no second wait
+        with core.fs.open(keys[1], "rb") as fh:
+            fh.read()
+    assert time.monotonic() - started < 0.4
+    # Back: what it has uploaded is read at once, stalled or not.
+    core.fs.put_sealed(keys[2], sealed[2])
+    core.fs.spool.rows.forget(keys[2])
+    assert core.fs.cat_file(keys[2]) == data[2]
