@@ -7,6 +7,7 @@ or an abort are needed.
 
 from __future__ import annotations
 
+import re
 import subprocess
 import threading
 import time
@@ -101,19 +102,23 @@ def _identifier(ds: pydicom.Dataset) -> pydicom.Dataset:
 
 
 def _move(node: RunningNode, ident: pydicom.Dataset, dest: str,
-          on_pending: Callable[[Any, int], bool] | None = None) -> list[pydicom.Dataset]:
-    """C-MOVE by pynetdicom; every response's status data set. ``on_pending(assoc, n)``
-    after the n-th pending response; True stops reading responses (the caller acted)."""
+          on_pending: Callable[[Any, int], bool] | None = None,
+          identifiers: list[pydicom.Dataset | None] | None = None) -> list[pydicom.Dataset]:
+    """C-MOVE by pynetdicom; every response's status data set (and its identifier, into
+    ``identifiers``). ``on_pending(assoc, n)`` after the n-th pending response; True stops
+    reading responses (the caller acted)."""
     ae = AE(ae_title="PYTEST")
     ae.add_requested_context(Move)
     assoc = ae.associate("127.0.0.1", node.port, ae_title=node.ae_title)
     assert assoc.is_established
     responses = []
     try:
-        for status, _ in assoc.send_c_move(ident, dest, Move, msg_id=9):
+        for status, identifier in assoc.send_c_move(ident, dest, Move, msg_id=9):
             if not status:
                 break
             responses.append(status)
+            if identifiers is not None:
+                identifiers.append(identifier)
             if on_pending is not None and int(status.Status) in (0xFF00, 0xFF01) \
                     and on_pending(assoc, len(responses)):
                 break
@@ -156,14 +161,41 @@ def test_a_damaged_and_a_missing_instance_are_two_failed_sub_operations(
     path.write_bytes(bytes(data))
     _object(node, missing).unlink()
 
-    responses = _move(node, _identifier(series[0]), "DEST")
+    identifiers: list[pydicom.Dataset | None] = []
+    responses = _move(node, _identifier(series[0]), "DEST", identifiers=identifiers)
     final = responses[-1]
     assert int(final.Status) == 0xB000  # sub-operations complete, one or more failures
     assert int(final.NumberOfFailedSuboperations) == 2
     assert int(final.NumberOfCompletedSuboperations) == N - 2
+    assert int(final.get("NumberOfRemainingSuboperations") or 0) == 0
+    # The final response names the two that failed (PS3.4 C.4.2.3.1), and each pending
+    # response counts down: the failed ones count as done too.
+    assert identifiers[-1] is not None
+    assert set(identifiers[-1].FailedSOPInstanceUIDList) == {damaged, missing}
+    assert [int(r.NumberOfRemainingSuboperations) for r in responses[:-1]] == \
+        list(range(N - 1, -1, -1))
     arrived = {str(pydicom.dcmread(p, stop_before_pixels=True).SOPInstanceUID)
                for p in destination[1].rglob("*") if p.is_file()}
     assert len(arrived) == N - 2 and not arrived & {damaged, missing}
+
+
+def test_getscu_sees_a_missing_instance_as_one_failed_and_none_remaining(
+        series_node, dcmtk: Dcmtk, tmp_path: Path) -> None:
+    node, series, _ = series_node
+    _object(node, str(series[3].SOPInstanceUID)).unlink()
+    out = tmp_path / "got"
+    out.mkdir()
+    result = dcmtk("getscu", "-v", "-S", "-od", str(out), "-aec", node.ae_title,
+                   "-k", "QueryRetrieveLevel=SERIES",
+                   "-k", f"StudyInstanceUID={series[0].StudyInstanceUID}",
+                   "-k", f"SeriesInstanceUID={series[0].SeriesInstanceUID}",
+                   "127.0.0.1", str(node.port))
+    report = result.stdout + result.stderr
+    final = report[report.index("Final status report"):]
+    assert re.search(r"Remaining Suboperations\s*:\s*0\b", final), final
+    assert re.search(rf"Completed Suboperations\s*:\s*{N - 1}\b", final), final
+    assert re.search(r"Failed Suboperations\s*:\s*1\b", final), final
+    assert len(list(out.iterdir())) == N - 1
 
 
 def test_c_cancel_stops_the_move_and_its_reader(series_node, slow: SlowDestination) -> None:

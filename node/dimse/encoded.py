@@ -96,6 +96,24 @@ class StoredDataset(Dataset):
                         "never encoded again")
 
 
+class UnreadableInstance(Dataset):
+    """A C-STORE sub-operation that must fail: the stored instance could not be read.
+
+    Handed to pynetdicom's C-MOVE/C-GET loop as a data set (not as a bare failure), so that
+    the loop counts it as it counts any failed sub-operation: one fewer remaining, and its
+    SOP Instance UID in the final response's Failed SOP Instance UID List (PS3.4 C.4.2.3.1).
+    Sending it raises; pydicom cannot write it either (``keys`` raises TypeError).
+    """
+
+    def __init__(self, sop_class_uid: str, sop_instance_uid: str) -> None:
+        super().__init__()
+        self.SOPClassUID = UID(sop_class_uid)
+        self.SOPInstanceUID = UID(sop_instance_uid)
+
+    def keys(self) -> Any:
+        raise TypeError("an unreadable instance is never sent")
+
+
 def _past_meta(tag: BaseTag, vr: str | None, length: int) -> bool:
     return tag.group != 2
 
@@ -140,6 +158,8 @@ class StoreSender:
              originator_aet: str | None = None, originator_id: int | None = None) -> Dataset:
         """As pynetdicom's ``send_c_store``: the response's status data set (empty when none
         came). Raises RuntimeError (no association), ValueError (no context: pynetdicom's)."""
+        if isinstance(dataset, UnreadableInstance):
+            raise RuntimeError("the stored instance could not be read")  # one failed
         stock = type(self.assoc).send_c_store
         if not isinstance(dataset, StoredDataset):
             self._resume()
@@ -234,4 +254,5 @@ class StoreSender:
                     return None
 
 
-__all__ = ["LOOP_DELAY", "StoreSender", "StoredDataset", "association_gone"]
+__all__ = ["LOOP_DELAY", "StoreSender", "StoredDataset", "UnreadableInstance",
+           "association_gone"]

@@ -24,7 +24,12 @@ from pynetdicom.presentation import build_context
 from pynetdicom.sop_class import Verification  # type: ignore[attr-defined]
 
 from node.access import AccessPolicy, NotAllowedError, Right
-from node.dimse.encoded import StoredDataset, StoreSender, association_gone
+from node.dimse.encoded import (
+    StoredDataset,
+    StoreSender,
+    UnreadableInstance,
+    association_gone,
+)
 from node.dimse.identifier import Identifier, find, model_for_sop_class, parse_identifier
 from node.dimse.readahead import ReadAhead
 from node.dimse.status import Status, qr_status_for
@@ -42,7 +47,6 @@ PENDING = Status.PENDING
 CANCELLED = Status.CANCELLED
 
 
-_UNREADABLE = "unreadable"  # a pending result that is not a data set: a failed sub-operation
 
 
 @dataclass(frozen=True)
@@ -197,10 +201,11 @@ def _sub_operations(event: Any, deps: QRDeps, refs: list[InstanceRef],
                 if fetched.error is not None:  # integrity error, missing object
                     log.error("retrieve: cannot read %s: %s", fetched.ref.sop_uid,
                               type(fetched.error).__name__)
-                    # pynetdicom counts a pending result that is not a data set as a
-                    # failed sub-operation and goes on with the others.
+                    # Its C-STORE fails at once: one failed sub-operation, named in the
+                    # final response; the others go on.
                     handed += 1
-                    yield PENDING, _UNREADABLE
+                    yield PENDING, UnreadableInstance(fetched.ref.sop_class_uid,
+                                                      fetched.ref.sop_uid)
                     continue
                 handed += 1
                 yield PENDING, fetched.value
