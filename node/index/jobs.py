@@ -64,8 +64,18 @@ class Counts:
 
 
 def worker_name() -> str:
-    """``host:pid`` of this process, as recorded on the jobs it takes."""
-    return f"{socket.gethostname()}:{os.getpid()}"
+    """``host~space:pid`` of this process, as recorded on the jobs it takes: ``space``
+    names the process-id namespace, so that a process id is judged (release_dead) only
+    where it means the same process (containers may share a host name, not process ids)."""
+    return f"{_pid_space()}:{os.getpid()}"
+
+
+def _pid_space() -> str:
+    """This host's name and, on Linux, its process-id namespace."""
+    try:
+        return f"{socket.gethostname()}~{os.stat('/proc/self/ns/pid').st_ino:x}"
+    except OSError:
+        return socket.gethostname()
 
 
 def enqueue(conn: Connection, sop_uids: Sequence[str], now: datetime,
@@ -221,15 +231,17 @@ class JobQueue:
         return total
 
     def release_dead(self) -> int:
-        """Ends at once the leases held by workers of this host that no longer run (a
-        killed ``serve`` or ``worker``), so their jobs need not wait out the lease.
-        Returns how many jobs were released. Raises CatalogError."""
-        host = socket.gethostname()
+        """Ends at once the leases held by workers of this host (and process-id namespace)
+        that no longer run (a killed ``serve`` or ``worker``), so their jobs need not wait
+        out the lease. Others' jobs (another host, another container) are released when
+        their lease runs out. Returns how many jobs were released. Raises CatalogError."""
+        prefix = _pid_space() + ":"
 
         def work(conn: Connection) -> int:
             holders = conn.scalars(select(s.jobs.c.worker).distinct().where(
-                s.jobs.c.state == RUNNING, s.jobs.c.worker.like(f"{host}:%")))
-            dead = [w for w in holders if w and not _alive(int(w.rsplit(":", 1)[1]))]
+                s.jobs.c.state == RUNNING, s.jobs.c.worker.like(f"{prefix}%")))
+            dead = [w for w in holders if w and w.startswith(prefix)  # LIKE's _ is any
+                    and w[len(prefix):].isdigit() and not _alive(int(w[len(prefix):]))]
             if not dead:
                 return 0
             return conn.execute(update(s.jobs).where(

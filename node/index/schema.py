@@ -174,7 +174,7 @@ jobs = Table(
     Column("attempts", Integer, nullable=False, default=0),
     Column("created_at", UTCDateTime, nullable=False),
     Column("lease_until", UTCDateTime),  # queued: not before; running: taken again after
-    Column("worker", String),  # host:pid of the worker that took it
+    Column("worker", String),  # host~pid-namespace:pid of the worker that took it
     Column("token", String),  # changes with every take, so a late finish is not recorded
     Column("error", String),
     UniqueConstraint("kind", "target"),

@@ -9,7 +9,7 @@ from datetime import UTC, datetime, timedelta
 import sqlalchemy as sa
 
 from node.index import Catalog, schema
-from node.index.jobs import FAILED, QUEUED, RUNNING, JobQueue
+from node.index.jobs import FAILED, QUEUED, RUNNING, JobQueue, worker_name
 from node.index.records import State
 from tests.index.test_catalog import catalog, catalog_url, db, record  # noqa: F401
 
@@ -117,7 +117,6 @@ def test_a_job_whose_worker_dies_every_time_fails_for_good(catalog: Catalog) -> 
 
 def test_jobs_of_a_dead_worker_on_this_host_are_released_at_once(
         catalog: Catalog, db: sa.Engine) -> None:  # noqa: F811
-    import socket
     import subprocess
     import sys
 
@@ -125,7 +124,8 @@ def test_jobs_of_a_dead_worker_on_this_host_are_released_at_once(
     catalog.add_instance(record(2))
     done = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"],
                           capture_output=True, text=True, check=True)
-    dead = f"{socket.gethostname()}:{done.stdout.strip()}"
+    here = worker_name().rsplit(":", 1)[0]  # this host and process-id namespace
+    dead = f"{here}:{done.stdout.strip()}"
     JobQueue(catalog, dead).take(1, LEASE, 3)
     alive = JobQueue(catalog)  # this process: alive
     alive.take(1, LEASE, 3)
@@ -133,6 +133,26 @@ def test_jobs_of_a_dead_worker_on_this_host_are_released_at_once(
     assert alive.release_dead() == 1
     [job] = alive.take(5, LEASE, 3)
     assert job.target == "1.2.1.1.1"
+
+
+def test_a_worker_in_another_container_of_the_same_host_name_keeps_its_jobs(
+        catalog: Catalog, db: sa.Engine) -> None:  # noqa: F811
+    """Containers sharing a host name (host networking) do not share process ids: a process
+    id that is not running here may be running there, so its lease is left to run out."""
+    import socket
+    import subprocess
+    import sys
+
+    catalog.add_instance(record(1))
+    gone_here = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"],
+                               capture_output=True, text=True, check=True).stdout.strip()
+    for elsewhere in (f"{socket.gethostname()}~ffffffff:{gone_here}",  # another namespace
+                      f"{socket.gethostname()}:{gone_here}"):  # a worker of an older node
+        JobQueue(catalog, elsewhere).take(1, LEASE, 3)
+        assert JobQueue(catalog).release_dead() == 0
+        assert JobQueue(catalog).take(5, LEASE, 3) == []  # still theirs
+        catalog.remove_instance("1.2.1.1.1")
+        catalog.add_instance(record(1))
 
 
 def test_removing_an_instance_removes_its_job(catalog: Catalog, db: sa.Engine) -> None:  # noqa: F811
