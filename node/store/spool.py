@@ -39,6 +39,7 @@ SUFFIX = ".seg"
 ID_FILE = "id"
 SEGMENT_BYTES = 64 << 20  # a new segment once the current one holds this much
 STALLED_S = 60.0  # after a wait for another spool's upload ran out, its reads fail at once
+IDLE_SEAL_S = 30.0  # a segment with no append for this long is let go (deleted once uploaded)
 
 
 def spool_id(directory: Path) -> str:
@@ -75,17 +76,28 @@ class _Segment:
 
 
 class SpoolWriter:
-    """Appends ciphertext to this process's segment, durably (see the module docstring)."""
+    """Appends ciphertext to this process's segment, durably (see the module docstring).
 
-    def __init__(self, directory: Path, segment_bytes: int = SEGMENT_BYTES) -> None:
+    A segment is let go once full, and also after ``idle_seal_s`` without an append (a
+    thread started with the first append looks), so that the uploader can delete it once
+    uploaded: the ciphertext of an instance deleted since does not stay on disk until a
+    quiet receiver's segment fills, and the spool's size counts only what waits.
+    """
+
+    def __init__(self, directory: Path, segment_bytes: int = SEGMENT_BYTES,
+                 idle_seal_s: float = IDLE_SEAL_S) -> None:
         self.directory = directory
         self.id = spool_id(directory)
         self.segment_bytes = segment_bytes
+        self.idle_seal_s = idle_seal_s
         self._lock = threading.Lock()
         self._segments: dict[str, _Segment] = {}
         self._current: _Segment | None = None
         self._prefix = f"{os.getpid()}-{secrets.token_hex(4)}"
         self._count = 0
+        self._last_append = 0.0
+        self._closed = threading.Event()
+        self._sealer: threading.Thread | None = None
 
     @contextmanager
     def spooled(self, objects: Mapping[str, bytes | bytearray | memoryview]
@@ -104,6 +116,11 @@ class SpoolWriter:
                 ) -> tuple[_Segment, list[Spooled]]:
         with self._lock:
             seg = self._segment()
+            self._last_append = time.monotonic()
+            if self._sealer is None:
+                self._sealer = threading.Thread(target=self._seal_when_idle, daemon=True,
+                                                name="spool-sealer")
+                self._sealer.start()
             entries = []
             seg.pending += 1
             try:
@@ -144,6 +161,16 @@ class SpoolWriter:
             os.fdatasync(seg.fd)
             seg.synced = target
 
+    def _seal_when_idle(self) -> None:
+        """Lets the current segment go once no append came for ``idle_seal_s``."""
+        while not self._closed.wait(max(0.05, self.idle_seal_s / 4)):
+            with self._lock:
+                seg = self._current
+                if seg is not None and time.monotonic() - self._last_append >= self.idle_seal_s:
+                    seg.sealed = True
+                    self._current = None
+                    self._close_if_done(seg)  # one still being indexed: when released
+
     def _release(self, seg: _Segment) -> None:
         with self._lock:
             seg.pending -= 1
@@ -155,6 +182,7 @@ class SpoolWriter:
             os.close(seg.fd)  # drops the flock: the uploader may delete it once uploaded
 
     def close(self) -> None:
+        self._closed.set()
         with self._lock:
             for seg in list(self._segments.values()):
                 seg.sealed = True

@@ -22,6 +22,7 @@ from node.settings import Settings
 from node.store.spool import NotUploadedError, SpoolWriter
 from node.store.uploader import Uploader
 from pipelines import synthetic
+from tests.fixtures.waiting import eventually
 
 SOURCE = Source("default", "dimse", "PACS")
 
@@ -165,6 +166,30 @@ def test_a_segment_still_being_indexed_is_not_deleted(serving) -> None:
         # appended and durable, its index write not yet done: held, so kept
         assert core.fs.spool.collect() == 0
         assert list((core.settings.home / "spool").glob("*.seg"))
+
+
+def test_a_quiet_receivers_segment_is_let_go_and_deleted_once_uploaded(serving) -> None:
+    """A receiver that gets nothing more lets its segment go after a while: once uploaded
+    it is deleted, rather than kept until a segment's worth of instances has come (up to
+    64 MiB of ciphertext, of instances that may have been deleted since)."""
+    core = serving()
+    core.ingest.spool.close()
+    core.ingest.spool = SpoolWriter(core.settings.home / "spool", idle_seal_s=0.3)
+    core.ingest.accept(_encoded(1, seed=10)[0], SOURCE)
+    assert _drain(core) == 2
+    spool_dir = core.settings.home / "spool"
+
+    def let_go() -> bool:
+        core.fs.spool.collect()
+        return not list(spool_dir.glob("*.seg"))
+
+    assert eventually(let_go, 10, every=0.1)
+    # ... and the next instance goes into a new segment.
+    data = _encoded(1, seed=11)[0]
+    result = core.ingest.accept(data, SOURCE)
+    assert core.fs.cat_file(f"{result.object_key}/{ORIGINAL}") == data
+    assert len(list(spool_dir.glob("*.seg"))) == 1
+    core.ingest.spool.close()
 
 
 def test_the_spool_watermark_refuses_new_instances(serving) -> None:
