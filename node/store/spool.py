@@ -143,8 +143,7 @@ class SpoolWriter:
         if seg is not None and seg.written < self.segment_bytes:
             return seg
         if seg is not None:
-            seg.sealed = True
-            self._close_if_done(seg)
+            self._let_go(seg)
         self._count += 1
         name = f"{self._prefix}-{self._count:06d}{SUFFIX}"
         fd = os.open(self.directory / name, os.O_RDWR | os.O_CREAT | os.O_EXCL, 0o600)
@@ -167,14 +166,20 @@ class SpoolWriter:
             with self._lock:
                 seg = self._current
                 if seg is not None and time.monotonic() - self._last_append >= self.idle_seal_s:
-                    seg.sealed = True
-                    self._current = None
-                    self._close_if_done(seg)  # one still being indexed: when released
+                    self._let_go(seg)
 
     def _release(self, seg: _Segment) -> None:
         with self._lock:
             seg.pending -= 1
             self._close_if_done(seg)
+
+    def _let_go(self, seg: _Segment) -> None:
+        """No more appends to ``seg``; closed now, or once its last index write is done.
+        Called under ``_lock``."""
+        seg.sealed = True
+        if self._current is seg:
+            self._current = None
+        self._close_if_done(seg)
 
     def _close_if_done(self, seg: _Segment) -> None:
         if seg.sealed and seg.pending == 0 and seg.name in self._segments:
@@ -184,10 +189,8 @@ class SpoolWriter:
     def close(self) -> None:
         self._closed.set()
         with self._lock:
-            for seg in list(self._segments.values()):
-                seg.sealed = True
-                self._close_if_done(seg)  # one still being indexed: when released
-            self._current = None
+            for seg in list(self._segments.values()):  # the current one among them
+                self._let_go(seg)
 
 
 class SpoolReader:
