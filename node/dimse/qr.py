@@ -47,8 +47,6 @@ PENDING = Status.PENDING
 CANCELLED = Status.CANCELLED
 
 
-
-
 @dataclass(frozen=True)
 class QRDeps:
     catalog: Catalog

@@ -240,8 +240,9 @@ class JobQueue:
         def work(conn: Connection) -> int:
             holders = conn.scalars(select(s.jobs.c.worker).distinct().where(
                 s.jobs.c.state == RUNNING, s.jobs.c.worker.like(f"{prefix}%")))
-            dead = [w for w in holders if w and w.startswith(prefix)  # LIKE's _ is any
-                    and w[len(prefix):].isdigit() and not _alive(int(w[len(prefix):]))]
+            pids = {w: w[len(prefix):] for w in holders  # LIKE's _ matches any character
+                    if w and w.startswith(prefix)}
+            dead = [w for w, pid in pids.items() if pid.isdigit() and not _alive(int(pid))]
             if not dead:
                 return 0
             return conn.execute(update(s.jobs).where(

@@ -101,14 +101,8 @@ class EncryptedWriter(io.BufferedIOBase):
         if not self.closed:
             self.close()
         if self._sink is not None:
-            sink, self._sink = self._sink, None
-            try:
-                sink.commit()
-            except BaseException as exc:
-                sink.discard()
-                if isinstance(exc, store_errors()):
-                    raise translate(exc, self.path, "write") from exc
-                raise
+            self._guarded(self._sink.commit)  # as close() commits: a failure discards
+            self._sink = None
 
     def discard(self) -> None:
         """Drop everything written; nothing is published."""
